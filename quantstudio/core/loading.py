@@ -1,0 +1,528 @@
+"""Model import: one :class:`LoadedModel` whatever the file holds.
+
+The kind of file is read from its content, never its extension:
+
+* a ZIP written by ``torch.save`` holding a state_dict (or a checkpoint dict around one),
+  or a whole pickled ``nn.Module``;
+* a TorchScript archive (ZIP with ``code/`` and ``constants.pkl``);
+* a ``torch.export`` program (``.pt2`` ZIP);
+* a legacy (non-ZIP) ``torch.save`` pickle;
+* an ONNX protobuf.
+
+Safety: ``torch.load`` is always tried with ``weights_only=True`` first. Only a whole
+pickled model needs ``trust=True``, because unpickling it runs code from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantstudio.core.errors import InputError, TrustRequired
+
+KIND_STATE_DICT = "state_dict"
+KIND_PICKLED = "pickled_module"
+KIND_TORCHSCRIPT = "torchscript"
+KIND_EXPORTED = "exported_program"
+KIND_ONNX = "onnx"
+
+KIND_LABELS = {
+    KIND_STATE_DICT: "PyTorch state_dict",
+    KIND_PICKLED: "pickled PyTorch model",
+    KIND_TORCHSCRIPT: "TorchScript archive",
+    KIND_EXPORTED: "torch.export program",
+    KIND_ONNX: "ONNX model",
+}
+
+TRUST_EXPLANATION = (
+    "This file holds a whole pickled PyTorch model. Loading it runs Python code stored "
+    "in the file, which can do anything your user account can (delete or send files). "
+    "Only load it if you made it or trust who did."
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to inspect, evaluate and quantize.
+
+    ``module`` is a callable ``torch.nn.Module`` for every PyTorch kind (an eager module
+    for state_dicts and pickles, a ``ScriptModule`` for TorchScript, the unflattened
+    module of a ``torch.export`` program). ``onnx_model`` is set for ONNX files.
+    """
+
+    path: Path
+    kind: str
+    input_shape: tuple[int, ...] | None
+    module: Any = None
+    onnx_model: Any = None
+    arch: str | None = None
+    arch_confidence: float | None = None
+    num_classes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def framework(self) -> str:
+        return "onnx" if self.kind == KIND_ONNX else "torch"
+
+    @property
+    def is_eager(self) -> bool:
+        """True when ``module`` is a plain eager ``nn.Module`` (FX/eager quantization works)."""
+        return self.kind in (KIND_STATE_DICT, KIND_PICKLED)
+
+    @property
+    def kind_label(self) -> str:
+        return KIND_LABELS[self.kind]
+
+    @property
+    def onnx_input_name(self) -> str | None:
+        if self.onnx_model is None:
+            return None
+        inits = {i.name for i in self.onnx_model.graph.initializer}
+        return next(i.name for i in self.onnx_model.graph.input if i.name not in inits)
+
+    def example_input(self, batch: int | None = None):
+        import torch
+
+        if self.input_shape is None:
+            raise InputError(
+                "the input shape of this model is unknown",
+                path=self.path,
+                hint="Give it with --input-shape 1,C,H,W.",
+            )
+        shape = list(self.input_shape)
+        if batch is not None:
+            shape[0] = batch
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(*shape, generator=gen)
+
+    def forward_numpy(self, x):
+        """Run one batch (numpy float32, NCHW) and return the output as numpy."""
+        import numpy as np
+
+        if self.kind == KIND_ONNX:
+            sess = self.onnx_session()
+            return sess.run(None, {self.onnx_input_name: np.ascontiguousarray(x, np.float32)})[0]
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().float().numpy()
+
+    def onnx_session(self):
+        sess = getattr(self, "_session", None)
+        if sess is None:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(
+                self.onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+            )
+            self._session = sess
+        return sess
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+def sniff_kind(path: Path) -> str:
+    """Return the file's kind from its content; raise :class:`InputError` if unreadable."""
+    _check_file(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            raise InputError(
+                "the file is truncated or damaged (incomplete ZIP archive)",
+                path=path,
+                hint="Copy or save the model again.",
+            )
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise InputError(
+                "the file is truncated or damaged",
+                path=path,
+                hint="Copy or save the model again.",
+                details=str(exc),
+            ) from exc
+        if bad is not None:
+            raise InputError(
+                f"the archive member {bad!r} is damaged",
+                path=path,
+                hint="Copy or save the model again.",
+            )
+        base = {n.split("/", 1)[1] if "/" in n else n for n in names}
+        if "archive_format" in base or "models/model.json" in base:
+            return KIND_EXPORTED
+        if any(n.startswith("code/") for n in base):
+            return KIND_TORCHSCRIPT
+        if "data.pkl" in base:
+            return "torch_pickle"
+        raise InputError(
+            "this ZIP archive is not a PyTorch model",
+            path=path,
+            hint="Open a .pth/.pt saved with torch.save, a TorchScript/.pt2 archive or an .onnx file.",
+        )
+    if head[:1] == b"\x80":  # pickle protocol marker: legacy (non-ZIP) torch.save
+        return "torch_pickle"
+    return KIND_ONNX  # confirmed (or rejected) when parsed
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError("no such file", path=path, hint="Check the path and try again.")
+    if path.is_dir():
+        raise InputError(
+            "this is a folder, not a model file",
+            path=path,
+            hint="Choose the .pth, .pt, .pt2 or .onnx file inside it.",
+        )
+    if path.stat().st_size == 0:
+        raise InputError(
+            "the file is empty (0 bytes)",
+            path=path,
+            hint="It was probably not saved completely; save or copy the model again.",
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    trust: bool = False,
+    source_dir: str | Path | None = None,
+) -> LoadedModel:
+    """Load any supported model file. Raises :class:`InputError` with a hint on bad input."""
+    path = Path(path)
+    kind = sniff_kind(path)
+    if kind == KIND_ONNX:
+        model = _load_onnx(path, input_shape)
+    elif kind == KIND_TORCHSCRIPT:
+        model = _load_torchscript(path, input_shape)
+    elif kind == KIND_EXPORTED:
+        model = _load_exported(path, input_shape)
+    else:
+        model = _load_torch_pickle(path, arch, input_shape, trust, source_dir)
+    if arch is not None and model.kind not in (KIND_STATE_DICT,):
+        model.notes.append(f"--arch {arch} ignored: the {model.kind_label} holds its own architecture")
+    check_input_shape(model)
+    return model
+
+
+def _load_torch_pickle(path, arch, input_shape, trust, source_dir) -> LoadedModel:
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            if not trust:
+                raise TrustRequired(
+                    "this file holds a whole pickled model; loading it runs code from the file",
+                    path=path,
+                    hint="Load it only if you trust its source: pass --trust (CLI) or confirm in the app.",
+                    details=TRUST_EXPLANATION,
+                ) from exc
+            return _load_pickled_module(path, input_shape, source_dir)
+        raise _damaged(path, exc) from exc
+    except (EOFError, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
+        raise _damaged(path, exc) from exc
+    state_dict, note = extract_state_dict(obj, path)
+    if isinstance(obj, torch.nn.Module):  # weights_only allowed it (rare): treat as module
+        return LoadedModel(path=path, kind=KIND_PICKLED, module=obj.eval(), input_shape=input_shape)
+    from quantstudio.core import archs
+
+    model = archs.build_from_state_dict(path, state_dict, arch, input_shape)
+    if note:
+        model.notes.append(note)
+    return model
+
+
+def _damaged(path: Path, exc: BaseException) -> InputError:
+    return InputError(
+        "the file is truncated, damaged or not a PyTorch file",
+        path=path,
+        hint="Save or copy the model again (torch.save(model.state_dict(), path)).",
+        details=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def extract_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
+    """Find the tensor dict in a state_dict or a training checkpoint around one."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        return obj.state_dict(), ""
+    if not isinstance(obj, dict):
+        raise InputError(
+            f"the file holds a {type(obj).__name__}, not a model or a state_dict",
+            path=path,
+            hint="Save the model with torch.save(model.state_dict(), path).",
+        )
+
+    def tensor_dict(d: Any) -> bool:
+        return isinstance(d, dict) and bool(d) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items()
+        )
+
+    note = ""
+    sd = obj
+    if not tensor_dict(obj):
+        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+            if tensor_dict(obj.get(key)):
+                sd, note = obj[key], f"state_dict taken from the checkpoint's {key!r} entry"
+                break
+        else:
+            raise InputError(
+                "the file holds a dict but no state_dict of tensors",
+                path=path,
+                hint="Save the model with torch.save(model.state_dict(), path).",
+            )
+    prefixes = ("module.", "_orig_mod.")
+    for p in prefixes:
+        if all(k.startswith(p) for k in sd):
+            sd = {k[len(p):]: v for k, v in sd.items()}
+            note = (note + "; " if note else "") + f"removed the {p!r} prefix from every key"
+    return sd, note
+
+
+def _load_pickled_module(path: Path, input_shape, source_dir) -> LoadedModel:
+    import torch
+
+    extra = str(Path(source_dir).resolve()) if source_dir else None
+    if extra and extra not in sys.path:
+        sys.path.insert(0, extra)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_suppress_warnings())
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise InputError(
+            f"the model's Python class could not be found ({exc})",
+            path=path,
+            hint="Add the folder that holds the model's source code (--source DIR).",
+            details=str(exc),
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - unpickling can raise anything
+        raise _damaged(path, exc) from exc
+    if isinstance(obj, torch.nn.Module):
+        module = obj
+    else:
+        raise InputError(
+            f"the pickle holds a {type(obj).__name__}, not a torch.nn.Module",
+            path=path,
+            hint="Save the whole model (torch.save(model, path)) or its state_dict.",
+        )
+    module.eval()
+    shape = input_shape or _guess_input_shape_from_module(module)
+    model = LoadedModel(path=path, kind=KIND_PICKLED, module=module, input_shape=shape)
+    model.arch = type(module).__name__
+    model.num_classes = _num_classes_from_module(module)
+    if input_shape is None and shape is not None:
+        model.notes.append(f"input shape {format_shape(shape)} assumed from the first layer")
+    return model
+
+
+@contextlib.contextmanager
+def _suppress_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _load_torchscript(path: Path, input_shape) -> LoadedModel:
+    import torch
+
+    try:
+        with _suppress_warnings():
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise _damaged(path, exc) from exc
+    module.eval()
+    shape = input_shape or _guess_input_shape_from_module(module)
+    model = LoadedModel(path=path, kind=KIND_TORCHSCRIPT, module=module, input_shape=shape)
+    model.arch = getattr(module, "original_name", None)
+    model.num_classes = _num_classes_from_module(module)
+    return model
+
+
+def _load_exported(path: Path, input_shape) -> LoadedModel:
+    import torch
+
+    try:
+        with _suppress_warnings():
+            ep = torch.export.load(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _damaged(path, exc) from exc
+    shape = None
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
+            val = node.meta.get("val")
+            if val is not None:
+                shape = tuple(int(d) for d in val.shape)
+            break
+    with _suppress_warnings():
+        # unflatten keeps the original module hierarchy, so hooks and names work.
+        module = torch.export.unflatten(ep)
+    model = LoadedModel(path=path, kind=KIND_EXPORTED, module=module, input_shape=shape)
+    model.exported_program = ep  # type: ignore[attr-defined]
+    if input_shape is not None and shape is not None and tuple(input_shape) != shape:
+        raise InputError(
+            f"the program was exported for input {format_shape(shape)}, not {format_shape(input_shape)}",
+            path=path,
+            hint=f"Use --input-shape {format_shape(shape)} or export the model again.",
+        )
+    model.num_classes = _num_classes_from_module(module)
+    return model
+
+
+def _load_onnx(path: Path, input_shape) -> LoadedModel:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(
+            "the file is not a model QuantStudio can read (not ONNX, PyTorch, TorchScript or .pt2)",
+            path=path,
+            hint="Check that the file was saved completely and is a model file.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - protobuf raises assorted errors on garbage
+        raise InputError(
+            "the file is not a readable ONNX model",
+            path=path,
+            hint="Check that the file was saved completely and is a model file.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    if proto.ir_version <= 0 or len(proto.graph.node) == 0 or len(proto.graph.input) == 0:
+        raise InputError(
+            "the file is not a model QuantStudio can read (not ONNX, PyTorch, TorchScript or .pt2)",
+            path=path,
+            hint="Check that the file was saved completely and is a model file.",
+        )
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            "the ONNX model is invalid",
+            path=path,
+            hint="Export it again from its framework.",
+            details=str(exc),
+        ) from exc
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next(i for i in proto.graph.input if i.name not in inits)
+    dims = []
+    for d in inp.type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
+    declared = tuple(dims)
+    shape: tuple[int, ...] | None
+    if input_shape is not None:
+        if len(input_shape) != len(declared) or any(
+            d is not None and d != s for d, s in zip(declared[1:], input_shape[1:])
+        ):
+            raise InputError(
+                f"wrong input shape {format_shape(input_shape)}; the model expects {_fmt_dims(declared)}",
+                path=path,
+                hint=f"Use --input-shape {_fmt_dims(declared, fill=1)}.",
+            )
+        shape = tuple(input_shape)
+    elif all(d is not None for d in declared[1:]) and declared:
+        shape = (1,) + tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
+    else:
+        shape = None
+    model = LoadedModel(path=path, kind=KIND_ONNX, onnx_model=proto, input_shape=shape)
+    out = proto.graph.output[0].type.tensor_type.shape.dim
+    if len(out) == 2 and out[1].HasField("dim_value"):
+        model.num_classes = out[1].dim_value
+    return model
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def format_shape(shape) -> str:
+    return ",".join(str(int(s)) for s in shape)
+
+
+def _fmt_dims(dims, fill=None) -> str:
+    return ",".join(str(d) if d is not None else (str(fill) if fill else "?") for d in dims)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise InputError(
+            f"'{text}' is not an input shape",
+            hint="Write it as comma-separated positive numbers, e.g. 1,3,224,224.",
+        )
+    return shape
+
+
+def _guess_input_shape_from_module(module) -> tuple[int, ...] | None:
+    """A 224x224 image with the first conv's channel count, when the model starts with a conv."""
+    import torch
+
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dim() == 4:
+            return (1, int(w.shape[1]), 224, 224)
+        if isinstance(w, torch.Tensor) and w.dim() == 2:
+            return (1, int(w.shape[1]))
+    return None
+
+
+def _num_classes_from_module(module) -> int | None:
+    import torch
+
+    last = None
+    for _, p in module.named_parameters():
+        if p.dim() == 2:
+            last = p
+    return int(last.shape[0]) if isinstance(last, torch.Tensor) else None
+
+
+def check_input_shape(model: LoadedModel) -> None:
+    """Run one forward pass with the input shape; explain a mismatch plainly."""
+    if model.input_shape is None or model.kind == KIND_ONNX:
+        return
+    import torch
+
+    x = model.example_input()
+    try:
+        with torch.inference_mode(), _suppress_warnings():
+            model.module(x)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "wrong shape"
+        expected = getattr(model, "expected_shape", None)
+        hint = (
+            f"The model expects {format_shape(expected)}; use --input-shape {format_shape(expected)}."
+            if expected
+            else "Give the shape the model was trained with, e.g. --input-shape 1,3,224,224."
+        )
+        raise InputError(
+            f"the model does not accept input of shape {format_shape(model.input_shape)}",
+            path=model.path,
+            hint=hint,
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
