@@ -1,0 +1,264 @@
+"""Model import: every file kind, detected by content, and every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+import torchvision
+
+from quantstudio.core.errors import InputError, TrustRequired
+from quantstudio.core.loading import (
+    KIND_EXPORTED,
+    KIND_ONNX,
+    KIND_PICKLED,
+    KIND_STATE_DICT,
+    KIND_TORCHSCRIPT,
+    load_model,
+    parse_shape,
+)
+from tests.core.models import save_all_forms, tiny_net
+
+
+@pytest.fixture(scope="module")
+def squeeze_sd(tmp_path_factory):
+    """A squeezenet1_1 state_dict with 7 classes (small: 3 MB)."""
+    torch.manual_seed(0)
+    m = torchvision.models.squeezenet1_1(num_classes=7).eval()
+    path = tmp_path_factory.mktemp("sd") / "weights.pth"
+    torch.save(m.state_dict(), path)
+    return path, m
+
+
+@pytest.fixture(scope="module")
+def tiny_forms(tmp_path_factory):
+    m = tiny_net()
+    x = torch.randn(1, 3, 32, 32)
+    return save_all_forms(m, x, tmp_path_factory.mktemp("forms"), "tiny"), m, x
+
+
+def test_state_dict_with_arch_reads_num_classes_and_matches_outputs(squeeze_sd):
+    path, ref = squeeze_sd
+    model = load_model(path, arch="squeezenet1_1")
+    assert model.kind == KIND_STATE_DICT
+    assert model.num_classes == 7
+    assert model.input_shape == (1, 3, 224, 224)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.module(x), ref(x))
+
+
+def test_state_dict_without_arch_is_guessed_with_confidence(squeeze_sd):
+    path, _ = squeeze_sd
+    model = load_model(path)
+    assert model.arch == "squeezenet1_1"
+    assert model.arch_confidence == pytest.approx(1.0)
+    assert model.num_classes == 7
+    assert any("guessed" in n for n in model.notes)
+
+
+def test_checkpoint_dict_and_dataparallel_prefix(tmp_path, squeeze_sd):
+    _, ref = squeeze_sd
+    ckpt = {"epoch": 3, "state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    model = load_model(path, arch="squeezenet1_1")
+    assert model.num_classes == 7
+    assert any("'state_dict' entry" in n for n in model.notes)
+    assert any("module." in n for n in model.notes)
+
+
+def test_kind_comes_from_content_not_extension(tiny_forms, tmp_path):
+    paths, ref, x = tiny_forms
+    # A TorchScript archive named .onnx and an ONNX file named .pth still load as what they are.
+    odd_ts = tmp_path / "model.onnx"
+    shutil.copy(paths["torchscript"], odd_ts)
+    odd_onnx = tmp_path / "model.pth"
+    shutil.copy(paths["onnx"], odd_onnx)
+    assert load_model(odd_ts).kind == KIND_TORCHSCRIPT
+    assert load_model(odd_onnx).kind == KIND_ONNX
+
+
+@pytest.mark.parametrize("form,kind", [
+    ("torchscript", KIND_TORCHSCRIPT), ("pt2", KIND_EXPORTED), ("onnx", KIND_ONNX),
+])
+def test_other_forms_load_and_give_the_same_outputs(tiny_forms, form, kind):
+    paths, ref, x = tiny_forms
+    model = load_model(paths[form], input_shape=(1, 3, 32, 32))
+    assert model.kind == kind
+    assert model.input_shape == (1, 3, 32, 32)
+    out = model.forward_numpy(x.numpy())
+    with torch.no_grad():
+        expected = ref(x).numpy()
+    assert out.shape == expected.shape == (1, 5)
+    assert abs(out - expected).max() < 1e-4
+    assert model.num_classes == 5
+
+
+def test_onnx_and_pt2_know_their_input_shape(tiny_forms):
+    paths, _, _ = tiny_forms
+    assert load_model(paths["onnx"]).input_shape == (1, 3, 32, 32)
+    assert load_model(paths["pt2"]).input_shape == (1, 3, 32, 32)
+
+
+def test_whole_pickle_needs_trust(tiny_forms):
+    paths, ref, x = tiny_forms
+    with pytest.raises(TrustRequired) as err:
+        load_model(paths["whole"])
+    assert "--trust" in str(err.value)
+    assert "runs code" in str(err.value)
+    model = load_model(paths["whole"], trust=True, input_shape=(1, 3, 32, 32))
+    assert model.kind == KIND_PICKLED
+    assert model.arch == "TinyNet"
+
+
+class _CreatesFile:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_malicious_pickle_creates_nothing_without_trust(tmp_path):
+    victim = tmp_path / "pwned.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"payload": _CreatesFile(str(victim))}, path)
+    assert not victim.exists()
+    with pytest.raises(TrustRequired):
+        load_model(path)
+    assert not victim.exists(), "unpickling ran code from the file without consent"
+
+
+def test_pickled_model_class_from_source_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "usernet_mod.py").write_text(
+        "import torch\n"
+        "class UserNet(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(x)\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(src))
+    try:
+        import usernet_mod
+
+        torch.save(usernet_mod.UserNet(), tmp_path / "user.pth")
+    finally:
+        sys.path.remove(str(src))
+        sys.modules.pop("usernet_mod", None)
+    with pytest.raises(InputError) as err:
+        load_model(tmp_path / "user.pth", trust=True)
+    assert "source" in err.value.hint
+    model = load_model(tmp_path / "user.pth", trust=True, source_dir=src)
+    assert model.input_shape == (1, 4)
+    sys.modules.pop("usernet_mod", None)
+    if str(src.resolve()) in sys.path:
+        sys.path.remove(str(src.resolve()))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(InputError, match="no such file") as err:
+        load_model(tmp_path / "nope.pth")
+    assert err.value.path == tmp_path / "nope.pth"
+
+
+def test_directory(tmp_path):
+    with pytest.raises(InputError, match="folder"):
+        load_model(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.pth"
+    p.write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        load_model(p)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_pth(squeeze_sd, tmp_path, fraction, legacy):
+    path, ref = squeeze_sd
+    src = path
+    if legacy:
+        src = tmp_path / "legacy.pth"
+        torch.save(ref.state_dict(), src, _use_new_zipfile_serialization=False)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: max(1, int(len(data) * fraction))])
+    with pytest.raises(InputError) as err:
+        load_model(cut, arch="squeezenet1_1")
+    assert str(cut) in str(err.value)
+    assert "truncated" in str(err.value) or "damaged" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["random.onnx", "random.pth", "random.pt2"])
+def test_random_bytes(tmp_path, name):
+    p = tmp_path / name
+    p.write_bytes(os.urandom(4096))
+    with pytest.raises(InputError) as err:
+        load_model(p)
+    assert str(p) in str(err.value)
+
+
+def test_state_dict_of_another_architecture_lists_keys(squeeze_sd):
+    path, _ = squeeze_sd
+    with pytest.raises(InputError) as err:
+        load_model(path, arch="resnet18")
+    text = str(err.value)
+    assert "do not fit resnet18" in text
+    assert "missing" in text and "unexpected" in text
+    assert "conv1.weight" in err.value.details  # a missing key, listed in full
+
+
+def test_mis_shaped_keys_are_listed(tmp_path):
+    torch.manual_seed(0)
+    sd = torchvision.models.squeezenet1_1(num_classes=7).state_dict()
+    sd["features.0.weight"] = torch.zeros(64, 1, 3, 3)  # 1 input channel instead of 3
+    p = tmp_path / "odd.pth"
+    torch.save(sd, p)
+    with pytest.raises(InputError) as err:
+        load_model(p, arch="squeezenet1_1")
+    assert "mis-shaped" in str(err.value)
+    assert "features.0.weight" in str(err.value)
+
+
+def test_unknown_arch_suggests_close_names(squeeze_sd):
+    path, _ = squeeze_sd
+    with pytest.raises(InputError) as err:
+        load_model(path, arch="resnet81")
+    assert "unknown architecture 'resnet81'" in str(err.value)
+    assert "resnet18" in err.value.hint
+
+
+def test_wrong_input_shape_names_the_expected_one(squeeze_sd, tiny_forms):
+    path, _ = squeeze_sd
+    with pytest.raises(InputError) as err:
+        load_model(path, arch="squeezenet1_1", input_shape=(1, 1, 224, 224))
+    assert "1,3,224,224" in str(err.value)
+    paths, _, _ = tiny_forms
+    with pytest.raises(InputError) as err:
+        load_model(paths["onnx"], input_shape=(1, 3, 64, 64))
+    assert "1,3,32,32" in str(err.value)
+    with pytest.raises(InputError) as err:
+        load_model(paths["torchscript"], input_shape=(1, 1, 32, 32))
+    assert "does not accept input of shape 1,1,32,32" in str(err.value)
+
+
+def test_parse_shape():
+    assert parse_shape("1,3,224,224") == (1, 3, 224, 224)
+    assert parse_shape("1x3x8x8") == (1, 3, 8, 8)
+    for bad in ["", "a,b", "1,-3", "0"]:
+        with pytest.raises(InputError):
+            parse_shape(bad)
