@@ -738,20 +738,8 @@ def _load_tensor_file(path: Path) -> tuple[Any, Any]:
         if suffix == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False), None
         if suffix == ".npz":
-            npz = np.load(path, allow_pickle=False)
-            keys = list(npz.files)
-            label_key = next((k for k in _LABEL_KEYS if k in keys), None)
-            image_key = next((k for k in _IMAGE_KEYS if k in keys), None)
-            if image_key is None:
-                rest = [k for k in keys if k != label_key]
-                if len(rest) != 1:
-                    raise InputError(
-                        f"cannot tell which array holds the images (keys: {', '.join(keys) or 'none'})",
-                        path=path,
-                        hint="Save the images under the key 'images' (or 'x') and the labels under 'labels' (or 'y').",
-                    )
-                image_key = rest[0]
-            return npz[image_key], (npz[label_key] if label_key else None)
+            with np.load(path, allow_pickle=False) as npz:
+                return _npz_arrays(npz, path)
         return _load_pt(path)
     except InputError:
         raise
@@ -762,6 +750,23 @@ def _load_tensor_file(path: Path) -> tuple[Any, Any]:
             hint="Save the data again with numpy.save / numpy.savez / torch.save.",
             details=f"{type(exc).__name__}: {exc}",
         ) from exc
+
+
+def _npz_arrays(npz: Any, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    # An .npz member is decompressed whole on access: fine for the sizes people save this way.
+    keys = list(npz.files)
+    label_key = next((k for k in _LABEL_KEYS if k in keys), None)
+    image_key = next((k for k in _IMAGE_KEYS if k in keys), None)
+    if image_key is None:
+        rest = [k for k in keys if k != label_key]
+        if len(rest) != 1:
+            raise InputError(
+                f"cannot tell which array holds the images (keys: {', '.join(keys) or 'none'})",
+                path=path,
+                hint="Save the images under the key 'images' (or 'x') and the labels under 'labels' (or 'y').",
+            )
+        image_key = rest[0]
+    return npz[image_key], (npz[label_key] if label_key else None)
 
 
 def _load_pt(path: Path) -> tuple[Any, Any]:
@@ -775,6 +780,8 @@ def _load_pt(path: Path) -> tuple[Any, Any]:
         except RuntimeError:
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
     except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():  # not a class reference: the bytes are bad
+            raise
         raise InputError(
             "the file holds Python objects other than tensors, which are not loaded for safety",
             path=path,

@@ -1,0 +1,346 @@
+"""Benchmarks a user can trust: interleaved latency, throughput, size and memory.
+
+A shared machine drifts (DESIGN: the same FP32 run varied 2-3x between minutes), so
+variants are timed interleaved (A B C, B C A, ...) within one process, never one after
+the other; every sample is streamed through ``ctx.partial`` so plots fill in live, and
+cancellation is checked between single runs.
+
+Peak memory is measured in a fresh process per variant (load the file, run inference,
+read the peak resident set), so one variant's memory never counts against another's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from quantstudio.core.jobs import JobContext, NullContext
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+# Stop growing the batch when one input batch alone would take this much memory.
+MAX_BATCH_BYTES = 1 << 30
+
+
+@dataclass
+class Variant:
+    """Something to time: a name and a callable taking a float32 NCHW numpy batch."""
+
+    name: str
+    runner: Callable[[Any], Any]
+    file: Path | None = None  # exported/original file: size on disk and memory subprocess
+    param_bytes: int | None = None
+    kind: str = ""  # e.g. "pytorch fp32", "onnxruntime int8"
+
+
+@dataclass
+class LatencyStats:
+    n: int
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "LatencyStats":
+        if not samples_ms:
+            raise ValueError("no samples")
+        xs = sorted(samples_ms)
+        n = len(xs)
+        mean = sum(xs) / n
+        var = sum((x - mean) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
+        return cls(
+            n=n,
+            mean_ms=mean,
+            std_ms=math.sqrt(var),
+            p50_ms=percentile(xs, 50),
+            p90_ms=percentile(xs, 90),
+            p99_ms=percentile(xs, 99),
+            min_ms=xs[0],
+        )
+
+
+def percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of sorted data."""
+    if not sorted_xs:
+        raise ValueError("no samples")
+    pos = (len(sorted_xs) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+@dataclass
+class VariantResult:
+    name: str
+    kind: str = ""
+    latency: dict[int, LatencyStats] = field(default_factory=dict)  # per batch size
+    throughput: dict[int, float] = field(default_factory=dict)  # samples / second
+    samples_ms: dict[int, list[float]] = field(default_factory=dict)
+    size_bytes: int | None = None
+    param_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    inference_rss_bytes: int | None = None  # growth of the resident set from loading + running
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["latency"] = {str(b): asdict(s) for b, s in self.latency.items()}
+        d["throughput"] = {str(b): t for b, t in self.throughput.items()}
+        d["samples_ms"] = {str(b): s for b, s in self.samples_ms.items()}
+        return d
+
+
+@dataclass
+class BenchmarkResult:
+    variants: list[VariantResult]
+    threads: int
+    batch_sizes: list[int]
+    runs: int
+    cpu: str = ""
+
+    def by_name(self, name: str) -> VariantResult:
+        return next(v for v in self.variants if v.name == name)
+
+    def speedup(self, baseline: str, other: str, batch: int = 1) -> float:
+        """p50 latency ratio baseline / other (> 1 means ``other`` is faster)."""
+        return self.by_name(baseline).latency[batch].p50_ms / self.by_name(other).latency[batch].p50_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "batch_sizes": self.batch_sizes,
+            "runs": self.runs,
+            "cpu": self.cpu,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+
+def run_benchmark(
+    variants: list[Variant],
+    input_shape: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    memory: bool = False,
+    ctx: JobContext | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BenchmarkResult:
+    """Time every variant interleaved at each batch size; see the module docstring."""
+    import numpy as np
+
+    ctx = ctx or NullContext()
+    threads = threads or os.cpu_count() or 1
+    _set_torch_threads(threads)
+    results = {v.name: VariantResult(name=v.name, kind=v.kind) for v in variants}
+    alive = {v.name for v in variants}
+    rng = np.random.default_rng(0)
+    total_steps = max(1, len(batch_sizes) * (warmup + runs))
+    step = 0
+    for batch in batch_sizes:
+        shape = (batch, *input_shape[1:])
+        if 4 * math.prod(shape) > MAX_BATCH_BYTES:
+            for r in results.values():
+                r.notes.append(f"batch {batch} skipped: one input batch would need over 1 GiB")
+            continue
+        x = rng.standard_normal(shape, dtype=np.float32)
+        current = [v for v in variants if v.name in alive]
+        for i in range(warmup):
+            ctx.check_cancelled()
+            for v in list(current):
+                if not _guarded_call(v, x, results[v.name], batch):
+                    current.remove(v)
+            step += 1
+            ctx.report(step / total_steps, f"warming up, batch {batch}")
+        samples: dict[str, list[float]] = {v.name: [] for v in current}
+        for i in range(runs):
+            ctx.check_cancelled()
+            # Rotate the order every round so no variant always runs right after another.
+            k = i % len(current) if current else 0
+            for v in current[k:] + current[:k]:
+                t0 = clock()
+                v.runner(x)
+                ms = (clock() - t0) * 1000.0
+                samples[v.name].append(ms)
+                ctx.partial({"type": "latency", "variant": v.name, "batch": batch, "ms": ms})
+            step += 1
+            ctx.report(step / total_steps, f"timing batch {batch}: run {i + 1}/{runs}")
+        for v in current:
+            r = results[v.name]
+            stats = LatencyStats.from_samples(samples[v.name])
+            r.samples_ms[batch] = samples[v.name]
+            r.latency[batch] = stats
+            r.throughput[batch] = batch / (stats.p50_ms / 1000.0) if stats.p50_ms > 0 else float("inf")
+            ctx.partial({"type": "throughput", "variant": v.name, "batch": batch, "value": r.throughput[batch]})
+    for v in variants:
+        r = results[v.name]
+        if v.file is not None and Path(v.file).exists():
+            r.size_bytes = Path(v.file).stat().st_size
+        r.param_bytes = v.param_bytes
+        if memory and v.file is not None:
+            ctx.check_cancelled()
+            ctx.report(1.0, f"measuring memory of {v.name}")
+            mem = measure_memory(Path(v.file), input_shape)
+            if mem is not None:
+                r.peak_rss_bytes, r.inference_rss_bytes = mem
+            ctx.partial({"type": "memory", "variant": v.name, "peak_rss_bytes": r.peak_rss_bytes,
+                         "size_bytes": r.size_bytes})
+    return BenchmarkResult(
+        variants=list(results.values()),
+        threads=threads,
+        batch_sizes=list(batch_sizes),
+        runs=runs,
+        cpu=cpu_name(),
+    )
+
+
+def _guarded_call(v: Variant, x, result: VariantResult, batch: int) -> bool:
+    """Run once; a batch the variant cannot take (memory, fixed batch) ends its sweep."""
+    try:
+        v.runner(x)
+        return True
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        result.notes.append(f"batch {batch} not run: {first}")
+        return False
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        if type(exc).__module__.startswith("onnxruntime"):
+            result.notes.append(f"batch {batch} not run: {str(exc).splitlines()[0][:200]}")
+            return False
+        raise
+
+
+def _set_torch_threads(threads: int) -> None:
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------- variants from files
+
+
+def variant_from_file(path: str | Path, name: str | None = None, *, threads: int | None = None,
+                      trust: bool = False, arch: str | None = None, input_shape=None) -> tuple[Variant, Any]:
+    """A timed variant for an exported or original model file (any kind load_model reads).
+
+    ONNX files run in an ONNX Runtime session with ``threads`` intra-op threads.
+    Returns the variant and the LoadedModel it came from.
+    """
+    from quantstudio.core.loading import KIND_ONNX, load_model
+
+    path = Path(path)
+    model = load_model(path, arch=arch, input_shape=input_shape, trust=trust)
+    if model.kind == KIND_ONNX:
+        sess = make_ort_session(model.onnx_model.SerializeToString(), threads)
+        input_name = model.onnx_input_name
+
+        def runner(x, _s=sess, _n=input_name):
+            return _s.run(None, {_n: x})
+
+        kind = "onnxruntime"
+        param_bytes = sum(_tensor_bytes(i) for i in model.onnx_model.graph.initializer)
+    else:
+        import torch
+
+        module = model.module
+
+        def runner(x, _m=module):
+            with torch.inference_mode():
+                return _m(torch.from_numpy(x))
+
+        kind = "pytorch"
+        param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        param_bytes += sum(b.numel() * b.element_size() for b in module.buffers())
+    return Variant(name=name or path.name, runner=runner, file=path, param_bytes=param_bytes, kind=kind), model
+
+
+def make_ort_session(model_bytes: bytes, threads: int | None = None, optimized_path: str | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.log_severity_level = 3
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def _tensor_bytes(t) -> int:
+    from onnx import helper
+
+    n = math.prod(t.dims) if len(t.dims) else 1
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError):
+        itemsize = 4
+    return int(n * itemsize)
+
+
+# --------------------------------------------------------------------------- memory
+
+_MEMORY_SNIPPET = r"""
+import json, resource, sys, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+import torch, onnxruntime  # import both first, so the baseline includes the libraries
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+base = rss()
+path, shape, threads = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3])
+from quantstudio.core.benchmark import variant_from_file
+v, _ = variant_from_file(path, threads=threads, trust=False, input_shape=shape)
+x = np.zeros(shape, dtype=np.float32)
+for _ in range(3):
+    v.runner(x)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak": peak, "growth": max(0, rss() - base), "base": base}))
+"""
+
+
+def measure_memory(path: Path, input_shape: Sequence[int], threads: int | None = None,
+                   timeout: float = 300.0) -> tuple[int, int] | None:
+    """Peak resident memory of a fresh process that loads ``path`` and runs inference.
+
+    Returns (peak RSS of the process, RSS growth from loading + inference), or None when
+    the file cannot be run this way (e.g. a pickled model that needs consent).
+    """
+    threads = threads or os.cpu_count() or 1
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SNIPPET, str(path), json.dumps(list(input_shape)), str(threads)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if res.returncode != 0:
+        return None
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    return int(data["peak"]), int(data["growth"])

@@ -1,0 +1,245 @@
+"""Runs core job functions on one worker thread and turns their context into Qt signals.
+
+A job is a plain function ``fn(ctx, *args)``; ``ctx`` implements the core's
+:class:`~quantstudio.core.jobs.JobContext`. :class:`JobRunner` (GUI thread) owns one
+``QThread`` with one :class:`_Worker` in it, so at most one job runs at a time. The
+worker's signals are queued to the runner's methods, which call the job's callbacks in
+the GUI thread. Cancelling sets an event; the job stops at its next
+``check_cancelled()`` and ends through the ``cancelled`` path.
+
+Signals of :class:`JobRunner`: ``started(str)``, ``progress(float, str)``,
+``partial(object)``, ``finished(str, object)``, ``failed(str, object)``,
+``cancelled(str)``, ``busy_changed(bool)``, ``log(str)``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from quantstudio.core.errors import Cancelled
+
+PROGRESS_INTERVAL_S = 0.05  # at most ~20 progress updates a second reach the GUI
+
+
+@dataclass
+class Job:
+    """What to run and whom to tell. Callbacks are called in the GUI thread."""
+
+    name: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    on_done: Callable[[Any], None] | None = None
+    on_failed: Callable[[BaseException], None] | None = None
+    on_cancelled: Callable[[], None] | None = None
+    on_partial: Callable[[Any], None] | None = None
+    id: int = 0
+
+
+class JobFailure:
+    """An exception from a job, with the traceback text taken in the worker thread."""
+
+    def __init__(self, exc: BaseException, details: str) -> None:
+        self.exc = exc
+        self.details = details
+
+
+class QtJobContext:
+    """The core job context, backed by the worker's signals (called in the worker thread)."""
+
+    def __init__(self, worker: "_Worker", job_id: int, cancel: threading.Event) -> None:
+        self._worker = worker
+        self._job_id = job_id
+        self._cancel = cancel
+        self._last_emit = 0.0
+        self._last_message = None
+
+    def report(self, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if message != self._last_message or fraction >= 1.0 or now - self._last_emit >= PROGRESS_INTERVAL_S:
+            self._last_emit = now
+            self._last_message = message
+            self._worker.progress.emit(self._job_id, float(fraction), str(message))
+
+    def partial(self, payload: Any) -> None:
+        self._worker.partial.emit(self._job_id, payload)
+
+    def log(self, message: str) -> None:
+        self._worker.log.emit(self._job_id, str(message))
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+
+class _Worker(QObject):
+    """Lives in the worker thread; runs one job per ``run`` call."""
+
+    progress = Signal(int, float, str)
+    partial = Signal(int, object)
+    log = Signal(int, str)
+    done = Signal(int, object)
+    failed = Signal(int, object)
+    cancelled = Signal(int)
+
+    @Slot(object, object)
+    def run(self, job: Job, cancel: threading.Event) -> None:
+        ctx = QtJobContext(self, job.id, cancel)
+        try:
+            ctx.check_cancelled()
+            result = job.fn(ctx, *job.args, **job.kwargs)
+            ctx.check_cancelled()
+        except Cancelled:
+            self.cancelled.emit(job.id)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the GUI
+            self.failed.emit(job.id, JobFailure(exc, traceback.format_exc()))
+        else:
+            self.done.emit(job.id, result)
+
+
+class JobRunner(QObject):
+    """One worker thread, one job at a time (GUI-thread object)."""
+
+    started = Signal(str)
+    progress = Signal(float, str)
+    partial = Signal(object)
+    log = Signal(str)
+    finished = Signal(str, object)
+    failed = Signal(str, object)
+    cancelled = Signal(str)
+    busy_changed = Signal(bool)
+    _submit = Signal(object, object)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._thread = QThread()
+        self._thread.setObjectName("quantstudio-worker")
+        self._worker = _Worker()
+        self._worker.moveToThread(self._thread)
+        self._submit.connect(self._worker.run)
+        self._worker.progress.connect(self._on_progress)
+        self._worker.partial.connect(self._on_partial)
+        self._worker.log.connect(self._on_log)
+        self._worker.done.connect(self._on_done)
+        self._worker.failed.connect(self._on_failed)
+        self._worker.cancelled.connect(self._on_cancelled)
+        self._thread.finished.connect(self._worker.deleteLater)
+        self._thread.start()
+        self._current: Job | None = None
+        self._cancel = threading.Event()
+        self._next_id = 1
+        self._shut_down = False
+
+    # ------------------------------------------------------------------ API
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    @property
+    def current_name(self) -> str | None:
+        return self._current.name if self._current else None
+
+    def start(self, job: Job) -> bool:
+        """Start ``job``; False (and nothing started) while another job runs."""
+        if self._current is not None or self._shut_down:
+            return False
+        job.id = self._next_id
+        self._next_id += 1
+        self._current = job
+        self._cancel = threading.Event()
+        self.started.emit(job.name)
+        self.busy_changed.emit(True)
+        self._submit.emit(job, self._cancel)
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next ``check_cancelled()``."""
+        if self._current is not None:
+            self._cancel.set()
+
+    def wait_idle(self, timeout_s: float = 60.0) -> bool:
+        """Process events until no job runs (tests and shutdown use it)."""
+        from PySide6.QtCore import QCoreApplication, QEventLoop
+
+        deadline = time.monotonic() + timeout_s
+        while self._current is not None and time.monotonic() < deadline:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            time.sleep(0.005)
+        return self._current is None
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Cancel the running job, then stop and join the thread."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.cancel()
+        self._thread.quit()
+        if not self._thread.wait(int(timeout_s * 1000)):
+            # A job that never checks for cancellation: nothing safe can be done but wait.
+            self._thread.wait()
+        self._current = None
+
+    # ------------------------------------------------------------------ worker → GUI
+    def _is_current(self, job_id: int) -> bool:
+        return self._current is not None and self._current.id == job_id
+
+    @Slot(int, float, str)
+    def _on_progress(self, job_id: int, fraction: float, message: str) -> None:
+        if self._is_current(job_id):
+            self.progress.emit(fraction, message)
+
+    @Slot(int, object)
+    def _on_partial(self, job_id: int, payload: Any) -> None:
+        if self._is_current(job_id):
+            if self._current.on_partial is not None:
+                self._current.on_partial(payload)
+            self.partial.emit(payload)
+
+    @Slot(int, str)
+    def _on_log(self, job_id: int, message: str) -> None:
+        if self._is_current(job_id):
+            self.log.emit(message)
+
+    def _finish(self) -> Job:
+        job = self._current
+        self._current = None
+        self.busy_changed.emit(False)
+        return job
+
+    @Slot(int, object)
+    def _on_done(self, job_id: int, result: Any) -> None:
+        if not self._is_current(job_id):
+            return
+        job = self._finish()
+        self.finished.emit(job.name, result)
+        if job.on_done is not None:
+            job.on_done(result)
+
+    @Slot(int, object)
+    def _on_failed(self, job_id: int, failure: JobFailure) -> None:
+        if not self._is_current(job_id):
+            return
+        job = self._finish()
+        failure.exc.__traceback_text__ = failure.details  # type: ignore[attr-defined]
+        self.failed.emit(job.name, failure.exc)
+        if job.on_failed is not None:
+            job.on_failed(failure.exc)
+
+    @Slot(int)
+    def _on_cancelled(self, job_id: int) -> None:
+        if not self._is_current(job_id):
+            return
+        job = self._finish()
+        self.cancelled.emit(job.name)
+        if job.on_cancelled is not None:
+            job.on_cancelled()
