@@ -18,7 +18,6 @@ from typing import Any, Callable
 from PySide6.QtCore import (
     QAbstractItemModel,
     QModelIndex,
-    QPersistentModelIndex,
     QSortFilterProxyModel,
     Qt,
     Signal,
@@ -252,9 +251,9 @@ class LayerTreeModel(QAbstractItemModel):
             return QModelIndex()
         return self.createIndex(row, column, item.children[row])
 
-    def parent(self, index: QModelIndex = QModelIndex()) -> QModelIndex:  # noqa: B008
+    def parent(self, index: QModelIndex | None = None) -> Any:
         """Overrides QAbstractItemModel.parent (and QObject.parent() without arguments)."""
-        if index is None or not isinstance(index, (QModelIndex, QPersistentModelIndex)):
+        if index is None:
             return super().parent()
         item = self._item(index)
         if item is None or item.parent == 0:

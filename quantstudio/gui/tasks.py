@@ -1,0 +1,163 @@
+"""The jobs the window runs on the worker thread: thin compositions of core calls.
+
+Each function takes the job context first (see :mod:`quantstudio.gui.worker`) and only
+calls the core; it never touches a widget. Results are plain dataclasses the GUI thread
+turns into widgets. Core modules are imported inside the functions so that importing
+the GUI never imports torch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantstudio.core.errors import InputError, TrustRequired
+
+THUMBNAIL_COUNT = 48
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class LoadRequest:
+    path: str
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    trust: bool = False
+    source_dir: str | None = None
+
+
+@dataclass
+class LoadOutcome:
+    """A loaded model and its layer tree, or a problem the import dialog can fix."""
+
+    request: LoadRequest
+    model: Any = None  # quantstudio.core.loading.LoadedModel
+    tree: Any = None  # quantstudio.core.inventory.LayerNode
+    architectures: list[str] = field(default_factory=list)
+    problem: InputError | None = None
+    needs: str = ""  # "arch" or "shape" when ``problem`` can be fixed by answering a question
+    seconds: float = 0.0
+
+
+def _fixable(exc: InputError, kind: str) -> str:
+    """Which question to ask the user to get past ``exc`` ("" when none helps)."""
+    text = f"{exc.message} {exc.hint}"
+    if kind == "torch_pickle" and ("--arch" in text or "architecture" in exc.message):
+        return "arch"
+    if "--input-shape" in text or "input shape" in exc.message:
+        return "shape"
+    return ""
+
+
+def load_model_job(ctx, request: LoadRequest) -> LoadOutcome:
+    from quantstudio.core.archs import list_architectures
+    from quantstudio.core.inventory import build_inventory
+    from quantstudio.core.loading import KIND_STATE_DICT, load_model, sniff_kind
+
+    t0 = time.perf_counter()
+    path = Path(request.path)
+    ctx.report(0.02, f"Reading {path.name}")
+    kind = sniff_kind(path)
+    ctx.check_cancelled()
+    ctx.report(0.1, f"Loading {path.name}")
+    try:
+        model = load_model(
+            path,
+            arch=request.arch,
+            input_shape=request.input_shape,
+            trust=request.trust,
+            source_dir=request.source_dir,
+        )
+    except TrustRequired:
+        raise
+    except InputError as exc:
+        needs = _fixable(exc, kind)
+        if not needs:
+            raise
+        ctx.check_cancelled()
+        archs = list_architectures() if kind == "torch_pickle" else []
+        return LoadOutcome(request, architectures=archs, problem=exc, needs=needs, seconds=time.perf_counter() - t0)
+    ctx.check_cancelled()
+    ctx.report(0.6, "Building the layer tree")
+    tree = build_inventory(model)
+    archs = list_architectures() if model.kind == KIND_STATE_DICT else []
+    ctx.report(1.0, "Model loaded")
+    return LoadOutcome(request, model=model, tree=tree, architectures=archs, seconds=time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataSummary:
+    """What a data source holds, for the data panel (no decoded images but thumbnails)."""
+
+    spec: str
+    kind: str
+    description: str
+    count: int
+    labeled: bool
+    is_random: bool
+    class_counts: list[tuple[str, int]] = field(default_factory=list)
+    thumbnails: list[tuple[str | None, str, Any]] = field(default_factory=list)  # (path, label, array or None)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan_data_job(
+    ctx,
+    spec: str,
+    input_shape: tuple[int, ...] | None,
+    preprocessing: dict | None = None,
+    random_samples: int = 256,
+) -> DataSummary:
+    import numpy as np
+
+    from quantstudio.core.data import Preprocessing, open_data
+
+    ctx.report(0.05, "Reading the data")
+    prep = Preprocessing.from_dict(preprocessing) if preprocessing else None
+    src = open_data(spec, input_shape=input_shape, preprocessing=prep, random_samples=random_samples)
+    ctx.check_cancelled()
+    counts: list[tuple[str, int]] = []
+    if src.targets is not None:
+        values, n = np.unique(src.targets, return_counts=True)
+        counts = [(src.class_names.get(int(v), str(int(v))), int(c)) for v, c in zip(values, n)]
+    summary = DataSummary(
+        spec=str(spec),
+        kind=src.kind,
+        description=src.describe(),
+        count=len(src),
+        labeled=src.labeled,
+        is_random=src.is_random,
+        class_counts=counts,
+        notes=list(src.notes),
+        warnings=list(src.warnings),
+    )
+    if src.is_random:
+        return summary
+    chosen = src.choose(min(THUMBNAIL_COUNT, len(src)), seed=0)
+    paths = [src.sample_path(int(i)) for i in chosen]
+    labels = [
+        src.class_names.get(int(src.targets[int(i)]), "") if src.targets is not None else "" for i in chosen
+    ]
+    if all(p is not None for p in paths):
+        summary.thumbnails = [(p, lab, None) for p, lab in zip(paths, labels)]
+    else:
+        # Tensor files have no image files: show the (preprocessed) arrays, rescaled to 0..255.
+        ctx.report(0.5, "Making previews")
+        x, kept, _ = src.read(np.asarray(chosen[:24]))
+        for row, i in zip(x, kept):
+            img = np.transpose(row, (1, 2, 0)) if row.ndim == 3 else row
+            lo, hi = float(img.min()), float(img.max())
+            img = ((img - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+            if img.ndim == 3 and img.shape[2] == 1:
+                img = img[:, :, 0]
+            label = src.class_names.get(int(src.targets[int(i)]), "") if src.targets is not None else ""
+            summary.thumbnails.append((None, label, np.ascontiguousarray(img)))
+    ctx.report(1.0, summary.description)
+    return summary
