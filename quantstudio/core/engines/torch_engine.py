@@ -1,0 +1,576 @@
+"""The PyTorch engine: ``torch.ao.quantization`` FX graph mode for eager models.
+
+* **static** INT8: ``prepare_fx`` (which also fuses conv+bn(+relu), linear+relu, ...)
+  with a per-layer ``QConfigMapping`` built from the precision plan, a calibration loop,
+  ``convert_fx``. FP32 layers get qconfig ``None``; FP16 layers stay float in the FX
+  model and then run in half precision (see :func:`run_in_half`).
+* **dynamic** INT8: ``quantize_dynamic`` of the Linear/LSTM/GRU layers the plan leaves
+  INT8 (activations are quantized at run time, so no calibration).
+* **fp16**: every layer the plan leaves INT8 runs in half precision instead.
+
+Only eager modules (state_dicts, trusted pickles) can be traced by FX; TorchScript and
+``torch.export`` programs go to the ONNX Runtime engine. ``torch.ao.quantization`` warns
+that it is deprecated in torch 2.14; the user cannot act on that, so the engine silences
+it. The export is a traced and frozen TorchScript archive (DESIGN: ``torch.save`` of a
+converted FX model does not load back in torch 2.14).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import platform
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from quantstudio.core.engines.base import QuantConfig, QuantizedModel
+from quantstudio.core.errors import InputError
+from quantstudio.core.jobs import JobContext
+from quantstudio.core.plan import Precision, PrecisionPlan
+
+# Layer types quantize_dynamic turns into INT8 (weights INT8, activations at run time).
+DYNAMIC_TYPES = ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell")
+# Module types that prepare_fx folds into the conv/linear before them.
+_FOLDED_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+_RELU_TYPES = ("ReLU", "ReLU6")
+PERCENTILE = 99.99
+
+
+@contextlib.contextmanager
+def quiet():
+    """torch.ao prints deprecation warnings in torch 2.14 a user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' → 'qnnpack' on ARM CPUs, 'x86' elsewhere."""
+    if backend == "auto":
+        machine = platform.machine().lower()
+        return "qnnpack" if machine.startswith(("arm", "aarch64")) else "x86"
+    return backend
+
+
+def _as_array(batch: Any) -> np.ndarray:
+    x = getattr(batch, "x", batch)  # data.Batch or a plain array
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- observers
+
+
+def _percentile_observer_class():
+    """A HistogramObserver that clips at the 0.01st / 99.99th percentile.
+
+    Why a histogram: percentiles of the *whole* calibration set at constant memory (the
+    histogram is what HistogramObserver already keeps across batches), instead of an
+    average of per-batch percentiles or keeping every activation.
+    """
+    import torch
+    from torch.ao.quantization.observer import HistogramObserver
+
+    class PercentileObserver(HistogramObserver):
+        percentile: float = PERCENTILE
+
+        @torch.jit.export
+        def calculate_qparams(self):  # type: ignore[override]
+            if self.min_val == float("inf") and self.max_val == float("-inf"):
+                return super().calculate_qparams()
+            hist = self.histogram.double()
+            total = hist.sum()
+            if total <= 0:
+                return self._calculate_qparams(self.min_val, self.max_val)
+            cdf = torch.cumsum(hist, 0) / total
+            tail = (100.0 - self.percentile) / 100.0
+            lo_bin = int(torch.searchsorted(cdf, torch.tensor(tail, dtype=cdf.dtype)))
+            hi_bin = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail, dtype=cdf.dtype)))
+            width = (self.max_val - self.min_val) / self.bins
+            new_min = self.min_val + width * lo_bin
+            new_max = self.min_val + width * (hi_bin + 1)
+            return self._calculate_qparams(torch.minimum(new_min, self.max_val), torch.minimum(new_max, self.max_val))
+
+    return PercentileObserver
+
+
+def build_qconfig(config: QuantConfig, backend: str):
+    """The QConfig for INT8 layers from the calibration method and options."""
+    import torch
+    from torch.ao.quantization import QConfig
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        MinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+
+    # x86 (fbgemm/onednn) kernels may overflow their 16-bit accumulation with full
+    # 8-bit activation ranges on CPUs without VNNI, so torch's x86 default reduces the
+    # range to 7 bits; qnnpack does not need it.
+    reduce_range = backend == "x86"
+    qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
+    act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
+    if config.calibration == "minmax":
+        activation = MinMaxObserver.with_args(**act_kwargs)
+    elif config.calibration == "entropy":
+        # HistogramObserver picks the range that minimises the L2 quantization error
+        # over the histogram: torch's counterpart of entropy calibration.
+        activation = HistogramObserver.with_args(**act_kwargs)
+    else:
+        activation = _percentile_observer_class().with_args(**act_kwargs)
+    if config.per_channel:
+        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    else:
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    return QConfig(activation=activation, weight=weight)
+
+
+def build_qconfig_mapping(config: QuantConfig, backend: str, decisions: dict[str, Precision], tree, groups):
+    """A QConfigMapping: the backend's defaults with our observers, then the plan per layer."""
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.qconfig import default_reuse_input_qconfig
+    from torch.ao.quantization.qconfig_mapping import _FIXED_QPARAMS_OP_TO_OBSERVER
+
+    qconfig = build_qconfig(config, backend)
+    mapping = get_default_qconfig_mapping(backend)
+    # Keep the backend's special cases (fixed-range sigmoid/softmax, per-tensor weights
+    # for transposed convs, float LayerNorm weights) but use our activation observer.
+    for pattern, old in list(mapping.object_type_qconfigs.items()):
+        if pattern in _FIXED_QPARAMS_OP_TO_OBSERVER or old is default_reuse_input_qconfig or old is None:
+            continue
+        mapping.set_object_type(pattern, QConfig(activation=qconfig.activation, weight=old.weight))
+    # Modules fused together must share a qconfig (torch.ao requires it): BN and ReLU
+    # follow the conv/linear they are fused into.
+    effective = dict(decisions)
+    for group in groups:
+        head = effective.get(group[0])
+        for member in group[1:]:
+            if head is not None and member in effective:
+                effective[member] = head
+    mapping.set_global(qconfig if _default_is_int8(effective) else None)
+    # Scopes whose every layer is float: the functional ops inside them (residual adds)
+    # stay float too.
+    for node, _ in tree.walk():
+        if not node.name:
+            continue
+        leaves = [effective.get(n.name) for n in node.leaves()]
+        leaves = [p for p in leaves if p is not None]
+        if not leaves:
+            continue
+        if node.children:
+            if all(p is not Precision.INT8 for p in leaves):
+                mapping.set_module_name(node.name, None)
+            elif all(p is Precision.INT8 for p in leaves):
+                mapping.set_module_name(node.name, qconfig)
+        else:
+            mapping.set_module_name(node.name, qconfig if leaves[0] is Precision.INT8 else None)
+    return mapping, effective
+
+
+def _default_is_int8(effective: dict[str, Precision]) -> bool:
+    values = list(effective.values())
+    return bool(values) and sum(p is Precision.INT8 for p in values) * 2 >= len(values)
+
+
+# --------------------------------------------------------------------------- fp16
+
+
+def run_in_half(module) -> None:
+    """Make ``module`` compute in FP16 while taking and returning float32 tensors.
+
+    Why hooks on the module rather than a wrapper module: the qualified names stay the
+    same, so the layer tree, per-layer error hooks and the plan keep matching; and both
+    FX graph modules and torch.jit.trace run module hooks. On x86 CPUs PyTorch has no
+    fast half kernels: FP16 layers run slower than FP32 here (measured ~3x for conv).
+    """
+    import torch
+
+    module.half()
+
+    def to_half(mod, args):
+        return tuple(a.half() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    def to_float(mod, args, out):
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        if isinstance(out, tuple):
+            return tuple(o.float() if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in out)
+        return out
+
+    module.register_forward_pre_hook(to_half)
+    module.register_forward_hook(to_float)
+
+
+def _get_submodule(root, name: str):
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _half_targets(tree, effective: dict[str, Precision]) -> list[str]:
+    """The largest subtrees whose every layer is FP16 (fewer casts than per leaf)."""
+    out: list[str] = []
+
+    def visit(node) -> None:
+        leaves = [effective.get(n.name) for n in node.leaves()]
+        if leaves and all(p is Precision.FP16 for p in leaves):
+            out.append(node.name)
+            return
+        for c in node.children:
+            visit(c)
+
+    visit(tree)
+    return out
+
+
+# --------------------------------------------------------------------------- FX analysis
+
+
+def _trace_error(exc: BaseException, module, model_path) -> InputError:
+    """Name the layer / source line the FX tracer stopped at."""
+    where = ""
+    layer = ""
+    names = {id(m): n for n, m in module.named_modules()}
+    frames = traceback.extract_tb(exc.__traceback__)
+    tb = exc.__traceback__
+    user_frames = []
+    while tb is not None:
+        frame = tb.tb_frame
+        fname = frame.f_code.co_filename
+        if "/torch/" not in fname.replace("\\", "/"):
+            user_frames.append((frame, tb.tb_lineno))
+        tb = tb.tb_next
+    for frame, line in reversed(user_frames):
+        self = frame.f_locals.get("self")
+        if self is not None and id(self) in names:
+            layer = names[id(self)] or "(the model's own forward)"
+            code = ""
+            for fs in frames:
+                if fs.filename == frame.f_code.co_filename and fs.lineno == line:
+                    code = (fs.line or "").strip()
+            where = f"{Path(frame.f_code.co_filename).name}:{line}" + (f" `{code}`" if code else "")
+            break
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    place = f" in layer {layer} ({where})" if layer else (f" at {where}" if where else "")
+    return InputError(
+        f"PyTorch FX cannot trace this model{place}: {first}",
+        path=model_path,
+        hint="Use the ONNX Runtime engine (--engine onnxruntime), or dynamic INT8 (--mode dynamic), which need no tracing.",
+        details="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+    )
+
+
+def _module_types(module) -> dict[str, str]:
+    return {name: type(m).__name__ for name, m in module.named_modules()}
+
+
+def fusion_groups(traced, converted) -> list[list[str]]:
+    """Groups of original layer names that prepare_fx merged into one module.
+
+    ``traced`` is the original model symbolically traced; ``converted`` the FX result.
+    A fused module keeps the name of the group's first layer (conv1 for conv1+bn1+relu):
+    follow the original graph from that layer through the BN it folded (BN modules are
+    gone from the converted model) and the ReLU its type names (``ConvReLU2d``).
+    """
+    orig_types = {n: type(m).__name__ for n, m in traced.named_modules()}
+    conv_types = _module_types(converted)
+    first_call: dict[str, Any] = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module":
+            first_call.setdefault(node.target, node)
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    for node in converted.graph.nodes:
+        if node.op != "call_module" or node.target in seen or node.target not in first_call:
+            continue
+        seen.add(node.target)
+        fused_type = conv_types.get(node.target, "")
+        chain = [first_call[node.target]]
+        while True:
+            users = list(chain[-1].users)
+            if len(users) != 1:
+                break
+            nxt = users[0]
+            if nxt.op == "call_module":
+                t = orig_types.get(nxt.target, "")
+                if t in _FOLDED_TYPES and nxt.target not in conv_types:
+                    chain.append(nxt)
+                    continue
+                if t in _RELU_TYPES and "ReLU" in fused_type:
+                    chain.append(nxt)
+                    continue
+            elif nxt.op in ("call_function", "call_method") and "ReLU" in fused_type:
+                if "relu" in getattr(nxt.target, "__name__", str(nxt.target)):
+                    chain.append(nxt)
+                    continue
+            break
+        if len(chain) > 1:
+            groups.append([n.target if n.op == "call_module" else n.name for n in chain])
+    return groups
+
+
+def _chain_groups_before(traced) -> list[list[str]]:
+    """conv/linear → BN → ReLU chains in the original graph (prepare_fx fuses these)."""
+    types = {n: type(m).__name__ for n, m in traced.named_modules()}
+    heads = ("Conv1d", "Conv2d", "Conv3d", "Linear", "ConvTranspose2d")
+    groups = []
+    for node in traced.graph.nodes:
+        if node.op != "call_module" or types.get(node.target) not in heads:
+            continue
+        chain = [node.target]
+        cur = node
+        for allowed in (_FOLDED_TYPES, _RELU_TYPES):
+            users = list(cur.users)
+            if len(users) == 1 and users[0].op == "call_module" and types.get(users[0].target) in allowed:
+                cur = users[0]
+                chain.append(cur.target)
+        if len(chain) > 1:
+            groups.append(chain)
+    return groups
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class TorchEngine:
+    """Static / dynamic INT8 and FP16 of eager PyTorch models with ``torch.ao``."""
+
+    name = "torch"
+
+    def quantize(
+        self,
+        model: Any,
+        plan: PrecisionPlan,
+        config: QuantConfig,
+        calib_batches: Iterable[Any],
+        ctx: JobContext,
+    ) -> QuantizedModel:
+        import torch
+
+        if not getattr(model, "is_eager", False):
+            raise InputError(
+                f"the PyTorch engine quantizes eager models only, not a {model.kind_label}",
+                path=model.path,
+                hint="Use the ONNX Runtime engine (--engine onnxruntime) for TorchScript, .pt2 and ONNX models.",
+            )
+        from quantstudio.core.inventory import build_inventory
+
+        backend = resolve_backend(config.backend)
+        if backend not in torch.backends.quantized.supported_engines:
+            raise InputError(
+                f"this PyTorch build has no '{backend}' quantized backend",
+                hint=f"Use one of: {', '.join(e for e in torch.backends.quantized.supported_engines if e in ('x86', 'qnnpack'))}.",
+            )
+        torch.backends.quantized.engine = backend
+        ctx.check_cancelled()
+        ctx.report(0.0, "reading the layer tree")
+        tree = build_inventory(model)
+        decisions = plan.resolve(tree)
+        requested = {name: d.effective for name, d in decisions.items()}
+        notes = [f"backend {backend} (torch.backends.quantized.engine)"]
+        for name, d in decisions.items():
+            if d.effective != d.requested and d.reason:
+                notes.append(f"{name}: {d.requested.value} → {d.effective.value} ({d.reason})")
+        with quiet(), torch.inference_mode(False), torch.no_grad():
+            if config.mode == "static":
+                result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
+            elif config.mode == "dynamic":
+                result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
+            else:
+                result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        return result
+
+    # ------------------------------------------------------------------ static
+    def _static(self, model, tree, requested, config, backend, calib_batches, ctx, notes) -> QuantizedModel:
+        import torch
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        ctx.partial({"type": "stage", "name": "prepare"})
+        ctx.report(0.02, "fusing layers and inserting observers")
+        float_model = copy.deepcopy(model.module).eval()
+        try:
+            traced = torch.fx.symbolic_trace(float_model)
+        except Exception as exc:  # noqa: BLE001 - tracing user code fails in many ways
+            raise _trace_error(exc, float_model, model.path) from exc
+        groups_before = _chain_groups_before(traced)
+        mapping, effective = build_qconfig_mapping(config, backend, requested, tree, groups_before)
+        for group in groups_before:
+            for member in group[1:]:
+                if member in requested and requested[member] != effective.get(member):
+                    notes.append(
+                        f"{member}: {requested[member].value} → {effective[member].value} "
+                        f"(fused into {group[0]}, which is {effective[member].value})"
+                    )
+        example = (model.example_input(),)
+        try:
+            prepared = prepare_fx(float_model, mapping, example)
+        except Exception as exc:  # noqa: BLE001
+            raise _trace_error(exc, float_model, model.path) from exc
+        ctx.check_cancelled()
+
+        ctx.partial({"type": "stage", "name": "calibrate"})
+        total = len(calib_batches) if hasattr(calib_batches, "__len__") else None
+        n = 0
+        for batch in calib_batches:
+            ctx.check_cancelled()
+            prepared(torch.from_numpy(_as_array(batch)))
+            n += 1
+            frac = n / total if total else 1 - 1 / (n + 1)
+            ctx.report(0.05 + 0.85 * frac, f"calibrating: batch {n}" + (f"/{total}" if total else ""))
+        if n == 0:
+            raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+        ctx.check_cancelled()
+
+        ctx.partial({"type": "stage", "name": "convert"})
+        ctx.report(0.92, "converting to INT8")
+        converted = convert_fx(prepared)
+        converted.eval()
+        for name in _half_targets(tree, effective):
+            sub = _get_submodule(converted, name) if name else None
+            if sub is not None:
+                run_in_half(sub)
+        groups = fusion_groups(traced, converted)
+        for g in groups:
+            ctx.report(0.95, f"fused {' + '.join(g)}")
+        built = self._built_precisions(converted, tree, effective)
+        if any(p is Precision.FP16 for p in built.values()):
+            notes.append("FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32")
+        for name, t in ((n.name, n.type) for n in tree.leaves()):
+            if t in ("LSTM", "GRU", "MultiheadAttention") and effective.get(name) is Precision.INT8:
+                notes.append(f"{name}: static INT8 has no {t} kernel; it stays FP32 (use dynamic INT8)")
+        ctx.report(1.0, "converted")
+        return QuantizedModel(
+            engine=self.name,
+            config=config,
+            runner=_TorchRunner(converted),
+            layer_precisions={k: v.value for k, v in built.items()},
+            fused=groups,
+            notes=notes,
+            artifact=converted,
+        )
+
+    @staticmethod
+    def _built_precisions(converted, tree, effective) -> dict[str, Precision]:
+        """What each leaf actually became: quantized module → INT8, half → FP16."""
+        out: dict[str, Precision] = {}
+        types = {n: type(m) for n, m in converted.named_modules()}
+        for leaf in tree.leaves():
+            want = effective.get(leaf.name, Precision.FP32)
+            t = types.get(leaf.name)
+            if t is None:  # folded into a fused module (BN) or traced through
+                out[leaf.name] = want
+                continue
+            mod = t.__module__
+            if ".quantized" in mod:
+                out[leaf.name] = Precision.INT8
+            elif want is Precision.FP16:
+                out[leaf.name] = Precision.FP16
+            elif want is Precision.INT8 and leaf.params > 0:
+                out[leaf.name] = Precision.FP32
+            else:
+                out[leaf.name] = want
+        return out
+
+    # ------------------------------------------------------------------ dynamic
+    def _dynamic(self, model, tree, requested, config, backend, ctx, notes) -> QuantizedModel:
+        import torch
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+        ctx.partial({"type": "stage", "name": "convert"})
+        ctx.report(0.1, "quantizing weights (dynamic INT8)")
+        spec = {}
+        for leaf in tree.leaves():
+            if leaf.type in DYNAMIC_TYPES and requested.get(leaf.name) is Precision.INT8:
+                per_channel_ok = config.per_channel and leaf.type == "Linear"
+                spec[leaf.name] = per_channel_dynamic_qconfig if per_channel_ok else default_dynamic_qconfig
+        if not spec:
+            notes.append("dynamic INT8 quantizes only Linear/LSTM/GRU layers and the plan leaves none of them INT8; use static INT8 for conv layers")
+        module = copy.deepcopy(model.module).eval()
+        ctx.check_cancelled()
+        quantized = quantize_dynamic(module, qconfig_spec=spec, dtype=torch.qint8, inplace=False) if spec else module
+        effective = dict(requested)
+        for name in _half_targets(tree, effective):
+            sub = quantized if name == "" else _get_submodule(quantized, name)
+            if sub is not None:
+                run_in_half(sub)
+        built = {}
+        for leaf in tree.leaves():
+            want = effective.get(leaf.name, Precision.FP32)
+            if leaf.name in spec:
+                built[leaf.name] = Precision.INT8
+            elif want is Precision.INT8:
+                built[leaf.name] = Precision.FP32
+            else:
+                built[leaf.name] = want
+        others = sum(1 for leaf in tree.leaves() if requested.get(leaf.name) is Precision.INT8 and leaf.name not in spec and leaf.params > 0)
+        if spec and others:
+            notes.append(f"{others} INT8 layers are not Linear/LSTM/GRU and stay FP32 in dynamic mode")
+        ctx.report(1.0, f"dynamic INT8: {len(spec)} layers")
+        return QuantizedModel(
+            engine=self.name,
+            config=config,
+            runner=_TorchRunner(quantized),
+            layer_precisions={k: v.value for k, v in built.items()},
+            notes=notes,
+            artifact=quantized,
+        )
+
+    # ------------------------------------------------------------------ fp16
+    def _fp16_only(self, model, tree, requested, config, ctx, notes) -> QuantizedModel:
+        ctx.partial({"type": "stage", "name": "convert"})
+        ctx.report(0.1, "converting layers to FP16")
+        # In fp16 mode every layer the plan leaves INT8 runs FP16.
+        effective = {k: (Precision.FP16 if v is Precision.INT8 else v) for k, v in requested.items()}
+        module = copy.deepcopy(model.module).eval()
+        for name in _half_targets(tree, effective):
+            sub = module if name == "" else _get_submodule(module, name)
+            if sub is not None:
+                run_in_half(sub)
+        ctx.check_cancelled()
+        notes.append("FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32")
+        ctx.report(1.0, "converted to FP16")
+        return QuantizedModel(
+            engine=self.name,
+            config=config,
+            runner=_TorchRunner(module),
+            layer_precisions={k: v.value for k, v in effective.items()},
+            notes=notes,
+            artifact=module,
+        )
+
+    # ------------------------------------------------------------------ export
+    def export(self, result: QuantizedModel, path: Path, ctx: JobContext, samples: np.ndarray | None = None):
+        from quantstudio.core.export import export_model
+
+        return export_model(result, path, samples=samples, ctx=ctx)
+
+
+class _TorchRunner:
+    """numpy batch → numpy logits through a (quantized) torch module."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def __call__(self, x):
+        import torch
+
+        with quiet(), torch.inference_mode():
+            out = self.module(torch.from_numpy(_as_array(x)))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if getattr(out, "is_quantized", False):
+            out = out.dequantize()
+        return out.detach().float().numpy()
+
+
+def to_torchscript(module, example):
+    """Trace and freeze a converted model: the form that loads back with only torch."""
+    import torch
+
+    with quiet(), torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+        return torch.jit.freeze(traced.eval())

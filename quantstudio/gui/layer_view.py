@@ -1,0 +1,195 @@
+"""The layer tree panel: filter box, precision buttons, tree view and its context menu.
+
+Signals: ``layer_selected(str)`` when the current layer changes (its qualified name).
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, Qt, Signal, Slot
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMenu,
+    QToolButton,
+    QTreeView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from quantstudio.core.plan import Precision
+from quantstudio.gui import style
+from quantstudio.gui.layer_model import (
+    COL_NAME,
+    COL_PRECISION,
+    COL_TYPE,
+    LayerFilterProxy,
+    LayerNameRole,
+    LayerTreeModel,
+    PrecisionDelegate,
+)
+
+
+class LayerPanel(QWidget):
+    layer_selected = Signal(str)
+
+    def __init__(self, model: LayerTreeModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.proxy = LayerFilterProxy(self)
+        self.proxy.setSourceModel(model)
+
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        self.filter_edit = QLineEdit()
+        self.filter_edit.setPlaceholderText("Filter layers by name or type (e.g. conv, layer4, Linear)…")
+        self.filter_edit.setClearButtonEnabled(True)
+        self.filter_edit.textChanged.connect(self._on_filter)
+        top.addWidget(self.filter_edit, 1)
+        top.addWidget(QLabel("Set all:"))
+        self.all_buttons: dict[Precision, QToolButton] = {}
+        for p in Precision:
+            b = QToolButton()
+            b.setText(style.PRECISION_LABEL[p])
+            b.setIcon(style.swatch_icon(style.PRECISION_COLOUR[p]))
+            b.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            b.setToolTip(f"Every layer to {style.PRECISION_LABEL[p]}.\n{style.PRECISION_HELP[p]}")
+            b.setObjectName(f"all_{p.value}")
+            b.clicked.connect(self._on_all_clicked)
+            top.addWidget(b)
+            self.all_buttons[p] = b
+
+        self.view = QTreeView()
+        self.view.setModel(self.proxy)
+        self.view.setItemDelegateForColumn(COL_PRECISION, PrecisionDelegate(self.view))
+        self.view.setAlternatingRowColors(True)
+        self.view.setUniformRowHeights(True)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked
+            | QAbstractItemView.EditTrigger.SelectedClicked
+            | QAbstractItemView.EditTrigger.EditKeyPressed
+        )
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._on_context_menu)
+        header = self.view.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.view.setColumnWidth(COL_NAME, 220)
+        self.view.setColumnWidth(COL_TYPE, 140)
+        self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
+
+        self.summary = QLabel()
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        model.plan_changed.connect(self._update_summary)
+        model.modelReset.connect(self._on_model_reset)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(top)
+        layout.addWidget(self.view, 1)
+        layout.addWidget(self.summary)
+
+    # ------------------------------------------------------------------ slots
+    @Slot(str)
+    def _on_filter(self, text: str) -> None:
+        self.proxy.set_filter_text(text)
+        if text.strip():
+            self.view.expandAll()
+
+    @Slot()
+    def _on_all_clicked(self) -> None:
+        for p, b in self.all_buttons.items():
+            if b is self.sender():
+                self.model.set_all(p)
+
+    @Slot()
+    def _on_model_reset(self) -> None:
+        self.view.expandToDepth(1)
+
+    @Slot()
+    def _update_summary(self) -> None:
+        tree = self.model.tree
+        if tree is None:
+            self.summary.setText("")
+            return
+        counts = self.model.plan.counts(tree)
+        parts = []
+        for p in Precision:
+            c = style.PRECISION_COLOUR[p].name()
+            parts.append(f"<span style='color:{c}'>■</span> {style.PRECISION_LABEL[p]}: <b>{counts[p]}</b>")
+        leaves = tree.leaves()
+        stuck = sum(1 for n in leaves if not n.quantizable)
+        text = "&nbsp;&nbsp;&nbsp;".join(parts) + f"&nbsp;&nbsp;&nbsp;— {len(leaves)} layers"
+        if stuck:
+            text += f", {stuck} cannot be quantized (grey)"
+        self.summary.setText(text)
+
+    def _on_current_changed(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        name = current.data(LayerNameRole) if current.isValid() else None
+        if name is not None:
+            self.layer_selected.emit(name)
+
+    def select_layer(self, name: str) -> None:
+        """Select and reveal a layer (clicking its bar in the SQNR plot calls this)."""
+        src = self.model.index_for_name(name)
+        if not src.isValid():
+            return
+        if not self.proxy.mapFromSource(src).isValid():
+            self.filter_edit.clear()
+        idx = self.proxy.mapFromSource(src)
+        self.view.setCurrentIndex(idx)
+        self.view.scrollTo(idx, QAbstractItemView.ScrollHint.PositionAtCenter)
+
+    def current_layer(self) -> str | None:
+        idx = self.view.currentIndex()
+        return idx.data(LayerNameRole) if idx.isValid() else None
+
+    # ------------------------------------------------------------------ context menu
+    def _on_context_menu(self, pos) -> None:
+        menu = self.build_context_menu(self.view.indexAt(pos))
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))
+
+    def build_context_menu(self, index: QModelIndex) -> QMenu | None:
+        if not index.isValid():
+            return None
+        node = self.model.node_at(self.proxy.mapToSource(index))
+        if node is None:
+            return None
+        menu = QMenu(self)
+        label = node.name or self.model.root_label
+        inside = " and everything inside" if node.children else ""
+        for p in Precision:
+            act = QAction(style.swatch_icon(style.PRECISION_COLOUR[p]), f"Set {label}{inside} to {style.PRECISION_LABEL[p]}", menu)
+            act.setData(("layer", node.name, p.value))
+            act.triggered.connect(self._on_menu_action)
+            menu.addAction(act)
+        if node.type and node.name:
+            menu.addSeparator()
+            for p in Precision:
+                act = QAction(f"Set all {node.type} layers to {style.PRECISION_LABEL[p]}", menu)
+                act.setData(("type", node.type, p.value))
+                act.triggered.connect(self._on_menu_action)
+                menu.addAction(act)
+        if node.children:
+            menu.addSeparator()
+            expand = QAction("Expand all below", menu)
+            expand.setData(("expand", node.name, ""))
+            expand.triggered.connect(self._on_menu_action)
+            menu.addAction(expand)
+        return menu
+
+    @Slot()
+    def _on_menu_action(self) -> None:
+        kind, name, value = self.sender().data()
+        if kind == "layer":
+            self.model.set_precision(name, value)
+        elif kind == "type":
+            self.model.set_type_precision(name, value)
+        elif kind == "expand":
+            self.view.expandRecursively(self.proxy.mapFromSource(self.model.index_for_name(name)))
