@@ -364,7 +364,9 @@ class BatchStream:
                 paths = [p for p in (self.source.sample_path(int(i)) for i in kept) if p is not None] or None
                 yield Batch(x=x, indices=kept, targets=targets, paths=paths)
             done = min(start + self.batch_size, total)
-            self.ctx.report(done / total, f"{self.message}: {done}/{total}")
+            # The message stays the same for the whole stream (the fraction moves), so a
+            # log or the CLI shows one line, not one per batch.
+            self.ctx.report(done / total, f"{self.message} {total} samples")
 
 
 # --------------------------------------------------------------------------- sources

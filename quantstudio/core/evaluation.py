@@ -444,7 +444,7 @@ def evaluate(
             )
         ctx.partial(
             {
-                "kind": "evaluation",
+                "type": "evaluation",
                 "done": int(stream.samples_read),
                 "total": int(len(stream.indices)),
                 "top1": {n: _running_top1(a) for n, a in accumulators.items()},

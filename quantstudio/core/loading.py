@@ -62,6 +62,7 @@ class LoadedModel:
     arch: str | None = None
     arch_confidence: float | None = None
     num_classes: int | None = None
+    class_names: list[str] | None = None  # output index -> name, when the file says
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -246,10 +247,27 @@ def _load_torch_pickle(path, arch, input_shape, trust, source_dir) -> LoadedMode
         return LoadedModel(path=path, kind=KIND_PICKLED, module=obj.eval(), input_shape=input_shape)
     from quantstudio.core import archs
 
+    # A checkpoint may say what it is: {"state_dict": ..., "arch": "resnet18",
+    # "input_shape": [1, 3, 96, 96], "class_names": [...]} (the demo and QuantStudio's
+    # own checkpoints do). The caller's --arch / --input-shape still win.
+    meta = obj if isinstance(obj, dict) and state_dict is not obj else {}
+    if arch is None and isinstance(meta.get("arch"), str):
+        arch = meta["arch"]
+        note = (note + "; " if note else "") + f"architecture {arch} read from the checkpoint"
+    if input_shape is None and _is_shape(meta.get("input_shape")):
+        input_shape = tuple(int(d) for d in meta["input_shape"])
     model = archs.build_from_state_dict(path, state_dict, arch, input_shape)
+    if isinstance(meta.get("class_names"), (list, tuple)) and all(isinstance(c, str) for c in meta["class_names"]):
+        model.class_names = list(meta["class_names"])
     if note:
         model.notes.append(note)
     return model
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) >= 2 and all(
+        isinstance(d, int) and d > 0 for d in value
+    )
 
 
 def _damaged(path: Path, exc: BaseException) -> InputError:

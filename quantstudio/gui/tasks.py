@@ -161,3 +161,109 @@ def scan_data_job(
             summary.thumbnails.append((None, label, np.ascontiguousarray(img)))
     ctx.report(1.0, summary.description)
     return summary
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+@dataclass
+class RunOutcome:
+    """One finished run, reduced to what the GUI shows and a project stores.
+
+    ``metrics`` maps a variant name ("original", the quantized name) to plain numbers:
+    top1, top5, precision, recall, f1, agreement, sqnr_db, cosine (fractions / dB),
+    latency_ms (median at the smallest batch), size_bytes, param_bytes, peak_rss_bytes.
+    ``raw`` is the core's result object (kept in memory for export, never saved).
+    """
+
+    name: str
+    reference: str = "original"
+    quantized: str = ""
+    plan: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    data: str = ""
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency_samples: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    throughput: dict[str, dict[int, float]] = field(default_factory=dict)
+    layer_sqnr: dict[str, float] = field(default_factory=dict)
+    layer_precisions: dict[str, str] = field(default_factory=dict)
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    fused: list[list[str]] = field(default_factory=list)
+    confusion: dict[str, tuple[list[list[int]], list[str]]] = field(default_factory=dict)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    n_evaluated: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    is_random: bool = False
+    labeled: bool = False
+    data_note: str = ""
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    raw: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("raw",)}
+        out["latency_samples"] = {
+            v: {str(b): [round(float(x), 4) for x in xs] for b, xs in per.items()} for v, per in self.latency_samples.items()
+        }
+        out["throughput"] = {v: {str(b): x for b, x in per.items()} for v, per in self.throughput.items()}
+        out["confusion"] = {v: [m, labels] for v, (m, labels) in self.confusion.items()}
+        out["skipped"] = [list(s) for s in self.skipped]
+        return _jsonable(out)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunOutcome":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "raw"}
+        run = cls(**known)
+        run.latency_samples = {v: {int(b): list(xs) for b, xs in per.items()} for v, per in run.latency_samples.items()}
+        run.throughput = {v: {int(b): float(x) for b, x in per.items()} for v, per in run.throughput.items()}
+        run.confusion = {v: (m, list(labels)) for v, (m, labels) in run.confusion.items()}
+        run.skipped = [tuple(s) for s in run.skipped]
+        for m in run.metrics.values():
+            for k, v in list(m.items()):
+                if v in ("inf", "-inf"):
+                    m[k] = float(v)
+        run.layer_sqnr = {k: float(v) for k, v in run.layer_sqnr.items()}
+        return run
+
+
+def _jsonable(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        if math.isnan(obj):
+            return None
+        return obj
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+@dataclass
+class QuantizeRequest:
+    name: str
+    model: Any  # LoadedModel
+    tree: Any  # LayerNode
+    plan: dict
+    config: dict
+    data_spec: str
+    preprocessing: dict | None
+    calib_samples: int
+    eval_samples: int
+    benchmark_runs: int = 30
+    benchmark_batches: list[int] = field(default_factory=lambda: [1])
+
+
+def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:
+    """Runs core.pipeline.run_quantize and reduces its result to a :class:`RunOutcome`."""
+    from quantstudio.core import pipeline  # noqa: F401 - raises ImportError until the pipeline lands
+
+    from quantstudio.gui import pipeline_adapter
+
+    return pipeline_adapter.run(ctx, request)

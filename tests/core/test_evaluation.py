@@ -334,13 +334,16 @@ def test_demo_model_reports_its_documented_top1_in_torch_and_onnx(tmp_path, caps
 
     meta = _demo_files()
     arch = meta["arch"]
-    rc = main(["evaluate", str(DEMO / "model.pth"), "--arch", arch, "--data", str(DEMO / "digits"), "--json"])
+    # A state_dict does not record its input size; the demo's is in demo.json.
+    shape = ",".join(str(d) for d in meta["input_shape"])
+    argv = ["evaluate", str(DEMO / "model.pth"), "--arch", arch, "--input-shape", shape]
+    rc = main(argv + ["--data", str(DEMO / "digits"), "--json"])
     d = json.loads(capsys.readouterr().out)
     assert rc == 0
+    assert d["skipped"]["count"] == 0 and d["n"] == meta["n"]
     assert d["top1"] == meta["top1"]
-    assert d["skipped"]["count"] == 0
 
-    model = load_model(DEMO / "model.pth", arch=arch)
+    model = load_model(DEMO / "model.pth", arch=arch, input_shape=tuple(meta["input_shape"]))
     onnx_model = load_model(export_onnx(model.module, tmp_path / "demo.onnx", model.input_shape))
     data = open_data(DEMO / "digits", input_shape=model.input_shape)
     assert evaluate(onnx_model, data, batch_size=64)["model"].top1 == meta["top1"]

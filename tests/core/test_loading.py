@@ -262,3 +262,15 @@ def test_parse_shape():
     for bad in ["", "a,b", "1,-3", "0"]:
         with pytest.raises(InputError):
             parse_shape(bad)
+
+
+def test_checkpoint_metadata_gives_arch_shape_and_class_names(tmp_path, squeeze_sd):
+    _, ref = squeeze_sd
+    path = tmp_path / "meta.pth"
+    torch.save({"state_dict": ref.state_dict(), "arch": "squeezenet1_1", "input_shape": [1, 3, 96, 96],
+                "class_names": list("abcdefg")}, path)
+    model = load_model(path)
+    assert model.arch == "squeezenet1_1" and model.arch_confidence is None
+    assert model.input_shape == (1, 3, 96, 96)
+    assert model.class_names == list("abcdefg")
+    assert load_model(path, input_shape=(1, 3, 64, 64)).input_shape == (1, 3, 64, 64)

@@ -65,6 +65,11 @@ class QuantizedModel:
     fused: list[list[str]] = field(default_factory=list)  # groups of layer names merged by fusion
     notes: list[str] = field(default_factory=list)
     artifact: Any = None  # engine-specific: GraphModule, onnx.ModelProto, ...
+    # The FP32 model in the same runtime (ORT: the pre-processed FP32 ONNX), for fair
+    # speed comparisons and per-layer error; None where the original model is that.
+    reference_artifact: Any = None
+    node_layers: dict[str, str] = field(default_factory=dict)  # ONNX node -> layer name (ORT)
+    input_shape: tuple[int, ...] | None = None  # the model's (1, C, H, W): export checks, tracing
 
     def forward_numpy(self, x):
         return self.runner(x)

@@ -451,6 +451,7 @@ class TorchEngine:
             fused=groups,
             notes=notes,
             artifact=converted,
+            input_shape=tuple(model.input_shape),
         )
 
     @staticmethod
@@ -517,6 +518,7 @@ class TorchEngine:
             layer_precisions={k: v.value for k, v in built.items()},
             notes=notes,
             artifact=quantized,
+            input_shape=tuple(model.input_shape) if model.input_shape else None,
         )
 
     # ------------------------------------------------------------------ fp16
@@ -540,6 +542,7 @@ class TorchEngine:
             layer_precisions={k: v.value for k, v in effective.items()},
             notes=notes,
             artifact=module,
+            input_shape=tuple(model.input_shape) if model.input_shape else None,
         )
 
     # ------------------------------------------------------------------ export
@@ -574,3 +577,73 @@ def to_torchscript(module, example):
     with quiet(), torch.inference_mode(False), torch.no_grad():
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
         return torch.jit.freeze(traced.eval())
+
+
+def torch_layer_sqnr(original, result: QuantizedModel, batches: list, ctx: JobContext | None = None) -> dict[str, float]:
+    """Per-layer SQNR (dB) of a PyTorch result: each Conv/Linear output, quantized vs FP32.
+
+    Forward hooks by qualified name in the original and the quantized model (FX keeps
+    the names of fused and quantized modules). A fused module (conv1 = conv1+bn1+relu)
+    is compared with the output of the last original layer of its group. Errors
+    accumulate along the network: a layer's figure includes what reached its input.
+    """
+    import torch
+
+    quantized = result.artifact
+    if quantized is None or not batches:
+        return {}
+    last_of = {g[0]: g[-1] for g in result.fused}
+    orig_mods = dict(original.named_modules())
+    q_mods = dict(quantized.named_modules())
+    weighted = ("Conv1d", "Conv2d", "Conv3d", "Linear", "ConvTranspose2d", "LSTM", "GRU")
+    layers = {}
+    for name, m in orig_mods.items():
+        if name and type(m).__name__ in weighted and name in q_mods:
+            ref_name = last_of.get(name, name)
+            if ref_name in orig_mods:
+                layers[name] = ref_name
+    if not layers:
+        return {}
+    captured_ref: dict[str, Any] = {}
+    captured_q: dict[str, Any] = {}
+
+    def grab(store, key):
+        def hook(mod, args, out):
+            if key in store:
+                return None  # a module called twice: keep its first call
+            t = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(t, torch.Tensor):
+                store[key] = (t.dequantize() if t.is_quantized else t).detach().double()
+            return None
+
+        return hook
+
+    signal = {n: 0.0 for n in layers}
+    noise = {n: 0.0 for n in layers}
+    handles = []
+    try:
+        for name, ref_name in layers.items():
+            handles.append(orig_mods[ref_name].register_forward_hook(grab(captured_ref, name)))
+            handles.append(q_mods[name].register_forward_hook(grab(captured_q, name)))
+        for batch in batches:
+            if ctx is not None:
+                ctx.check_cancelled()
+            x = torch.from_numpy(_as_array(batch))
+            captured_ref.clear()
+            captured_q.clear()
+            with quiet(), torch.inference_mode():
+                original(x)
+                quantized(x)
+            for name in layers:
+                a, b = captured_ref.get(name), captured_q.get(name)
+                if a is not None and b is not None and a.shape == b.shape:
+                    signal[name] += float((a * a).sum())
+                    noise[name] += float(((a - b) ** 2).sum())
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, float] = {}
+    for name in layers:
+        if signal[name] > 0:
+            out[name] = float("inf") if noise[name] == 0 else float(10 * np.log10(signal[name] / noise[name]))
+    return out

@@ -1,0 +1,639 @@
+"""The ONNX Runtime engine: QDQ INT8, dynamic INT8, FP16 and mixed plans for any model.
+
+PyTorch models are first exported to ONNX (TorchScript-based exporter, opset 17, with
+``TrainingMode.PRESERVE`` so BatchNormalization nodes keep their names and every ONNX
+node maps back to a layer of the tree). The model then goes through ONNX Runtime's
+pre-processing (symbolic shape inference + basic graph optimisation), static QDQ
+quantization with the data types that are fast on this CPU, and FP16 conversion of the
+layers the plan puts in FP16. Everything intermediate lives in a temporary folder that
+is removed whatever happens, cancellation included.
+
+Types (DESIGN "Facts measured here"): on x86, ``quantize_static``'s default int8
+activations ("S8S8") run no faster than FP32; uint8 activations with int8 per-channel
+weights ("U8S8") run 2.5-6x faster, so x86 gets U8S8. ARM gets S8S8 (what ORT
+recommends there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import platform
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from quantstudio.core.engines.base import QuantConfig, QuantizedModel
+from quantstudio.core.errors import Cancelled, InputError
+from quantstudio.core.jobs import JobContext
+from quantstudio.core.plan import Precision, PrecisionPlan
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+PERCENTILE = 99.99
+# Ops ORT's CPU provider runs in FP16 (others are left FP32 when the plan asks FP16).
+FP16_OPS = {
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Add", "Sub", "Mul", "Div",
+    "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Sigmoid",
+    "HardSigmoid", "HardSwish", "LeakyRelu", "Softmax", "LayerNormalization", "Tanh",
+    "Erf", "Flatten", "Concat", "Transpose", "Gelu", "Clip",
+}
+# Inputs that must stay float32 (or keep their integer type) whatever the node's type.
+_KEEP_FLOAT32_INPUTS = {"Resize": {1, 2}, "Clip": set(), "LayerNormalization": set()}
+# Dynamic INT8: only ops ONNX Runtime runs faster that way. ConvInteger is slower than
+# FP32 Conv on CPUs, so Conv is left to static INT8.
+DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "Gather"]
+
+
+@contextlib.contextmanager
+def quiet():
+    """ORT's quantizer logs advice and torch.onnx warns; neither is for the user."""
+    loggers = [logging.getLogger(n) for n in ("root", "onnxruntime", "onnxruntime.quantization")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def cpu_target(backend: str) -> str:
+    """'x86' or 'arm' for the activation/weight types."""
+    if backend == "qnnpack":
+        return "arm"
+    if backend == "x86":
+        return "x86"
+    machine = platform.machine().lower()
+    return "arm" if machine.startswith(("arm", "aarch64")) else "x86"
+
+
+def cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # unknown: assume a recent CPU
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def make_session(model: Any, threads: int | None = None):
+    """An InferenceSession on the CPU with ``threads`` intra-op threads (default: cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or os.cpu_count() or 1
+    opts.log_severity_level = 3
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    """numpy batch → numpy logits through an ONNX Runtime session."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(getattr(x, "x", x), dtype=np.float32)
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def torch_to_onnx(model: Any, path: Path | None = None):
+    """Export a loaded PyTorch model to ONNX (dynamic batch); returns the ModelProto."""
+    import onnx
+    import torch
+
+    example = model.example_input()
+    module = model.module
+    buf = io.BytesIO()
+    try:
+        with quiet(), torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                module,
+                (example,),
+                buf if path is None else str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                training=torch.onnx.TrainingMode.PRESERVE,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"the model could not be exported to ONNX: {first[:300]}",
+            path=model.path,
+            hint="Export it to ONNX yourself (torch.onnx.export) and open the .onnx file.",
+            details=str(exc)[-4000:],
+        ) from exc
+    return onnx.load_from_string(buf.getvalue()) if path is None else onnx.load(str(path))
+
+
+def float_onnx(model: Any):
+    """The FP32 ONNX form of any loaded model."""
+    if model.kind == "onnx":
+        return model.onnx_model
+    return torch_to_onnx(model)
+
+
+# --------------------------------------------------------------------------- plan → nodes
+
+
+def plan_node_precisions(plan: PrecisionPlan, onnx_tree, torch_tree=None) -> dict[str, tuple[Precision, str]]:
+    """ONNX node name → (effective precision, layer name) from the plan.
+
+    For a model exported from PyTorch the plan speaks PyTorch layer names and types: an
+    ONNX layer maps to the PyTorch layer of the same name (``relu_1`` — a second call
+    of ``relu`` — to ``relu``) and takes its type; ops that belong to no PyTorch leaf
+    (residual adds) are matched by name, which glob rules on scopes cover.
+    """
+    torch_types: dict[str, str] = {}
+    if torch_tree is not None:
+        torch_types = {n.name: n.type for n, _ in torch_tree.walk() if not n.children}
+    out: dict[str, tuple[Precision, str]] = {}
+    for leaf in onnx_tree.leaves():
+        name, type_name = leaf.name, leaf.type
+        if torch_types:
+            for candidate in _torch_name_candidates(name):
+                if candidate in torch_types:
+                    name, type_name = candidate, torch_types[candidate]
+                    break
+        precision = plan.precision_for(name, type_name)
+        if precision is Precision.INT8 and not leaf.quantizable:
+            precision = Precision.FP32
+        for node in leaf.onnx_nodes:
+            out[node] = (precision, name)
+    return out
+
+
+def _torch_name_candidates(name: str) -> list[str]:
+    """PyTorch names an ONNX layer name may stand for: itself; ``relu_1`` (a second call
+    of ``relu``) → ``relu``; ``a.downsample.downsample.0`` (a nested Sequential's scope
+    repeated by the exporter) → ``a.downsample.0``."""
+    out = [name, re.sub(r"_\d+$", "", name)]
+    parts = name.split(".")
+    dedup = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
+    out.append(".".join(dedup))
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+class ProgressReader:
+    """A CalibrationDataReader that reports progress and honours cancellation."""
+
+    def __init__(self, batches: Iterable[Any], input_name: str, ctx: JobContext, lo: float, hi: float) -> None:
+        self._it: Iterator[Any] = iter(batches)
+        self.total = len(batches) if hasattr(batches, "__len__") else None
+        self.input_name = input_name
+        self.ctx = ctx
+        self.lo, self.hi = lo, hi
+        self.count = 0
+
+    def get_next(self):
+        self.ctx.check_cancelled()
+        batch = next(self._it, None)
+        if batch is None:
+            return None
+        self.count += 1
+        frac = self.count / self.total if self.total else 1 - 1 / (self.count + 1)
+        self.ctx.report(self.lo + (self.hi - self.lo) * min(frac, 1.0),
+                        f"calibrating: batch {self.count}" + (f"/{self.total}" if self.total else ""))
+        x = np.ascontiguousarray(getattr(batch, "x", batch), dtype=np.float32)
+        return {self.input_name: x}
+
+    def rewind(self):  # part of ORT's reader interface; calibration reads once
+        pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+# --------------------------------------------------------------------------- FP16
+
+
+def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
+    """Run ``nodes`` in FP16; the graph's inputs and outputs stay float32.
+
+    Written here rather than with ``onnxruntime.transformers.float16`` because, in ORT
+    1.31, that converter with a ``node_block_list`` produced graphs ONNX's checker rejects
+    (casts appended out of topological order, one tensor produced twice); and
+    ``onnxconverter_common`` is not a dependency. Casts go in front of each FP16 node's
+    float32 inputs and behind its outputs only where an FP32 consumer or a graph output
+    needs them, so a run of FP16 layers stays in FP16.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    try:
+        typed = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001
+        typed = m
+    elem: dict[str, int] = {}
+    for vi in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output):
+        elem[vi.name] = vi.type.tensor_type.elem_type
+    inits = {i.name: i for i in m.graph.initializer}
+    for name, init in inits.items():
+        elem[name] = init.data_type
+    graph_outputs = {o.name for o in m.graph.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in m.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def is_fp16(node) -> bool:
+        return node.name in nodes and node.op_type in FP16_OPS
+
+    skipped = sorted({n.name for n in m.graph.node if n.name in nodes and n.op_type not in FP16_OPS})
+    half_of: dict[str, str] = {}  # float32 tensor → its FP16 twin
+    new_inits = []
+    new_nodes = []
+    counter = 0
+    for node in m.graph.node:
+        if not is_fp16(node):
+            new_nodes.append(node)
+            continue
+        keep = _KEEP_FLOAT32_INPUTS.get(node.op_type, set())
+        for j, inp in enumerate(node.input):
+            if not inp or j in keep or elem.get(inp) != TensorProto.FLOAT:
+                continue
+            if inp not in half_of:
+                twin = f"{inp}__fp16"
+                if inp in inits:
+                    arr = numpy_helper.to_array(inits[inp]).astype(np.float16)
+                    new_inits.append(numpy_helper.from_array(arr, twin))
+                else:
+                    counter += 1
+                    new_nodes.append(helper.make_node("Cast", [inp], [twin], name=f"{node.name}_cast_in_{counter}", to=TensorProto.FLOAT16))
+                half_of[inp] = twin
+            node.input[j] = half_of[inp]
+        outs = list(node.output)
+        new_nodes.append(node)
+        for k, out in enumerate(outs):
+            if elem.get(out, TensorProto.FLOAT) != TensorProto.FLOAT:
+                continue
+            twin = f"{out}__fp16"
+            node.output[k] = twin
+            half_of[out] = twin
+            if out in graph_outputs or any(not is_fp16(c) for c in consumers.get(out, [])):
+                counter += 1
+                new_nodes.append(helper.make_node("Cast", [twin], [out], name=f"{node.name}_cast_out_{counter}", to=TensorProto.FLOAT))
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    m.graph.initializer.extend(new_inits)
+    # Drop initializers only FP16 nodes used (their FP16 twins replace them).
+    used = {i for n in m.graph.node for i in n.input}
+    keep_inits = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep_inits)
+    # Stale shape/type annotations of renamed tensors would contradict the new types.
+    del m.graph.value_info[:]
+    return m, skipped
+
+
+def _gemm_to_matmul(model) -> Any:
+    """Gemm (Linear layers) → MatMul + Add, so dynamic INT8 (MatMulInteger) covers them."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name: i for i in m.graph.initializer}
+    nodes = []
+    for node in m.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type == "Gemm"
+            and attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("beta", 1.0) == 1.0
+            and node.input[1] in inits
+        ):
+            w = numpy_helper.to_array(inits[node.input[1]])
+            if attrs.get("transB", 0):
+                w = w.T
+            wname = f"{node.input[1]}__matmul"
+            m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), wname))
+            if len(node.input) > 2 and node.input[2]:
+                mid = f"{node.output[0]}__matmul"
+                nodes.append(helper.make_node("MatMul", [node.input[0], wname], [mid], name=node.name))
+                nodes.append(helper.make_node("Add", [mid, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+            else:
+                nodes.append(helper.make_node("MatMul", [node.input[0], wname], [node.output[0]], name=node.name))
+        else:
+            nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {i for n in m.graph.node for i in n.input}
+    keep = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    return m
+
+
+# --------------------------------------------------------------------------- engine
+
+
+class OrtEngine:
+    """Static (QDQ) / dynamic INT8, FP16 and mixed plans with ONNX Runtime."""
+
+    name = "onnxruntime"
+
+    def quantize(
+        self,
+        model: Any,
+        plan: PrecisionPlan,
+        config: QuantConfig,
+        calib_batches: Iterable[Any],
+        ctx: JobContext,
+    ) -> QuantizedModel:
+        import onnx
+
+        from quantstudio.core.inventory import build_inventory, onnx_inventory
+
+        ctx.partial({"type": "stage", "name": "prepare"})
+        ctx.check_cancelled()
+        notes: list[str] = []
+        if model.kind != "onnx":
+            ctx.report(0.0, "exporting to ONNX")
+            fp32 = torch_to_onnx(model)
+            torch_tree = build_inventory(model)
+            notes.append(f"exported to ONNX (opset {OPSET}) from the {model.kind_label}")
+        else:
+            fp32 = model.onnx_model
+            torch_tree = None
+        ctx.check_cancelled()
+        onnx_tree = onnx_inventory(fp32, model.input_shape)
+        node_plan = plan_node_precisions(plan, onnx_tree, torch_tree)
+        if config.mode == "fp16":
+            # fp16 mode: everything the plan leaves INT8 runs FP16.
+            node_plan = {k: (Precision.FP16 if p is Precision.INT8 else p, n) for k, (p, n) in node_plan.items()}
+        int8_nodes = {k for k, (p, _) in node_plan.items() if p is Precision.INT8}
+        fp16_nodes = {k for k, (p, _) in node_plan.items() if p is Precision.FP16}
+        excluded = sorted(k for k, (p, _) in node_plan.items() if p is not Precision.INT8)
+        inits = {i.name for i in fp32.graph.initializer}
+        input_name = next(i.name for i in fp32.graph.input if i.name not in inits)
+
+        target = cpu_target(config.backend)
+        with tempfile.TemporaryDirectory(prefix="quantstudio-ort-") as tmp, quiet():
+            tmpdir = Path(tmp)
+            src = tmpdir / "fp32.onnx"
+            onnx.save(fp32, str(src))
+            pre = tmpdir / "pre.onnx"
+            ctx.report(0.03, "ONNX Runtime pre-processing (shape inference, optimisation)")
+            try:
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                quant_pre_process(str(src), str(pre))
+            except Exception as exc:  # noqa: BLE001 - some graphs defeat symbolic shape inference
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                notes.append(f"ONNX Runtime pre-processing skipped ({first})")
+                pre = src
+            ctx.check_cancelled()
+            out = tmpdir / "quantized.onnx"
+            if config.mode == "static" and int8_nodes:
+                self._static(pre, out, config, target, excluded, calib_batches, input_name, ctx, notes)
+            elif config.mode == "dynamic" and int8_nodes:
+                self._dynamic(pre, out, config, target, excluded, ctx, notes)
+            else:
+                out = pre
+                if config.mode != "fp16":
+                    notes.append("the plan leaves no layer INT8")
+            ctx.check_cancelled()
+            ctx.partial({"type": "stage", "name": "convert"})
+            quantized = onnx.load(str(out))
+            reference = onnx.load(str(pre))
+        if fp16_nodes:
+            ctx.report(0.93, f"converting {len(fp16_nodes)} nodes to FP16")
+            quantized, skipped = convert_nodes_to_fp16(quantized, fp16_nodes)
+            if skipped:
+                notes.append(f"{len(skipped)} nodes stay FP32: ONNX Runtime has no FP16 form for them here ({', '.join(skipped[:3])}…)")
+        ctx.check_cancelled()
+        ctx.report(0.97, "creating the ONNX Runtime session")
+        try:
+            session = make_session(quantized)
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(
+                "ONNX Runtime cannot run the quantized model",
+                path=model.path,
+                hint="Keep the layers named in the details in FP32, or try another mode.",
+                details=str(exc)[-4000:],
+            ) from exc
+        built = {}
+        present = {n.name: n.op_type for n in quantized.graph.node}
+        for node, (p, layer) in node_plan.items():
+            built.setdefault(layer, p.value)
+        ctx.report(1.0, "quantized")
+        result = QuantizedModel(
+            engine=self.name,
+            config=config,
+            runner=OrtRunner(session),
+            layer_precisions=built,
+            fused=_ort_fusions(onnx_tree, present, reference),
+            notes=notes,
+            artifact=quantized,
+            input_shape=tuple(model.input_shape) if model.input_shape else None,
+            reference_artifact=reference,
+            node_layers={k: n for k, (_, n) in node_plan.items()},
+        )
+        return result
+
+    # ------------------------------------------------------------------ static
+    def _static(self, pre, out, config, target, excluded, calib_batches, input_name, ctx, notes) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        ctx.partial({"type": "stage", "name": "calibrate"})
+        if target == "x86":
+            act, act_name = QuantType.QUInt8, "uint8"
+            why = "x86: uint8 activations + int8 weights (U8S8) use the VNNI/AVX-512 kernels; int8 activations (S8S8) run no faster than FP32 here"
+        else:
+            act, act_name = QuantType.QInt8, "int8"
+            why = "ARM: int8 activations + int8 weights (S8S8), what ONNX Runtime recommends there"
+        reduce_range = target == "x86" and not cpu_has_vnni()
+        if reduce_range:
+            why += "; 7-bit weights (reduce_range) because this CPU has no VNNI and 8-bit U8S8 could saturate"
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[config.calibration]
+        extra = {"ActivationSymmetric": bool(config.symmetric_activations), "WeightSymmetric": True}
+        if config.calibration == "percentile":
+            extra["CalibPercentile"] = PERCENTILE
+        notes.append(
+            f"QDQ INT8, activations {act_name}, weights int8 "
+            f"{'per-channel' if config.per_channel else 'per-tensor'}, {config.calibration} calibration ({why})"
+        )
+        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.9)
+        try:
+            # The entropy/percentile calibrators print their progress to stdout.
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(
+                    str(pre),
+                    str(out),
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=bool(config.per_channel),
+                    reduce_range=reduce_range,
+                    activation_type=act,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded,
+                    calibrate_method=method,
+                    extra_options=extra,
+                )
+        except (Cancelled, InputError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if reader.count == 0:
+                raise InputError("there is no calibration data", hint="Choose data with at least one sample.") from exc
+            raise InputError(
+                f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
+                hint="Keep the failing layers in FP32 or use dynamic INT8.",
+                details=str(exc)[-4000:],
+            ) from exc
+        if reader.count == 0:
+            raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+
+    # ------------------------------------------------------------------ dynamic
+    def _dynamic(self, pre, out, config, target, excluded, ctx, notes) -> None:
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        ctx.report(0.3, "quantizing weights (dynamic INT8)")
+        prepared = _gemm_to_matmul(onnx.load(str(pre)))
+        mm = Path(out).with_name("matmul.onnx")
+        onnx.save(prepared, str(mm))
+        ops = [n.op_type for n in prepared.graph.node if n.name not in set(excluded)]
+        if not any(op in DYNAMIC_OPS for op in ops):
+            notes.append("dynamic INT8 quantizes MatMul/Gemm/LSTM/Attention only and the plan leaves none INT8; use static INT8 for conv layers")
+        try:
+            quantize_dynamic(
+                str(mm),
+                str(out),
+                op_types_to_quantize=DYNAMIC_OPS,
+                per_channel=bool(config.per_channel),
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(
+                f"ONNX Runtime could not quantize this model dynamically: {str(exc).strip().splitlines()[0][:300]}",
+                hint="Use static INT8 or keep the failing layers in FP32.",
+                details=str(exc)[-4000:],
+            ) from exc
+        notes.append("dynamic INT8: MatMul/Gemm/LSTM weights int8, activations quantized at run time; Conv layers stay FP32 (ConvInteger is slower than FP32 on CPUs)")
+
+    # ------------------------------------------------------------------ export
+    def export(self, result: QuantizedModel, path: Path, ctx: JobContext, samples: np.ndarray | None = None):
+        from quantstudio.core.export import export_model
+
+        return export_model(result, path, samples=samples, ctx=ctx)
+
+
+def _ort_fusions(onnx_tree, present: dict[str, str], pre_model) -> list[list[str]]:
+    """Layers ORT's pre-processing folded away (BatchNormalization into the Conv before it)."""
+    pre_nodes = {n.name for n in pre_model.graph.node}
+    groups: list[list[str]] = []
+
+    def visit(node) -> None:
+        kids = [c for c in node.children if not c.children]
+        for a, b in zip(kids, kids[1:]):
+            if b.type == "BatchNormalization" and a.type in ("Conv", "ConvTranspose", "Gemm"):
+                if all(n not in pre_nodes for n in b.onnx_nodes) and any(n in pre_nodes for n in a.onnx_nodes):
+                    groups.append([a.name, b.name])
+        for c in node.children:
+            if c.children:
+                visit(c)
+
+    visit(onnx_tree)
+    return groups
+
+
+def ort_layer_sqnr(result: QuantizedModel, batches: list[np.ndarray], ctx: JobContext | None = None) -> dict[str, float]:
+    """Per-layer SQNR (dB) of an ORT result: each Conv/Gemm/MatMul output, quantized vs FP32.
+
+    Both models get the node outputs as extra graph outputs (on copies); the quantized
+    node keeps its name and output tensor in the QDQ graph, so the two line up.
+    """
+    import onnx
+
+    ref = result.reference_artifact
+    layers = result.node_layers
+    if ref is None or not batches:
+        return {}
+    quant = result.artifact
+    ref_out = {n.name: n.output[0] for n in ref.graph.node if n.output}
+    # (node, FP32 tensor, quantized tensor): the output of the same-named node in each
+    # graph. Names may differ (the QDQ quantizer drops a Relu after a Conv and renames
+    # the Conv's output; FP16 nodes write a "__fp16" twin); values are the same thing.
+    pairs = []
+    for node in quant.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose") and node.name in ref_out:
+            pairs.append((node.name, ref_out[node.name], node.output[0]))
+    if not pairs:
+        return {}
+
+    def with_outputs(model, names):
+        from onnx import helper
+
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        existing = {o.name for o in m.graph.output}
+        for name in names:
+            if name not in existing:
+                m.graph.output.append(helper.make_empty_tensor_value_info(name))
+        return m
+
+    try:
+        s_ref = make_session(with_outputs(ref, [p[1] for p in pairs]))
+        s_q = make_session(with_outputs(quant, [p[2] for p in pairs]))
+    except Exception:  # noqa: BLE001 - an odd graph: no per-layer view, not a failure
+        return {}
+    ref_names = [o.name for o in s_ref.get_outputs()]
+    q_names = [o.name for o in s_q.get_outputs()]
+    signal = {p[0]: 0.0 for p in pairs}
+    noise = {p[0]: 0.0 for p in pairs}
+    for x in batches:
+        if ctx is not None:
+            ctx.check_cancelled()
+        x = np.ascontiguousarray(getattr(x, "x", x), dtype=np.float32)
+        r = dict(zip(ref_names, s_ref.run(None, {s_ref.get_inputs()[0].name: x})))
+        q = dict(zip(q_names, s_q.run(None, {s_q.get_inputs()[0].name: x})))
+        for node, tensor, q_tensor in pairs:
+            if tensor in r and q_tensor in q and r[tensor].shape == q[q_tensor].shape:
+                a = r[tensor].astype(np.float64)
+                b = q[q_tensor].astype(np.float64)
+                signal[node] += float(np.sum(a * a))
+                noise[node] += float(np.sum((a - b) ** 2))
+    out: dict[str, float] = {}
+    for node, _, _ in pairs:
+        if signal[node] == 0:
+            continue
+        db = float("inf") if noise[node] == 0 else 10 * np.log10(signal[node] / noise[node])
+        out[layers.get(node, node)] = db
+    return out

@@ -1,0 +1,416 @@
+"""The data & settings panel: what data to use, how to preprocess it, how to quantize.
+
+It holds only widget state; the window reads it through :meth:`DataPanel.run_settings`
+when a run starts and saves it through :meth:`state` in projects. Scanning a folder
+runs on the worker (the window does it when ``scan_requested`` is emitted).
+
+Signals: ``scan_requested()`` when the data choice changed and needs a (re)scan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from quantstudio.gui import style
+from quantstudio.gui.settings import SETTINGS
+from quantstudio.gui.thumbnails import ThumbnailModel
+
+DATA_KINDS = (
+    ("folder", "Image folder"),
+    ("tensor", "Tensor file (.npy / .npz / .pt)"),
+    ("random", style.RANDOM_DATA_LABEL),
+)
+PRESETS = (("default", "Default (model's size, ImageNet mean/std)"), ("imagenet", "ImageNet (resize 256, crop 224)"), ("custom", "Custom…"))
+IMAGENET_MEAN = "0.485,0.456,0.406"
+IMAGENET_STD = "0.229,0.224,0.225"
+
+
+def _combo(items, tips: dict[str, str] | None = None) -> QComboBox:
+    c = QComboBox()
+    for value, label in items:
+        c.addItem(label, value)
+        if tips and value in tips:
+            c.setItemData(c.count() - 1, tips[value], Qt.ItemDataRole.ToolTipRole)
+    return c
+
+
+def _select(combo: QComboBox, value: Any) -> None:
+    i = combo.findData(value)
+    if i >= 0:
+        combo.setCurrentIndex(i)
+
+
+class DataPanel(QScrollArea):
+    scan_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        body = QWidget()
+        self.setWidget(body)
+        col = QVBoxLayout(body)
+        col.setContentsMargins(6, 6, 6, 6)
+
+        # ---------------------------------------------------------------- data
+        data_box = QGroupBox("Data")
+        form = QFormLayout(data_box)
+        self.kind_combo = _combo(DATA_KINDS)
+        self.kind_combo.setToolTip(
+            "Your own images give meaningful accuracy. Random data only measures speed and size."
+        )
+        form.addRow("Source:", self.kind_combo)
+        row = QHBoxLayout()
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("Choose a folder of images…")
+        self.path_edit.setReadOnly(True)
+        self.browse_button = QPushButton("Choose…")
+        self.browse_button.clicked.connect(self._on_browse)
+        row.addWidget(self.path_edit, 1)
+        row.addWidget(self.browse_button)
+        form.addRow("Location:", row)
+        self.summary_label = QLabel("No data chosen yet.")
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextFormat(Qt.TextFormat.RichText)
+        form.addRow(self.summary_label)
+        self.thumb_model = ThumbnailModel(self)
+        self.thumb_view = QListView()
+        self.thumb_view.setViewMode(QListView.ViewMode.IconMode)
+        self.thumb_view.setIconSize(QSize(48, 48))
+        self.thumb_view.setGridSize(QSize(64, 70))
+        self.thumb_view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.thumb_view.setMovement(QListView.Movement.Static)
+        self.thumb_view.setUniformItemSizes(True)
+        self.thumb_view.setModel(self.thumb_model)
+        self.thumb_view.setMinimumHeight(150)
+        self.thumb_view.setToolTip("A few of the images, with their class (sub-folder) name")
+        form.addRow(self.thumb_view)
+        self.skipped_label = QLabel()
+        self.skipped_label.setWordWrap(True)
+        self.skipped_label.setStyleSheet("color: #a05000")
+        form.addRow(self.skipped_label)
+        col.addWidget(data_box)
+
+        # ---------------------------------------------------------------- preprocessing
+        prep_box = QGroupBox("Preprocessing")
+        prep_box.setToolTip("How images are turned into the numbers the model was trained on. Use what was used in training.")
+        pform = QFormLayout(prep_box)
+        self.preset_combo = _combo(PRESETS)
+        pform.addRow("Preset:", self.preset_combo)
+        self.resize_edit = QLineEdit()
+        self.resize_edit.setPlaceholderText("model size")
+        self.resize_edit.setToolTip("One number scales the shorter side; H,W resizes exactly. Empty: the model's input size.")
+        self.crop_edit = QLineEdit()
+        self.crop_edit.setPlaceholderText("none")
+        self.crop_edit.setToolTip("Centre crop after resizing (one number or H,W). Empty: no crop.")
+        self.mean_edit = QLineEdit(IMAGENET_MEAN)
+        self.mean_edit.setToolTip("Mean subtracted per channel (0..1 scale)")
+        self.std_edit = QLineEdit(IMAGENET_STD)
+        self.std_edit.setToolTip("Standard deviation divided per channel (0..1 scale)")
+        pform.addRow("Resize:", self.resize_edit)
+        pform.addRow("Crop:", self.crop_edit)
+        pform.addRow("Mean:", self.mean_edit)
+        pform.addRow("Std:", self.std_edit)
+        col.addWidget(prep_box)
+
+        # ---------------------------------------------------------------- samples
+        samples_box = QGroupBox("Samples")
+        sform = QFormLayout(samples_box)
+        self.calib_spin = QSpinBox()
+        self.calib_spin.setRange(1, 100000)
+        self.calib_spin.setToolTip(style.CALIBRATION_HELP)
+        self.eval_spin = QSpinBox()
+        self.eval_spin.setRange(1, 1000000)
+        self.eval_spin.setToolTip("How many images (not used for calibration) measure the accuracy of each variant.")
+        sform.addRow("Calibration:", self.calib_spin)
+        sform.addRow("Evaluation:", self.eval_spin)
+        col.addWidget(samples_box)
+
+        # ---------------------------------------------------------------- quantization
+        q_box = QGroupBox("Quantization")
+        qform = QFormLayout(q_box)
+        self.engine_combo = _combo((("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch")), style.ENGINE_HELP)
+        self.engine_combo.setToolTip("\n".join(style.ENGINE_HELP.values()))
+        self.mode_combo = _combo((("static", "Static INT8"), ("dynamic", "Dynamic INT8"), ("fp16", "FP16")), style.MODE_HELP)
+        self.mode_combo.setToolTip("\n".join(style.MODE_HELP.values()))
+        self.backend_combo = _combo((("auto", "Auto (this CPU)"), ("x86", "x86 (Intel/AMD)"), ("qnnpack", "ARM (qnnpack)")), style.BACKEND_HELP)
+        self.backend_combo.setToolTip("The processor the quantized model will run on.\n" + "\n".join(style.BACKEND_HELP.values()))
+        self.calib_combo = _combo(
+            (("minmax", "Min-max"), ("entropy", "Entropy (histogram)"), ("percentile", "Percentile")), style.CALIBRATION_METHOD_HELP
+        )
+        self.calib_combo.setToolTip(style.CALIBRATION_HELP + "\n\n" + "\n".join(style.CALIBRATION_METHOD_HELP.values()))
+        self.per_channel_check = QCheckBox("Per-channel weights")
+        self.per_channel_check.setToolTip(style.PER_CHANNEL_HELP)
+        qform.addRow("Engine:", self.engine_combo)
+        qform.addRow("Mode:", self.mode_combo)
+        qform.addRow("Target CPU:", self.backend_combo)
+        qform.addRow("Calibration:", self.calib_combo)
+        qform.addRow("", self.per_channel_check)
+        self.runs_spin = QSpinBox()
+        self.runs_spin.setRange(1, 10000)
+        self.runs_spin.setToolTip("How many timed runs per variant and batch size (more: steadier numbers, slower).")
+        self.batches_edit = QLineEdit()
+        self.batches_edit.setToolTip("Batch sizes to measure speed at, e.g. 1,8,32")
+        qform.addRow("Timed runs:", self.runs_spin)
+        qform.addRow("Batch sizes:", self.batches_edit)
+        col.addWidget(q_box)
+
+        help_label = QLabel(
+            "<small><b>INT8</b>: 4× smaller, usually faster, may lose a little accuracy. "
+            "<b>FP16</b>: 2× smaller, almost lossless. <b>FP32</b>: unchanged.</small>"
+        )
+        help_label.setWordWrap(True)
+        help_label.setToolTip("\n\n".join(style.PRECISION_HELP.values()))
+        col.addWidget(help_label)
+        col.addStretch(1)
+
+        self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
+        self.preset_combo.currentIndexChanged.connect(self._on_preset_changed)
+        self.load_settings()
+        self._on_kind_changed()
+        self._on_preset_changed()
+        self.summary = None  # the last DataSummary
+
+    # ------------------------------------------------------------------ data choice
+    @property
+    def kind(self) -> str:
+        return self.kind_combo.currentData()
+
+    def data_spec(self) -> str | None:
+        """What to give core.data.open_data: a path, "random", or None when nothing is chosen."""
+        if self.kind == "random":
+            return "random"
+        text = self.path_edit.text().strip()
+        return text or None
+
+    def set_data(self, kind: str, path: str = "") -> None:
+        """Choose data without a file dialog (demo, projects, tests); requests a scan."""
+        self.kind_combo.blockSignals(True)
+        _select(self.kind_combo, kind)
+        self.kind_combo.blockSignals(False)
+        self.path_edit.setText(path)
+        self._update_kind_widgets()
+        self.scan_requested.emit()
+
+    @Slot()
+    def _on_kind_changed(self) -> None:
+        self._update_kind_widgets()
+        if self.kind == "random" or self.path_edit.text():
+            if self.kind == "random":
+                self.path_edit.clear()
+            self.scan_requested.emit()
+
+    def _update_kind_widgets(self) -> None:
+        random = self.kind == "random"
+        self.path_edit.setEnabled(not random)
+        self.browse_button.setEnabled(not random)
+        self.path_edit.setPlaceholderText(
+            {"folder": "Choose a folder of images…", "tensor": "Choose a .npy/.npz/.pt file…"}.get(self.kind, "")
+        )
+
+    @Slot()
+    def _on_browse(self) -> None:
+        start = SETTINGS["last_data_dir"] or str(Path.home())
+        if self.kind == "folder":
+            path = QFileDialog.getExistingDirectory(self, "Folder of images (one sub-folder per class, or flat)", start)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Tensor file", start, "Tensor files (*.npy *.npz *.pt *.pth)")
+        if path:
+            SETTINGS["last_data_dir"] = str(Path(path).parent if Path(path).is_file() else path)
+            self.path_edit.setText(path)
+            self.scan_requested.emit()
+
+    def set_summary(self, summary) -> None:
+        """Show what a scan found (a tasks.DataSummary), or None to clear."""
+        self.summary = summary
+        self.skipped_label.clear()
+        if summary is None:
+            self.summary_label.setText("No data chosen yet.")
+            self.thumb_model.set_items([])
+            return
+        lines = []
+        if summary.is_random:
+            lines.append(f"<b style='color:#a05000'>{style.RANDOM_DATA_LABEL}</b>")
+        lines.append(f"<b>{summary.description}</b>")
+        if summary.class_counts:
+            shown = ", ".join(f"{name}: {n}" for name, n in summary.class_counts[:20])
+            more = f" … (+{len(summary.class_counts) - 20} classes)" if len(summary.class_counts) > 20 else ""
+            lines.append(f"Per class — {shown}{more}")
+        for w in summary.warnings:
+            if not (summary.is_random and "random" in w):
+                lines.append(f"<span style='color:#a02020'>⚠ {w}</span>")
+        for n in summary.notes:
+            lines.append(f"<span style='color:#666'>{n}</span>")
+        self.summary_label.setText("<br>".join(lines))
+        self.thumb_model.set_items(
+            [(path, label, arr, f"{label}\n{path}" if path else label) for path, label, arr in summary.thumbnails]
+        )
+
+    def set_error(self, message: str) -> None:
+        self.summary = None
+        self.summary_label.setText(f"<span style='color:#a02020'>{message}</span>")
+        self.thumb_model.set_items([])
+
+    def set_skipped(self, skipped: list[tuple[str, str]]) -> None:
+        """Files a run could not read (path, reason)."""
+        if not skipped:
+            self.skipped_label.clear()
+            return
+        lines = [f"{len(skipped)} files skipped (unreadable):"]
+        lines += [f"  {Path(p).name}: {r}" for p, r in skipped[:5]]
+        if len(skipped) > 5:
+            lines.append(f"  … and {len(skipped) - 5} more")
+        self.skipped_label.setText("\n".join(lines))
+        self.skipped_label.setToolTip("\n".join(f"{p}: {r}" for p, r in skipped[:200]))
+
+    # ------------------------------------------------------------------ preprocessing
+    @Slot()
+    def _on_preset_changed(self) -> None:
+        preset = self.preset_combo.currentData()
+        custom = preset == "custom"
+        for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
+            w.setEnabled(custom)
+        if preset == "default":
+            self.resize_edit.clear()
+            self.crop_edit.clear()
+        elif preset == "imagenet":
+            self.resize_edit.setText("256")
+            self.crop_edit.setText("224")
+        if not custom:
+            self.mean_edit.setText(IMAGENET_MEAN)
+            self.std_edit.setText(IMAGENET_STD)
+
+    def preprocessing_dict(self) -> dict[str, Any]:
+        """Settings for core.data.Preprocessing.from_dict (validated there)."""
+
+        def size(text: str):
+            text = text.strip()
+            if not text:
+                return None
+            parts = [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+            return parts[0] if len(parts) == 1 else parts
+
+        def floats(text: str):
+            return [float(p) for p in text.split(",") if p.strip()]
+
+        return {
+            "resize": size(self.resize_edit.text()),
+            "crop": size(self.crop_edit.text()),
+            "mean": floats(self.mean_edit.text()),
+            "std": floats(self.std_edit.text()),
+        }
+
+    # ------------------------------------------------------------------ run settings
+    def quant_config(self) -> dict[str, Any]:
+        """Fields of core.engines.base.QuantConfig."""
+        return {
+            "engine": self.engine_combo.currentData(),
+            "mode": self.mode_combo.currentData(),
+            "backend": self.backend_combo.currentData(),
+            "calibration": self.calib_combo.currentData(),
+            "per_channel": self.per_channel_check.isChecked(),
+            "calib_samples": self.calib_spin.value(),
+        }
+
+    def benchmark_batches(self) -> list[int]:
+        try:
+            values = sorted({int(p) for p in self.batches_edit.text().split(",") if p.strip()})
+        except ValueError:
+            values = []
+        return [v for v in values if v > 0] or [1]
+
+    def state(self) -> dict[str, Any]:
+        """Everything the panel holds, for projects."""
+        return {
+            "data_kind": self.kind,
+            "data_path": self.path_edit.text(),
+            "preprocess_preset": self.preset_combo.currentData(),
+            "preprocess_resize": self.resize_edit.text(),
+            "preprocess_crop": self.crop_edit.text(),
+            "preprocess_mean": self.mean_edit.text(),
+            "preprocess_std": self.std_edit.text(),
+            "calib_samples": self.calib_spin.value(),
+            "eval_samples": self.eval_spin.value(),
+            "engine": self.engine_combo.currentData(),
+            "backend": self.backend_combo.currentData(),
+            "mode": self.mode_combo.currentData(),
+            "calibration": self.calib_combo.currentData(),
+            "per_channel": self.per_channel_check.isChecked(),
+            "benchmark_runs": self.runs_spin.value(),
+            "benchmark_batches": self.batches_edit.text(),
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Set the widgets from ``state`` (missing keys keep their value); no scan."""
+        self.blockSignals(True)
+        for combo, key in (
+            (self.engine_combo, "engine"),
+            (self.backend_combo, "backend"),
+            (self.mode_combo, "mode"),
+            (self.calib_combo, "calibration"),
+        ):
+            if key in state:
+                _select(combo, state[key])
+        if "preprocess_preset" in state:
+            self.preset_combo.blockSignals(True)
+            _select(self.preset_combo, state["preprocess_preset"])
+            self.preset_combo.blockSignals(False)
+        for edit, key in (
+            (self.resize_edit, "preprocess_resize"),
+            (self.crop_edit, "preprocess_crop"),
+            (self.mean_edit, "preprocess_mean"),
+            (self.std_edit, "preprocess_std"),
+            (self.batches_edit, "benchmark_batches"),
+        ):
+            if key in state:
+                edit.setText(str(state[key]))
+        for spin, key in ((self.calib_spin, "calib_samples"), (self.eval_spin, "eval_samples"), (self.runs_spin, "benchmark_runs")):
+            if key in state:
+                spin.setValue(int(state[key]))
+        if "per_channel" in state:
+            self.per_channel_check.setChecked(bool(state["per_channel"]))
+        custom = self.preset_combo.currentData() == "custom"
+        for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
+            w.setEnabled(custom)
+        if "data_kind" in state:
+            self.kind_combo.blockSignals(True)
+            _select(self.kind_combo, state["data_kind"])
+            self.kind_combo.blockSignals(False)
+        if "data_path" in state:
+            self.path_edit.setText(state["data_path"])
+        self._update_kind_widgets()
+        self.blockSignals(False)
+
+    def load_settings(self) -> None:
+        self.restore_state({key: SETTINGS[key] for key in self._keys()})
+
+    def save_settings(self) -> None:
+        state = self.state()
+        for key in self._keys():
+            SETTINGS[key] = state[key]
+
+    @staticmethod
+    def _keys() -> tuple[str, ...]:
+        return (
+            "data_kind", "data_path", "preprocess_preset", "preprocess_resize", "preprocess_crop",
+            "preprocess_mean", "preprocess_std", "calib_samples", "eval_samples", "engine", "backend",
+            "mode", "calibration", "per_channel", "benchmark_runs", "benchmark_batches",
+        )

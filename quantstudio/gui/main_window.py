@@ -1,0 +1,841 @@
+"""The main window: welcome page or layer tree in the middle, docks around it.
+
+Every long operation (open a model, scan data, quantize, export) is a job run by
+:class:`~quantstudio.gui.worker.JobRunner`, one at a time; this window only starts
+jobs and shows what they report. State that matters lives in core objects: the
+``LoadedModel``, its ``LayerNode`` tree, and the ``PrecisionPlan`` (shared with the
+layer model, edited only through it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QDialog,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QStackedWidget,
+    QToolBar,
+    QWidget,
+)
+
+from quantstudio import __version__
+from quantstudio.core.errors import InputError, TrustRequired
+from quantstudio.core.plan import Precision, PrecisionPlan
+from quantstudio.gui import plots, style, tasks
+from quantstudio.gui.data_panel import DataPanel
+from quantstudio.gui.dialogs import ImportDialog, ask_yes_no, show_error
+from quantstudio.gui.layer_model import LayerTreeModel
+from quantstudio.gui.layer_view import LayerPanel
+from quantstudio.gui.paths import demo_dir
+from quantstudio.gui.project import PROJECT_SUFFIX, load_project, make_project, save_project
+from quantstudio.gui.settings import SETTINGS, data_dir
+from quantstudio.gui.variants import VariantsPanel
+from quantstudio.gui.welcome import WelcomePage
+from quantstudio.gui.worker import Job, JobRunner
+
+log = logging.getLogger("quantstudio.gui")
+
+MODEL_FILTER = "Models (*.pth *.pt *.pt2 *.onnx *.pkl *.bin);;All files (*)"
+AUTOSAVE_MS = 60_000
+
+
+class _LogBridge(QObject, logging.Handler):
+    """Routes log records from any thread to the log dock (queued signal)."""
+
+    line = Signal(str)
+
+    def __init__(self) -> None:
+        QObject.__init__(self)
+        logging.Handler.__init__(self, logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: A003 - logging.Handler API
+        try:
+            self.line.emit(self.format(record))
+        except RuntimeError:  # the window is gone
+            pass
+
+
+class MainWindow(QMainWindow):
+    """Signals: ``model_loaded()``, ``run_finished(object)``, ``job_idle()``."""
+
+    model_loaded = Signal()
+    run_finished = Signal(object)
+    job_idle = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("QuantStudio")
+        self.setAcceptDrops(True)
+        self.resize(1400, 900)
+        self.runner = JobRunner(self)
+        self.loaded = None  # core LoadedModel
+        self.model_request: tasks.LoadRequest | None = None
+        self.plan = PrecisionPlan()
+        self.project_path: Path | None = None
+        self._after_load: dict[str, Any] | None = None  # project to finish applying after its model loads
+        self._dirty = False
+        self._closing = False
+
+        self.layer_model = LayerTreeModel(self)
+        self.layer_panel = LayerPanel(self.layer_model)
+        self.welcome = WelcomePage()
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(self.layer_panel)
+        self.setCentralWidget(self.stack)
+
+        self._make_docks()
+        self._make_actions()
+        self._make_menus_and_toolbar()
+        self._make_status_bar()
+        self._connect()
+
+        self.log_bridge = _LogBridge()
+        self.log_bridge.line.connect(self.log_view.appendPlainText)
+        logging.getLogger("quantstudio").addHandler(self.log_bridge)
+        logging.getLogger("quantstudio").setLevel(logging.INFO)
+
+        self.autosave_timer = QTimer(self)
+        self.autosave_timer.setInterval(AUTOSAVE_MS)
+        self.autosave_timer.timeout.connect(self.autosave)
+        self.autosave_timer.start()
+
+        self._refresh_recent()
+        self._update_actions()
+        self.restore_layout()
+
+    # ================================================================== construction
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea, name: str) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _make_docks(self) -> None:
+        self.data_panel = DataPanel()
+        self.data_dock = self._dock("Data && settings", self.data_panel, Qt.DockWidgetArea.LeftDockWidgetArea, "data_dock")
+        self.data_dock.setMinimumWidth(330)
+
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_dock = self._dock("Log", self.log_view, Qt.DockWidgetArea.BottomDockWidgetArea, "log_dock")
+
+        self.variants_panel = VariantsPanel()
+        self.variants_dock = self._dock("Variants", self.variants_panel, Qt.DockWidgetArea.BottomDockWidgetArea, "variants_dock")
+        self.tabifyDockWidget(self.log_dock, self.variants_dock)
+
+        self.latency_panel = plots.LatencyPanel()
+        self.accuracy_panel = plots.AccuracyPanel()
+        self.size_panel = plots.SizePanel()
+        self.layer_error_panel = plots.LayerErrorPanel()
+        self.confusion_panel = plots.ConfusionPanel()
+        self.changed_panel = plots.ChangedSamplesPanel()
+        self.tradeoff_panel = plots.TradeoffPanel()
+        self.plot_panels = [
+            self.latency_panel, self.accuracy_panel, self.size_panel, self.layer_error_panel,
+            self.confusion_panel, self.tradeoff_panel,
+        ]
+        right = Qt.DockWidgetArea.RightDockWidgetArea
+        self.plot_docks: list[QDockWidget] = []
+        top = [(self.latency_panel, "Speed"), (self.size_panel, "Size"), (self.tradeoff_panel, "Speed vs accuracy")]
+        bottom = [(self.accuracy_panel, "Accuracy"), (self.layer_error_panel, "Per-layer error"),
+                  (self.confusion_panel, "Confusion"), (self.changed_panel, "Changed")]
+        for group in (top, bottom):
+            first = None
+            for panel, title in group:
+                dock = self._dock(title, panel, right, f"plot_{title.lower().replace(' ', '_')}")
+                self.plot_docks.append(dock)
+                if first is None:
+                    first = dock
+                else:
+                    self.tabifyDockWidget(first, dock)
+            first.raise_()
+        self.log_dock.raise_()
+
+    def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+        if tip:
+            act.setToolTip(tip)
+            act.setStatusTip(tip)
+        act.triggered.connect(slot)
+        return act
+
+    def _make_actions(self) -> None:
+        self.open_action = self._action("&Open model…", self.choose_model, QKeySequence.StandardKey.Open,
+                                        "Open a .pth, .pt, .pt2 or .onnx model")
+        self.demo_action = self._action("Open &demo", self.open_demo, tip="The bundled digit classifier and its images")
+        self.open_project_action = self._action("Open &project…", self.choose_project, "Ctrl+Shift+O")
+        self.save_project_action = self._action("&Save project", self.save_project, QKeySequence.StandardKey.Save)
+        self.save_project_as_action = self._action("Save project &as…", self.save_project_as, "Ctrl+Shift+S")
+        self.export_action = self._action("&Export…", self.open_export_dialog, "Ctrl+E",
+                                          "Write the quantized model (.onnx / .pth), its recipe and a report")
+        self.restore_autosave_action = self._action("Restore &autosave", self.restore_autosave)
+        self.quit_action = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.undo_action = self.layer_model.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
+        self.redo_action = self.layer_model.undo_stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.all_actions = {}
+        for p in Precision:
+            act = QAction(style.swatch_icon(style.PRECISION_COLOUR[p]), f"All layers {style.PRECISION_LABEL[p]}", self)
+            act.setData(p.value)
+            act.setToolTip(style.PRECISION_HELP[p])
+            act.triggered.connect(self._on_all_action)
+            self.all_actions[p] = act
+        self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R",
+                                            "Quantize with the current plan and settings, then evaluate and benchmark")
+        self.cancel_action = self._action("&Cancel", self.cancel_job, "Esc", "Stop the running job")
+        self.reset_layout_action = self._action("Reset &layout", self.reset_layout)
+        self.about_action = self._action("&About QuantStudio", self.show_about)
+
+    def _make_menus_and_toolbar(self) -> None:
+        bar = self.menuBar()
+        file_menu = bar.addMenu("&File")
+        file_menu.addAction(self.open_action)
+        file_menu.addAction(self.demo_action)
+        self.recent_menu = QMenu("Open &recent", self)
+        file_menu.addMenu(self.recent_menu)
+        file_menu.addSeparator()
+        file_menu.addAction(self.open_project_action)
+        file_menu.addAction(self.save_project_action)
+        file_menu.addAction(self.save_project_as_action)
+        file_menu.addAction(self.restore_autosave_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.export_action)
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+        edit_menu = bar.addMenu("&Edit")
+        edit_menu.addAction(self.undo_action)
+        edit_menu.addAction(self.redo_action)
+        edit_menu.addSeparator()
+        for act in self.all_actions.values():
+            edit_menu.addAction(act)
+        run_menu = bar.addMenu("&Run")
+        run_menu.addAction(self.quantize_action)
+        run_menu.addAction(self.cancel_action)
+        view_menu = bar.addMenu("&View")
+        for dock in [self.data_dock, self.log_dock, self.variants_dock, *self.plot_docks]:
+            view_menu.addAction(dock.toggleViewAction())
+        view_menu.addSeparator()
+        view_menu.addAction(self.reset_layout_action)
+        help_menu = bar.addMenu("&Help")
+        help_menu.addAction(self.about_action)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("main_toolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for act in (self.open_action, self.undo_action, self.redo_action):
+            tb.addAction(act)
+        tb.addSeparator()
+        tb.addAction(self.quantize_action)
+        tb.addAction(self.cancel_action)
+        tb.addSeparator()
+        tb.addAction(self.export_action)
+        self.addToolBar(tb)
+        self.toolbar = tb
+
+    def _make_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.model_label = QLabel("No model")
+        self.stage_label = QLabel("")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setMaximumWidth(260)
+        self.progress.setTextVisible(False)
+        self.progress.setVisible(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setVisible(False)
+        self.cancel_button.clicked.connect(self.cancel_job)
+        sb.addWidget(self.model_label, 1)
+        sb.addPermanentWidget(self.stage_label)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.cancel_button)
+
+    def _connect(self) -> None:
+        self.welcome.open_model.connect(self.choose_model)
+        self.welcome.open_demo.connect(self.open_demo)
+        self.welcome.open_project.connect(self.choose_project)
+        self.welcome.open_path.connect(self.open_path)
+        self.runner.progress.connect(self._on_progress)
+        self.runner.busy_changed.connect(self._on_busy_changed)
+        self.runner.partial.connect(self._on_partial)
+        self.runner.log.connect(self._on_job_log)
+        self.data_panel.scan_requested.connect(self.scan_data)
+        self.layer_model.plan_changed.connect(self._on_plan_changed)
+        self.layer_panel.layer_selected.connect(self.layer_error_panel.highlight_layer)
+        self.layer_error_panel.layer_clicked.connect(self.layer_panel.select_layer)
+        self.variants_panel.apply_plan_requested.connect(self.apply_variant_plan)
+        self.variants_panel.variants_changed.connect(self._on_variants_changed)
+
+    # ================================================================== jobs
+    def start_job(self, job: Job) -> bool:
+        if not self.runner.start(job):
+            self.statusBar().showMessage(f"Busy: {self.runner.current_name}. Wait or cancel it first.", 5000)
+            return False
+        log.info("%s…", job.name)
+        return True
+
+    @Slot(float, str)
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.progress.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
+        self.stage_label.setText(message)
+
+    @Slot(bool)
+    def _on_busy_changed(self, busy: bool) -> None:
+        self.progress.setVisible(busy)
+        self.cancel_button.setVisible(busy)
+        self.progress.setValue(0)
+        if not busy:
+            self.stage_label.setText("")
+        self._update_actions()
+        if not busy:
+            self.job_idle.emit()
+
+    @Slot(str)
+    def _on_job_log(self, message: str) -> None:
+        log.info("%s", message)
+
+    @Slot()
+    def cancel_job(self) -> None:
+        if self.runner.busy:
+            self.stage_label.setText("Cancelling…")
+            self.runner.cancel()
+
+    def _on_cancelled(self) -> None:
+        log.info("Cancelled.")
+        self.statusBar().showMessage("Cancelled.", 5000)
+
+    def _update_actions(self) -> None:
+        busy = self.runner.busy
+        has_model = self.loaded is not None
+        for act in (self.open_action, self.demo_action, self.open_project_action, self.restore_autosave_action):
+            act.setEnabled(not busy)
+        self.welcome.setEnabled(not busy)
+        self.quantize_action.setEnabled(has_model and not busy)
+        self.cancel_action.setEnabled(busy)
+        self.export_action.setEnabled(not busy and bool(self.variants_panel.model.runs))
+        self.save_project_action.setEnabled(has_model)
+        self.save_project_as_action.setEnabled(has_model)
+        self.data_panel.browse_button.setEnabled(not busy and self.data_panel.kind != "random")
+        self.data_panel.kind_combo.setEnabled(not busy)
+        for act in self.all_actions.values():
+            act.setEnabled(has_model)
+        self.restore_autosave_action.setEnabled(not busy and (data_dir() / f"autosave{PROJECT_SUFFIX}").exists())
+
+    # ================================================================== opening models
+    @Slot()
+    def choose_model(self) -> None:
+        start = SETTINGS["last_model_dir"] or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open model", start, MODEL_FILTER)
+        if path:
+            self.open_path(path)
+
+    @Slot(str)
+    def open_path(self, path: str) -> None:
+        """A model or a project, decided by the extension of a project."""
+        if Path(path).suffix == PROJECT_SUFFIX:
+            self.open_project(path)
+        else:
+            self.open_model(path)
+
+    def open_model(self, path: str | Path, *, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+                   trust: bool = False, source_dir: str | None = None, ask: bool = True) -> bool:
+        """Load a model on the worker; questions (architecture, shape, trust) come after.
+
+        ``ask=False`` skips the confirmation of a guessed architecture (demo, projects, tests).
+        """
+        request = tasks.LoadRequest(str(path), arch, tuple(input_shape) if input_shape else None, trust, source_dir)
+        self._ask_import = ask
+        return self.start_job(Job(
+            f"Opening {Path(path).name}", tasks.load_model_job, (request,),
+            on_done=self._on_model_loaded, on_failed=self._on_model_failed, on_cancelled=self._on_cancelled,
+        ))
+
+    @Slot()
+    def open_demo(self) -> None:
+        folder = demo_dir()
+        meta_path = folder / "demo.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            weights = folder / meta.get("weights", "model.pth")
+            if not weights.exists():
+                raise FileNotFoundError(weights)
+        except (OSError, ValueError) as exc:
+            show_error(self, "Demo not available", message="The bundled demo model was not found.",
+                       hint="Reinstall QuantStudio or open your own model.", details=f"{meta_path}\n{exc}")
+            return
+        self._after_load = {
+            "data": {"data_kind": "folder", "data_path": str(folder / meta.get("data", "digits")),
+                     "preprocess_preset": "default"},
+        }
+        self.open_model(weights, arch=meta.get("arch"), input_shape=tuple(meta.get("input_shape") or ()) or None, ask=False)
+
+    def _on_model_loaded(self, outcome: tasks.LoadOutcome) -> None:
+        req = outcome.request
+        if outcome.problem is not None:
+            log.info("Needs an answer: %s", outcome.problem.one_line())
+            self._ask_and_reload(req, {outcome.needs} | ({"arch"} if outcome.architectures else set()),
+                                 outcome, problem=outcome.problem.message)
+            return
+        model = outcome.model
+        if self._ask_import and model.kind == "state_dict" and req.arch is None:
+            self._ask_and_reload(req, {"arch"}, outcome)
+            return
+        if model.input_shape is None and self._ask_import:
+            self._ask_and_reload(req, {"shape"}, outcome,
+                                 problem="the input shape of this model is unknown; give the shape of one input")
+            return
+        self._set_model(outcome)
+
+    def _ask_and_reload(self, req: tasks.LoadRequest, needs: set[str], outcome: tasks.LoadOutcome, problem: str = "") -> None:
+        model = outcome.model
+        dlg = ImportDialog(
+            self, req.path, needs,
+            architectures=outcome.architectures,
+            arch=(model.arch if model is not None else req.arch),
+            confidence=(model.arch_confidence if model is not None else None),
+            input_shape=(model.input_shape if model is not None else req.input_shape),
+            problem=problem,
+        )
+        if dlg.exec() != QDialog.DialogCode.Accepted:
+            self._after_load = None
+            log.info("Opening %s cancelled.", Path(req.path).name)
+            return
+        arch, shape = dlg.arch, dlg.input_shape
+        if model is not None and arch == model.arch and (shape is None or tuple(shape) == tuple(model.input_shape or ())):
+            self._set_model(outcome)  # the user confirmed what was loaded
+            return
+        self.open_model(req.path, arch=arch, input_shape=shape, trust=req.trust, source_dir=req.source_dir, ask=False)
+
+    def _on_model_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TrustRequired):
+            from quantstudio.core.loading import TRUST_EXPLANATION
+
+            path = str(exc.path) if exc.path else ""
+            dlg = ImportDialog(self, path, {"trust"}, trust_text=TRUST_EXPLANATION)
+            if dlg.exec() == QDialog.DialogCode.Accepted and dlg.trusted:
+                self.open_model(path, trust=True, source_dir=dlg.source_dir, ask=self._ask_import)
+            else:
+                self._after_load = None
+            return
+        self._after_load = None
+        show_error(self, "Could not open the model", exc, doing="opening the model")
+
+    def _set_model(self, outcome: tasks.LoadOutcome) -> None:
+        model, tree = outcome.model, outcome.tree
+        self.loaded = model
+        self.model_request = tasks.LoadRequest(
+            str(model.path), model.arch if model.kind == "state_dict" else None,
+            tuple(model.input_shape) if model.input_shape else None, outcome.request.trust, outcome.request.source_dir,
+        )
+        pending = self._after_load
+        self._after_load = None
+        self.plan = PrecisionPlan()
+        if pending and pending.get("plan"):
+            try:
+                self.plan = PrecisionPlan.from_dict(pending["plan"])
+            except InputError as exc:
+                log.warning("The project's plan could not be read: %s", exc.one_line())
+        label = model.arch or Path(model.path).stem
+        self.layer_model.set_tree(tree, self.plan, root_label=label)
+        self.stack.setCurrentWidget(self.layer_panel)
+        shape = "×".join(str(d) for d in model.input_shape) if model.input_shape else "?"
+        self.model_label.setText(
+            f"<b>{Path(model.path).name}</b> — {model.kind_label}, {label}, input {shape}, "
+            f"{tree.count_layers()} layers, {style.human_count(tree.params)} parameters"
+        )
+        self.setWindowTitle(f"{Path(model.path).name} — QuantStudio")
+        for note in model.notes:
+            log.info("Note: %s", note)
+        log.info("Opened %s (%s) in %.1f s.", model.path, model.kind_label, outcome.seconds)
+        SETTINGS["last_model_dir"] = str(Path(model.path).parent)
+        if Path(model.path).resolve().parent != demo_dir().resolve():
+            SETTINGS.add_recent("recent_files", str(Path(model.path).resolve()))
+        self._refresh_recent()
+        self.variants_panel.model.set_runs([])
+        for panel in self.plot_panels + [self.changed_panel]:
+            panel.clear()
+        if pending and pending.get("variants"):
+            runs = []
+            for d in pending["variants"]:
+                try:
+                    runs.append(tasks.RunOutcome.from_dict(d))
+                except (TypeError, ValueError, KeyError) as exc:
+                    log.warning("A saved variant could not be read: %s", exc)
+            self.variants_panel.model.set_runs(runs)
+            if runs:
+                self._show_run(runs[-1])
+        self._dirty = bool(pending and pending.get("project_path") is None)
+        if pending and pending.get("project_path"):
+            self.project_path = Path(pending["project_path"])
+        else:
+            self.project_path = None
+        self._update_actions()
+        self.model_loaded.emit()
+        if pending and pending.get("data"):
+            self.data_panel.restore_state(pending["data"])
+        if self.data_panel.data_spec():
+            QTimer.singleShot(0, self.scan_data)
+
+    def _refresh_recent(self) -> None:
+        recent = SETTINGS["recent_files"]
+        self.welcome.set_recent(recent)
+        self.recent_menu.clear()
+        for p in recent:
+            act = self.recent_menu.addAction(p)
+            act.setData(p)
+            act.triggered.connect(self._on_recent_action)
+        self.recent_menu.setEnabled(bool(recent))
+
+    @Slot()
+    def _on_recent_action(self) -> None:
+        self.open_path(self.sender().data())
+
+    # ================================================================== drag and drop
+    def dragEnterEvent(self, event) -> None:
+        """Overrides QWidget.dragEnterEvent: accept one local file."""
+        urls = event.mimeData().urls()
+        if len(urls) == 1 and urls[0].isLocalFile() and not self.runner.busy:
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        """Overrides QWidget.dropEvent: open the dropped model or project."""
+        urls = event.mimeData().urls()
+        if urls and urls[0].isLocalFile():
+            event.acceptProposedAction()
+            self.open_path(urls[0].toLocalFile())
+
+    # ================================================================== plan
+    @Slot()
+    def _on_all_action(self) -> None:
+        self.layer_model.set_all(self.sender().data())
+
+    @Slot()
+    def _on_plan_changed(self) -> None:
+        self._dirty = True
+
+    @Slot(int)
+    def apply_variant_plan(self, row: int) -> None:
+        runs = self.variants_panel.model.runs
+        if not (0 <= row < len(runs)) or self.layer_model.tree is None:
+            return
+        try:
+            plan = PrecisionPlan.from_dict(runs[row].plan)
+        except InputError as exc:
+            show_error(self, "Could not apply the plan", exc)
+            return
+        self.layer_model.replace_plan(plan, f"Apply plan of {runs[row].name}")
+        log.info("Applied the plan of %s (Ctrl+Z undoes it).", runs[row].name)
+
+    # ================================================================== data
+    @Slot()
+    def scan_data(self) -> None:
+        spec = self.data_panel.data_spec()
+        if spec is None:
+            return
+        if self.loaded is None:
+            self.data_panel.summary_label.setText("Open a model first: the data is read at the model's input size.")
+            return
+        if self.runner.busy:
+            QTimer.singleShot(300, self.scan_data)  # after the current job
+            return
+        try:
+            prep = self.data_panel.preprocessing_dict()
+        except ValueError:
+            prep = None
+        self.start_job(Job(
+            "Reading data", tasks.scan_data_job,
+            (spec, self.loaded.input_shape, prep, self.data_panel.calib_spin.value()),
+            on_done=self._on_data_scanned, on_failed=self._on_data_failed, on_cancelled=self._on_cancelled,
+        ))
+
+    def _on_data_scanned(self, summary: tasks.DataSummary) -> None:
+        self.data_panel.set_summary(summary)
+        log.info("Data: %s", summary.description)
+        for w in summary.warnings:
+            log.info("Data warning: %s", w)
+
+    def _on_data_failed(self, exc: BaseException) -> None:
+        msg = exc.one_line() if isinstance(exc, InputError) else str(exc)
+        self.data_panel.set_error(msg)
+        show_error(self, "Could not read the data", exc, doing="reading the data")
+
+    # ================================================================== quantize
+    @Slot()
+    def quantize(self) -> None:
+        if self.loaded is None:
+            return
+        spec = self.data_panel.data_spec()
+        if spec is None:
+            show_error(self, "Choose data first", message="No data is chosen for calibration and evaluation.",
+                       hint="Choose a folder of images in the Data panel, or 'Random data — speed only'.")
+            return
+        try:
+            prep = self.data_panel.preprocessing_dict()
+        except ValueError as exc:
+            show_error(self, "Preprocessing", message="The custom preprocessing values are not numbers.",
+                       hint="Write sizes as 224 or 224,224 and mean/std as comma-separated numbers.", details=str(exc))
+            return
+        config = self.data_panel.quant_config()
+        counts = self.plan.counts(self.layer_model.tree)
+        n = len(self.variants_panel.model.runs) + 1
+        name = f"#{n} {config['engine']} {config['mode']} ({counts[Precision.INT8]} INT8"
+        name += f", {counts[Precision.FP16]} FP16" if counts[Precision.FP16] else ""
+        name += ")"
+        request = tasks.QuantizeRequest(
+            name=name, model=self.loaded, tree=self.layer_model.tree, plan=self.plan.to_dict(), config=config,
+            data_spec=spec, preprocessing=prep,
+            calib_samples=self.data_panel.calib_spin.value(), eval_samples=self.data_panel.eval_spin.value(),
+            benchmark_runs=self.data_panel.runs_spin.value(), benchmark_batches=self.data_panel.benchmark_batches(),
+        )
+        self.run_job(tasks.quantize_job, request, name)
+
+    def run_job(self, fn, request, name: str) -> bool:
+        """Start a quantize-like job (the real one or a test's) with the live panels attached."""
+        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
+            panel.clear()
+        self.accuracy_panel.set_note("")
+        if getattr(request, "data_spec", None) == "random":
+            self.accuracy_panel.set_note(style.RANDOM_DATA_LABEL)
+        self.plot_docks[0].raise_()
+        return self.start_job(Job(
+            f"Quantizing {name}", fn, (request,),
+            on_done=self._on_run_done, on_failed=self._on_run_failed, on_cancelled=self._on_run_cancelled,
+        ))
+
+    @Slot(object)
+    def _on_partial(self, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            return
+        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
+            panel.feed(payload)
+        if payload.get("type") == "log" and payload.get("message"):
+            log.info("%s", payload["message"])
+
+    def _on_run_done(self, run: tasks.RunOutcome) -> None:
+        self.variants_panel.model.add(run)
+        self._show_run(run)
+        self.data_panel.set_skipped(run.skipped)
+        q = run.metrics.get(run.quantized, {})
+        ref = run.metrics.get(run.reference, {})
+        parts = [f"Finished {run.name} in {run.seconds:.1f} s"]
+        if q.get("latency_ms") and ref.get("latency_ms"):
+            parts.append(f"{float(ref['latency_ms']) / float(q['latency_ms']):.2f}× faster")
+        if q.get("top1") is not None and ref.get("top1") is not None:
+            parts.append(f"top-1 {100 * ref['top1']:.2f}% → {100 * q['top1']:.2f}%")
+        elif q.get("agreement") is not None:
+            parts.append(f"agreement {100 * q['agreement']:.2f}%")
+        log.info("%s.", ", ".join(parts))
+        for w in run.warnings:
+            log.info("⚠ %s", w)
+        self.statusBar().showMessage(", ".join(parts), 10000)
+        self._dirty = True
+        self._update_actions()
+        self.run_finished.emit(run)
+
+    def _show_run(self, run: tasks.RunOutcome) -> None:
+        runs = self.variants_panel.model.runs
+        for panel in self.plot_panels + [self.changed_panel]:
+            panel.show_run(run, runs)
+        self.tradeoff_panel.show_variants(runs)
+        self.layer_model.set_layer_results(run.layer_sqnr, run.sensitivity, run.fused)
+
+    def _on_run_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ImportError) and "pipeline" in str(exc):
+            show_error(self, "Quantization not available", message="This build has no quantization pipeline yet.",
+                       hint="Update QuantStudio.", details=str(exc))
+            return
+        show_error(self, "Quantization failed", exc, doing="quantizing")
+
+    def _on_run_cancelled(self) -> None:
+        self._on_cancelled()
+        log.info("The run was cancelled; nothing was kept.")
+
+    @Slot()
+    def _on_variants_changed(self) -> None:
+        self.tradeoff_panel.show_variants(self.variants_panel.model.runs)
+        self._dirty = True
+        self._update_actions()
+
+    # ================================================================== export
+    @Slot()
+    def open_export_dialog(self) -> None:
+        from quantstudio.gui.export_dialog import ExportDialog
+
+        if not self.variants_panel.model.runs:
+            return
+        dlg = ExportDialog(self)
+        dlg.exec()
+
+    # ================================================================== projects
+    def project_dict(self) -> dict[str, Any]:
+        req = self.model_request
+        model = {}
+        if req is not None:
+            model = {
+                "path": req.path, "arch": req.arch,
+                "input_shape": list(req.input_shape) if req.input_shape else None,
+                "kind": self.loaded.kind if self.loaded is not None else None,
+                "source_dir": req.source_dir,
+            }
+        return make_project(
+            model, self.data_panel.state(), self.plan.to_dict(),
+            [r.to_dict() for r in self.variants_panel.model.runs],
+        )
+
+    @Slot()
+    def save_project(self) -> bool:
+        if self.project_path is None:
+            return self.save_project_as()
+        return self._write_project(self.project_path)
+
+    @Slot()
+    def save_project_as(self) -> bool:
+        if self.loaded is None:
+            return False
+        start = SETTINGS["last_project_dir"] or str(Path.home())
+        default = str(Path(start) / (Path(self.loaded.path).stem + PROJECT_SUFFIX))
+        path, _ = QFileDialog.getSaveFileName(self, "Save project", default, f"QuantStudio project (*{PROJECT_SUFFIX})")
+        if not path:
+            return False
+        return self._write_project(Path(path))
+
+    def _write_project(self, path: Path) -> bool:
+        try:
+            written = save_project(path, self.project_dict())
+        except OSError as exc:
+            show_error(self, "Could not save the project", message=f"{path.name} could not be written.",
+                       hint="Choose another folder or free some disk space.", details=str(exc))
+            return False
+        self.project_path = written
+        self._dirty = False
+        SETTINGS["last_project_dir"] = str(written.parent)
+        SETTINGS.add_recent("recent_files", str(written))
+        self._refresh_recent()
+        log.info("Saved project %s.", written)
+        self.statusBar().showMessage(f"Saved {written.name}", 5000)
+        return True
+
+    @Slot()
+    def choose_project(self) -> None:
+        start = SETTINGS["last_project_dir"] or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Open project", start, f"QuantStudio project (*{PROJECT_SUFFIX})")
+        if path:
+            self.open_project(path)
+
+    def open_project(self, path: str | Path, *, is_autosave: bool = False) -> bool:
+        try:
+            project = load_project(path)
+        except InputError as exc:
+            show_error(self, "Could not open the project", exc)
+            return False
+        m = project["model"]
+        if not m.get("path"):
+            show_error(self, "Could not open the project", message="The project names no model.")
+            return False
+        self._after_load = {
+            "plan": project.get("plan"), "data": project.get("data"), "variants": project.get("variants"),
+            "project_path": None if is_autosave else str(path),
+        }
+        if not is_autosave:
+            SETTINGS["last_project_dir"] = str(Path(path).parent)
+        log.info("Opening project %s…", path)
+        return self.open_model(m["path"], arch=m.get("arch"), input_shape=tuple(m["input_shape"]) if m.get("input_shape") else None,
+                               source_dir=m.get("source_dir"), ask=False)
+
+    @Slot()
+    def autosave(self) -> Path | None:
+        if self.loaded is None or not self._dirty:
+            return None
+        path = data_dir() / f"autosave{PROJECT_SUFFIX}"
+        try:
+            save_project(path, self.project_dict())
+        except OSError as exc:
+            log.warning("Autosave failed: %s", exc)
+            return None
+        self._dirty = False
+        return path
+
+    @Slot()
+    def restore_autosave(self) -> None:
+        path = data_dir() / f"autosave{PROJECT_SUFFIX}"
+        if path.exists():
+            self.open_project(path, is_autosave=True)
+
+    # ================================================================== layout, about, close
+    def restore_layout(self) -> None:
+        geometry, state = SETTINGS["window_geometry"], SETTINGS["window_state"]
+        self._default_state = self.saveState()
+        if not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        if not state.isEmpty():
+            self.restoreState(state)
+        header = SETTINGS["tree_header_state"]
+        if not header.isEmpty():
+            self.layer_panel.view.header().restoreState(header)
+
+    @Slot()
+    def reset_layout(self) -> None:
+        self.restoreState(self._default_state)
+        for dock in [self.data_dock, self.log_dock, self.variants_dock, *self.plot_docks]:
+            dock.setVisible(True)
+
+    @Slot()
+    def show_about(self) -> None:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.about(
+            self, "About QuantStudio",
+            f"<h3>QuantStudio {__version__}</h3><p>Point-and-click quantization of trained neural networks: "
+            "INT8, FP16 and mixed precision, offline.</p><p>Licensed under Apache-2.0.</p>",
+        )
+
+    def save_settings(self) -> None:
+        SETTINGS["window_geometry"] = self.saveGeometry()
+        SETTINGS["window_state"] = self.saveState()
+        SETTINGS["tree_header_state"] = self.layer_panel.view.header().saveState()
+        self.data_panel.save_settings()
+        SETTINGS.sync()
+
+    def shutdown(self) -> None:
+        """Cancel and join every thread this window started (close and tests call it)."""
+        if self._closing:
+            return
+        self._closing = True
+        self.autosave_timer.stop()
+        self.runner.shutdown()
+        self.data_panel.thumb_model.shutdown()
+        self.changed_panel.shutdown()
+        logging.getLogger("quantstudio").removeHandler(self.log_bridge)
+
+    def closeEvent(self, event) -> None:
+        """Overrides QWidget.closeEvent: remember the layout, autosave, stop the worker."""
+        if self.runner.busy and not ask_yes_no(self, "Quit QuantStudio", f"{self.runner.current_name} is still running.",
+                                               "Stop it and quit?"):
+            event.ignore()
+            return
+        try:
+            self.save_settings()
+            self.autosave()
+        finally:
+            self.shutdown()
+        event.accept()
+
