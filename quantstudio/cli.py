@@ -355,6 +355,201 @@ def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} MB"
 
 
+# --------------------------------------------------------------------------- quantize
+# (issue: quantization engines)
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a model (static/dynamic INT8, FP16, mixed) on your data, compare it with the original, export it",
+    )
+    _add_model_args(p)
+    p.add_argument("--data", help="calibration/evaluation data: folder of images, .npy/.npz/.pt file, or 'random' (speed only)")
+    p.add_argument("--preset", choices=["default", "imagenet"], help="preprocessing preset (options below override it)")
+    p.add_argument("--resize", help="resize to N (shorter side) or H,W")
+    p.add_argument("--crop", help="center crop N or H,W")
+    p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--engine", choices=["torch", "onnxruntime"], help="quantization engine (default onnxruntime)")
+    p.add_argument("--mode", choices=["static", "dynamic", "fp16"], help="static INT8 (default), dynamic INT8, or FP16")
+    p.add_argument("--backend", choices=["auto", "x86", "qnnpack"], help="CPU the model will run on (default auto: this one)")
+    p.add_argument(
+        "--precision",
+        action="append",
+        default=[],
+        metavar="PATTERN=int8|fp16|fp32",
+        help="per-layer precision, e.g. 'layer4.*=fp32' or 'type:Linear=fp16' (repeatable; later ones win)",
+    )
+    p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], help="activation range method (default minmax)")
+    p.add_argument("--calib-samples", type=int, help="samples to calibrate on (default 256)")
+    p.add_argument("--eval-samples", type=int, help="samples to evaluate on, disjoint from calibration (default 1000)")
+    p.add_argument("--per-tensor", action="store_true", default=None, help="one weight scale per tensor instead of per channel")
+    p.add_argument("--symmetric-activations", action="store_true", default=None, help="symmetric activation ranges")
+    p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--no-benchmark", action="store_true", help="skip the latency comparison")
+    p.add_argument("--recipe", help="re-apply a recipe (.recipe.json); options given here override it")
+    p.add_argument("--out", required=True, help="where to write the model: FILE.onnx (onnxruntime) or FILE.pth (torch)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_quantize)
+
+
+class _CancellableProgress(CliProgress):
+    """CliProgress whose Ctrl+C asks the job to stop at its next check (a second one aborts)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        import threading
+
+        super().__init__(quiet)
+        self._stop = threading.Event()
+
+    def interrupt(self, signum=None, frame=None) -> None:
+        if self._stop.is_set():
+            raise KeyboardInterrupt
+        self._stop.set()
+        print("cancelling…", file=sys.stderr)
+
+    def check_cancelled(self) -> None:
+        from quantstudio.core.errors import Cancelled
+
+        if self._stop.is_set():
+            raise Cancelled("cancelled")
+
+
+def _quantize_settings(args):
+    """(config, plan, preprocessing, data spec, eval samples) from a recipe + flags."""
+    import dataclasses
+
+    from quantstudio.core.data import Preprocessing, parse_floats, parse_size
+    from quantstudio.core.engines.base import QuantConfig
+    from quantstudio.core.errors import InputError
+    from quantstudio.core.plan import PrecisionPlan
+    from quantstudio.core.recipe import Recipe
+
+    recipe = Recipe.load(args.recipe) if args.recipe else None
+    config = recipe.quant_config() if recipe else QuantConfig()
+    plan = recipe.precision_plan() if recipe else PrecisionPlan()
+    prep = (recipe.preprocessing_obj() if recipe else None) or Preprocessing()
+    for flag, key in (("engine", "engine"), ("mode", "mode"), ("backend", "backend"), ("calibration", "calibration"),
+                      ("calib_samples", "calib_samples"), ("seed", "seed")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(config, key, value)
+    if args.per_tensor:
+        config.per_channel = False
+    if args.symmetric_activations:
+        config.symmetric_activations = True
+    config.validate()
+    if config.calib_samples <= 0:
+        raise InputError(f"the number of calibration samples must be positive, not {config.calib_samples}", hint="Give --calib-samples 1 or more.")
+    for assignment in args.precision:
+        plan.parse_assignment(assignment)
+    if args.preset:
+        prep = Preprocessing.from_preset(args.preset)
+    overrides: dict = {}
+    if args.resize:
+        overrides["resize"] = parse_size(args.resize, "resize")
+    if args.crop:
+        overrides["crop"] = parse_size(args.crop, "crop")
+    if args.mean:
+        overrides["mean"] = parse_floats(args.mean, "mean")
+    if args.std:
+        overrides["std"] = parse_floats(args.std, "std")
+    prep = dataclasses.replace(prep, **overrides)
+    data_spec = args.data or (recipe.data.get("spec") if recipe else None)
+    if not data_spec:
+        raise InputError("no data given", hint="Give --data FOLDER, a .npy/.pt file, or --data random (speed only).")
+    eval_samples = args.eval_samples
+    if eval_samples is None:
+        eval_samples = (recipe.data.get("evaluation_samples") if recipe else None) or 1000
+    if eval_samples < 0:
+        raise InputError(f"the number of evaluation samples must not be negative, not {eval_samples}", hint="Give --eval-samples 0 or more.")
+    return config, plan, prep, str(data_spec), int(eval_samples), recipe
+
+
+def _cmd_quantize(args) -> int:
+    import signal
+
+    from quantstudio.core.data import open_data
+    from quantstudio.core.errors import InputError
+    from quantstudio.core.export import export_format
+    from quantstudio.core.pipeline import export_result, run_quantize
+    from quantstudio.core.recipe import sha256_file
+
+    config, plan, prep, data_spec, eval_samples, recipe = _quantize_settings(args)
+    export_format(config.engine, args.out)  # a wrong extension fails before any work
+    if args.batch_size <= 0:
+        raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
+    model = load_model_from_args(args)
+    notes = list(model.notes)
+    if recipe and recipe.model.get("sha256") and model.path.is_file() and sha256_file(model.path) != recipe.model["sha256"]:
+        notes.append("the model file differs from the one the recipe was made with (sha256 mismatch)")
+    data = open_data(
+        data_spec,
+        input_shape=model.input_shape,
+        preprocessing=prep,
+        random_samples=config.calib_samples + eval_samples,
+        seed=config.seed,
+    )
+    progress = _CancellableProgress(quiet=args.json)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, progress.interrupt)
+    except ValueError:  # not the main thread (tests): Ctrl+C handling stays the default
+        previous = None
+    try:
+        result = run_quantize(
+            model, data, prep, plan, config, progress,
+            eval_samples=eval_samples, benchmark=not args.no_benchmark, batch_size=args.batch_size,
+        )
+        exported = export_result(result, args.out, progress, data_spec=data_spec)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    d = result.to_dict()
+    if args.json:
+        d["model"] = str(model.path)
+        d["export"] = exported.to_dict()
+        d["notes"] = notes + d["notes"]
+        _print_json(d)
+        return 0
+    for note in notes + result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, "
+          f"{result.calibration_samples} calibration samples ({config.calibration})")
+    for label, m in (("original", result.original_metrics), ("quantized", result.quantized_metrics)):
+        if m is None:
+            continue
+        parts = [f"{label:<10}"]
+        if result.random_data:
+            parts.append("random data — accuracy not meaningful")
+        elif m.top1 is not None:
+            parts.append(f"top-1 {m.top1:.2%}")
+            if m.top5 is not None:
+                parts.append(f"top-5 {m.top5:.2%}")
+            parts.append(f"F1 {m.f1:.3f}")
+        if m.agreement is not None:
+            sqnr = "inf" if m.sqnr_db is not None and m.sqnr_db == float("inf") else f"{m.sqnr_db:.1f}"
+            parts.append(f"agreement {m.agreement:.2%}  SQNR {sqnr} dB")
+        print("  ".join(parts) + f"  (n={m.n})")
+    lat = result.latency_ms
+    if lat:
+        print("latency (batch 1, p50): " + ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items()))
+    s = result.sizes
+    if s.get("original_bytes") and s.get("quantized_bytes"):
+        print(f"size: {s['original_bytes'] / 1e6:.2f} MB → {s['quantized_bytes'] / 1e6:.2f} MB")
+    if result.layer_sqnr:
+        worst = sorted(result.layer_sqnr.items(), key=lambda kv: kv[1])[:3]
+        print("lowest per-layer SQNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in worst))
+    c = exported.check
+    print(f"wrote {exported.path} (reloaded and checked: max difference {c.max_abs_diff:.2g}, "
+          f"top-1 agreement {c.top1_agreement:.0%}) and {exported.recipe_path.name if exported.recipe_path else 'no recipe'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -365,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"quantstudio {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_inspect, _add_archs, _add_evaluate, _add_bench):
+    for add in (_add_inspect, _add_archs, _add_evaluate, _add_bench, _add_quantize):
         add(sub)
     return parser
 

@@ -29,8 +29,8 @@ from quantstudio.core.inventory import LayerNode
 from quantstudio.core.plan import LayerDecision, Precision, PrecisionPlan
 from quantstudio.gui import style
 
-COLUMNS = ("Layer", "Type", "Output shape", "Params", "MACs", "Precision", "SQNR (dB)", "Sensitivity")
-COL_NAME, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_MACS, COL_PRECISION, COL_SQNR, COL_SENSITIVITY = range(len(COLUMNS))
+COLUMNS = ("Layer", "Precision", "Type", "Output shape", "Params", "MACs", "SQNR (dB)", "Sensitivity")
+COL_NAME, COL_PRECISION, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY = range(len(COLUMNS))
 
 LayerNameRole = Qt.ItemDataRole.UserRole + 1  # str: the layer's qualified name
 PrecisionRole = Qt.ItemDataRole.UserRole + 2  # str: "int8"/"fp16"/"fp32", or "mixed" on a parent

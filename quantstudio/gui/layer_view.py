@@ -79,8 +79,9 @@ class LayerPanel(QWidget):
         header = self.view.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.view.setColumnWidth(COL_NAME, 220)
-        self.view.setColumnWidth(COL_TYPE, 140)
+        self.view.setColumnWidth(COL_NAME, 200)
+        self.view.setColumnWidth(COL_PRECISION, 120)
+        self.view.setColumnWidth(COL_TYPE, 130)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
         self.summary = QLabel()

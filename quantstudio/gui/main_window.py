@@ -156,16 +156,24 @@ class MainWindow(QMainWindow):
         top = [(self.latency_panel, "Speed"), (self.size_panel, "Size"), (self.tradeoff_panel, "Speed vs accuracy")]
         bottom = [(self.accuracy_panel, "Accuracy"), (self.layer_error_panel, "Per-layer error"),
                   (self.confusion_panel, "Confusion"), (self.changed_panel, "Changed")]
+        firsts = []
         for group in (top, bottom):
             first = None
             for panel, title in group:
-                dock = self._dock(title, panel, right, f"plot_{title.lower().replace(' ', '_')}")
+                dock = QDockWidget(title, self)
+                dock.setObjectName(f"plot_{title.lower().replace(' ', '_')}")
+                dock.setWidget(panel)
                 self.plot_docks.append(dock)
                 if first is None:
                     first = dock
+                    self.addDockWidget(right, dock, Qt.Orientation.Vertical)
+                    firsts.append(dock)
                 else:
                     self.tabifyDockWidget(first, dock)
-            first.raise_()
+        for dock in firsts:
+            dock.raise_()
+        self.resizeDocks([self.data_dock, firsts[0]], [340, 560], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.log_dock], [150], Qt.Orientation.Vertical)
         self.log_dock.raise_()
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
@@ -627,8 +635,15 @@ class MainWindow(QMainWindow):
             return
         for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
             panel.feed(payload)
-        if payload.get("type") == "log" and payload.get("message"):
-            log.info("%s", payload["message"])
+        kind = payload.get("type")
+        if kind == "stage":
+            log.info("Stage: %s", str(payload.get("name", "")).replace("_", " "))
+        elif kind == "fused" and payload.get("groups"):
+            self.layer_model.set_layer_results(fused=payload["groups"])
+        elif kind == "layer_sqnr" and payload.get("values"):
+            values = {k: float(v) for k, v in payload["values"].items() if v is not None}
+            self.layer_model.set_layer_results(sqnr=values)
+            self.layer_error_panel.set_layers(values, {k: self.layer_model.precision_of(k) or "" for k in values})
 
     def _on_run_done(self, run: tasks.RunOutcome) -> None:
         self.variants_panel.model.add(run)
@@ -637,8 +652,11 @@ class MainWindow(QMainWindow):
         q = run.metrics.get(run.quantized, {})
         ref = run.metrics.get(run.reference, {})
         parts = [f"Finished {run.name} in {run.seconds:.1f} s"]
-        if q.get("latency_ms") and ref.get("latency_ms"):
-            parts.append(f"{float(ref['latency_ms']) / float(q['latency_ms']):.2f}× faster")
+        from quantstudio.gui.variants import speedup
+
+        ratio = speedup(run)
+        if ratio is not None:
+            parts.append(f"{ratio:.2f}× the speed of the FP32 model" if ratio < 1.1 else f"{ratio:.2f}× faster")
         if q.get("top1") is not None and ref.get("top1") is not None:
             parts.append(f"top-1 {100 * ref['top1']:.2f}% → {100 * q['top1']:.2f}%")
         elif q.get("agreement") is not None:

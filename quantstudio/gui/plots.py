@@ -57,6 +57,24 @@ def export_widget(target: Any, path: str | Path) -> Path:
     return path
 
 
+def _render_svg(view: QWidget, path: Path) -> Path:
+    from PySide6.QtCore import QRect
+    from PySide6.QtGui import QPainter
+    from PySide6.QtSvg import QSvgGenerator
+
+    gen = QSvgGenerator()
+    gen.setFileName(str(path))
+    gen.setSize(view.size())
+    gen.setViewBox(QRect(0, 0, view.width(), view.height()))
+    gen.setTitle("QuantStudio plot")
+    painter = QPainter(gen)
+    try:
+        view.render(painter)
+    finally:
+        painter.end()
+    return path
+
+
 class PlotPanel(QWidget):
     """Base: a title row with a Save button, a pyqtgraph area, coalesced redraws."""
 
@@ -85,8 +103,20 @@ class PlotPanel(QWidget):
     def export_target(self) -> Any:
         raise NotImplementedError
 
+    def export_view(self) -> QWidget:
+        """The pyqtgraph view widget (for rendering without pyqtgraph's exporters)."""
+        return self.export_target().scene().views()[0]
+
     def save(self, path: str | Path) -> Path:
-        return export_widget(self.export_target(), path)
+        path = Path(path)
+        try:
+            return export_widget(self.export_target(), path)
+        except (ValueError, IndexError, TypeError):
+            if path.suffix.lower() != ".svg":
+                raise
+            # pyqtgraph's SVG post-processing cannot parse every path Qt writes; Qt's
+            # own SVG generator draws the same view (without pyqtgraph's clean-ups).
+            return _render_svg(self.export_view(), path)
 
     @Slot()
     def _on_save(self) -> None:
@@ -131,6 +161,8 @@ def _plot_widget(title: str, left: str, bottom: str) -> pg.PlotWidget:
 class _VariantColours:
     """Stable colour per variant name (the original is always the first, grey)."""
 
+    FIXED = {"original": QColor(90, 90, 90), "original (onnxruntime)": QColor(210, 150, 50), "quantized": QColor(50, 110, 200)}
+
     def __init__(self) -> None:
         self.names: list[str] = []
 
@@ -140,7 +172,9 @@ class _VariantColours:
         return self.names.index(name)
 
     def colour(self, name: str, alpha: int = 255) -> QColor:
-        return variant_colour(self.index(name), alpha)
+        c = QColor(self.FIXED[name]) if name in self.FIXED else variant_colour(self.index(name) + 3, alpha)
+        c.setAlpha(alpha)
+        return c
 
     def clear(self) -> None:
         self.names.clear()
@@ -164,7 +198,8 @@ class LatencyPanel(PlotPanel):
         self.layout_widget = pg.GraphicsLayoutWidget()
         self.layout_widget.setMinimumSize(QSize(300, 220))
         self.hist_plot = self.layout_widget.addPlot(row=0, col=0, title="Latency distribution")
-        self.hist_plot.setLabel("bottom", "ms per batch")
+        self.hist_plot.setLabel("bottom", "ms per batch (log scale)")
+        self.hist_plot.setLogMode(x=True, y=False)
         self.hist_plot.setLabel("left", "runs")
         self.hist_plot.showGrid(x=True, y=True, alpha=0.2)
         self.hist_legend = self.hist_plot.addLegend(offset=(-10, 10))
@@ -241,10 +276,10 @@ class LatencyPanel(PlotPanel):
             batch = self.batch_combo.itemData(0)
         all_xs = [x for per in self.samples.values() for x in per.get(batch, [])]
         if all_xs:
-            lo, hi = float(np.percentile(all_xs, 0.5)), float(np.percentile(all_xs, 99.5))
-            if hi <= lo:
-                hi = lo + 1e-3
-            edges = np.linspace(lo, hi, 31)
+            # Variants can differ 100x in speed: bins are even on a log scale (the axis is log too).
+            lo = max(float(np.percentile(all_xs, 0.5)), 1e-4)
+            hi = max(float(np.percentile(all_xs, 99.5)), lo * 1.01)
+            edges = np.geomspace(lo, hi, 41)
         for name, item in self.hist_items.items():
             xs = self.samples.get(name, {}).get(batch, [])
             if xs and all_xs:
@@ -335,7 +370,8 @@ class AccuracyPanel(_BarsPanel):
         self.plot.setYRange(0, 100)
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
-        for name, m in run.metrics.items():
+        for name in (run.reference, run.quantized):
+            m = run.metrics.get(name) or {}
             self.set_values(name, {
                 "top-1": _pct(m.get("top1")), "top-5": _pct(m.get("top5")),
                 "F1": _pct(m.get("f1")), "agreement": _pct(m.get("agreement")),
@@ -344,6 +380,14 @@ class AccuracyPanel(_BarsPanel):
         self.redraw()
 
     def feed(self, payload: dict) -> None:
+        if payload.get("type") == "metrics":
+            for name in ("original", "quantized"):
+                m = payload.get(name) or {}
+                self.set_values(name, {
+                    "top-1": _pct(m.get("top1")), "top-5": _pct(m.get("top5")),
+                    "F1": _pct(m.get("f1")), "agreement": _pct(m.get("agreement")),
+                })
+            return
         if payload.get("kind") == "evaluation" or payload.get("type") == "evaluation":
             for name, top1 in (payload.get("top1") or {}).items():
                 if top1 is not None:
@@ -360,28 +404,28 @@ def _pct(v: Any) -> float | None:
 
 
 class SizePanel(_BarsPanel):
-    """File size and peak memory per variant (MB)."""
+    """Model size per variant, and peak memory once an export measured it (MB)."""
 
     title = "Size and memory"
-    categories = ("file size", "weights", "peak memory")
+    categories = ("model size", "peak memory")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Size and memory (MB)", "MB", parent)
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
-        for name, m in run.metrics.items():
-            self.set_values(name, {
-                "file size": _mb(m.get("size_bytes")),
-                "weights": _mb(m.get("param_bytes")),
-                "peak memory": _mb(m.get("peak_rss_bytes")),
-            })
+        for name in (run.reference, run.quantized):
+            m = run.metrics.get(name) or {}
+            self.set_values(name, {"model size": _mb(m.get("size_bytes")), "peak memory": _mb(m.get("peak_rss_bytes"))})
+        has_memory = any((run.metrics.get(n) or {}).get("peak_rss_bytes") for n in (run.reference, run.quantized))
+        self.set_note("" if has_memory else "Peak memory is measured when you export (tick 'measure memory').")
         self.redraw()
 
     def feed(self, payload: dict) -> None:
-        if payload.get("type") == "memory":
-            self.set_values(str(payload["variant"]), {
-                "file size": _mb(payload.get("size_bytes")), "peak memory": _mb(payload.get("peak_rss_bytes")),
-            })
+        if payload.get("type") == "size":
+            self.set_values("original", {"model size": _mb(payload.get("original_bytes"))})
+            self.set_values("quantized", {"model size": _mb(payload.get("quantized_bytes"))})
+        elif payload.get("type") == "memory":
+            self.set_values(str(payload["variant"]), {"peak memory": _mb(payload.get("peak_rss_bytes"))})
 
 
 def _mb(v: Any) -> float | None:
@@ -578,19 +622,19 @@ class TradeoffPanel(PlotPanel):
                 t.setVisible(False)
 
     def show_variants(self, variants: list[Any]) -> None:
-        pts = []
-        for v in variants:
-            for name, m in v.metrics.items():
-                if name == v.reference and pts and any(p[0] == "original" for p in pts):
-                    continue
-                lat = m.get("latency_ms")
-                acc = m.get("top1") if m.get("top1") is not None else m.get("agreement")
-                if lat is None or acc is None:
-                    continue
-                label = "original" if name == v.reference else v.name
-                if label == "original" and any(p[0] == "original" for p in pts):
-                    continue
-                pts.append((label, float(lat), 100.0 * float(acc)))
+        pts: list[tuple[str, float, float]] = []
+        for run in variants:
+            q = run.metrics.get(run.quantized) or {}
+            ref = run.metrics.get(run.reference) or {}
+            acc_q = q.get("top1") if run.labeled else q.get("agreement")
+            acc_ref = ref.get("top1") if run.labeled else 1.0
+            if not pts and acc_ref is not None:
+                for base in (run.reference, "original (onnxruntime)"):
+                    lat = (run.metrics.get(base) or {}).get("latency_ms")
+                    if lat is not None:
+                        pts.append((base, float(lat), 100.0 * float(acc_ref)))
+            if q.get("latency_ms") is not None and acc_q is not None:
+                pts.append((run.name, float(q["latency_ms"]), 100.0 * float(acc_q)))
         self.set_points(pts)
 
 

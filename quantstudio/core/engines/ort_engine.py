@@ -121,7 +121,13 @@ def torch_to_onnx(model: Any, path: Path | None = None):
     example = model.example_input()
     module = model.module
     buf = io.BytesIO()
+    # nn.MultiheadAttention takes a fused "fast path" (aten::_native_multi_head_attention,
+    # which has no ONNX form) in eval mode without grad; export the plain path.
+    fastpath = getattr(torch.backends, "mha", None)
+    was_fast = fastpath.get_fastpath_enabled() if fastpath is not None else None
     try:
+        if fastpath is not None:
+            fastpath.set_fastpath_enabled(False)
         with quiet(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 module,
@@ -142,6 +148,9 @@ def torch_to_onnx(model: Any, path: Path | None = None):
             hint="Export it to ONNX yourself (torch.onnx.export) and open the .onnx file.",
             details=str(exc)[-4000:],
         ) from exc
+    finally:
+        if fastpath is not None:
+            fastpath.set_fastpath_enabled(was_fast)
     return onnx.load_from_string(buf.getvalue()) if path is None else onnx.load(str(path))
 
 
@@ -316,8 +325,10 @@ def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
     return m, skipped
 
 
-def _gemm_to_matmul(model) -> Any:
-    """Gemm (Linear layers) → MatMul + Add, so dynamic INT8 (MatMulInteger) covers them."""
+def _gemm_to_matmul(model, keep: set[str] = frozenset()) -> Any:
+    """Gemm (Linear layers) → MatMul + Add, so dynamic INT8 (MatMulInteger) covers them.
+
+    Nodes in ``keep`` (the plan's float layers) stay Gemm."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -329,6 +340,7 @@ def _gemm_to_matmul(model) -> Any:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if (
             node.op_type == "Gemm"
+            and node.name not in keep
             and attrs.get("transA", 0) == 0
             and attrs.get("alpha", 1.0) == 1.0
             and attrs.get("beta", 1.0) == 1.0
@@ -470,7 +482,7 @@ class OrtEngine:
         ctx.partial({"type": "stage", "name": "calibrate"})
         if target == "x86":
             act, act_name = QuantType.QUInt8, "uint8"
-            why = "x86: uint8 activations + int8 weights (U8S8) use the VNNI/AVX-512 kernels; int8 activations (S8S8) run no faster than FP32 here"
+            why = "x86: uint8 activations + int8 weights (U8S8) are ONNX Runtime's fast integer path on x86; int8 activations (S8S8) run no faster than FP32 on x86"
         else:
             act, act_name = QuantType.QInt8, "int8"
             why = "ARM: int8 activations + int8 weights (S8S8), what ONNX Runtime recommends there"
@@ -525,7 +537,7 @@ class OrtEngine:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         ctx.report(0.3, "quantizing weights (dynamic INT8)")
-        prepared = _gemm_to_matmul(onnx.load(str(pre)))
+        prepared = _gemm_to_matmul(onnx.load(str(pre)), set(excluded))
         mm = Path(out).with_name("matmul.onnx")
         onnx.save(prepared, str(mm))
         ops = [n.op_type for n in prepared.graph.node if n.name not in set(excluded)]
@@ -538,7 +550,9 @@ class OrtEngine:
                 op_types_to_quantize=DYNAMIC_OPS,
                 per_channel=bool(config.per_channel),
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=excluded,
+                # ORT's dynamic quantizer turns a Gemm it meets into "<name>_MatMul" +
+                # "<name>_Add" before it checks exclusions: exclude those names too.
+                nodes_to_exclude=excluded + [f"{n}_MatMul" for n in excluded],
             )
         except Exception as exc:  # noqa: BLE001
             raise InputError(

@@ -1,0 +1,308 @@
+"""Exports that are checked before they are called done, written atomically.
+
+``.onnx`` (ONNX Runtime engine): the quantized graph, which must pass
+``onnx.checker.check_model`` and give, in a *fresh* InferenceSession, the outputs the
+app measured. ``.pth`` (PyTorch engine): a traced and frozen TorchScript archive —
+DESIGN: ``torch.save`` of a converted FX INT8 model does not load back in torch 2.14,
+the TorchScript archive does and needs only ``torch.jit.load``. Either file is checked
+by loading it back from disk and comparing outputs on the given samples.
+
+Every file goes to a temporary name in the destination folder, is fsynced, checked,
+then renamed over the destination: a failed or cancelled export leaves no partial file
+and never destroys an earlier file of the same name. The recipe (``X.recipe.json``) is
+committed together with the model.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantstudio.core.errors import InputError
+from quantstudio.core.jobs import JobContext, NullContext
+
+# What an engine can write: extension → format.
+FORMATS = {
+    "onnxruntime": {".onnx": "onnx"},
+    "torch": {".pth": "torchscript", ".pt": "torchscript"},
+}
+
+
+@dataclass
+class ExportCheck:
+    """The reloaded file against the in-app quantized model, on the same samples."""
+
+    samples: int
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+    passed: bool
+    reloaded_with: str
+    random_input: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "max_abs_diff": self.max_abs_diff,
+            "top1_agreement": self.top1_agreement,
+            "tolerance": self.tolerance,
+            "passed": self.passed,
+            "reloaded_with": self.reloaded_with,
+            "random_input": self.random_input,
+        }
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    size_bytes: int
+    check: ExportCheck
+    recipe_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "size_bytes": self.size_bytes,
+            "check": self.check.to_dict(),
+            "recipe": str(self.recipe_path) if self.recipe_path else None,
+            "notes": list(self.notes),
+        }
+
+
+def export_format(engine: str, path: str | Path) -> str:
+    """The format ``path``'s extension asks for; InputError if ``engine`` cannot write it."""
+    suffix = Path(path).suffix.lower()
+    allowed = FORMATS.get(engine, {})
+    if suffix not in allowed:
+        other = [e for e, f in FORMATS.items() if suffix in f]
+        hint = (
+            f"The {engine} engine writes {', '.join(allowed)}"
+            + (f"; {suffix} files come from the {other[0]} engine (--engine {other[0]})" if other else "")
+            + "."
+        )
+        raise InputError(f"cannot export a {engine} result as '{suffix or Path(path).name}'", path=path, hint=hint)
+    return allowed[suffix]
+
+
+def export_model(
+    result: Any,
+    path: str | Path,
+    *,
+    samples: np.ndarray | None = None,
+    recipe: Any = None,
+    ctx: JobContext | None = None,
+) -> ExportResult:
+    """Write ``result`` (a QuantizedModel) to ``path``, reload it, compare, commit.
+
+    ``samples`` (float32 N×C×H×W) are what the reload is compared on; without them a
+    few random inputs of the model's shape are used (and the check says so).
+    Raises InputError when the reloaded file does not match; Cancelled on cancel.
+    """
+    ctx = ctx or NullContext()
+    path = Path(path)
+    fmt = export_format(result.engine, path)
+    random_input = samples is None
+    if samples is None:
+        if not result.input_shape:
+            raise InputError("the model's input shape is unknown, so the export cannot be checked", hint="Give --input-shape.")
+        samples = np.random.default_rng(0).standard_normal((4, *result.input_shape[1:]), dtype=np.float32)
+    samples = np.ascontiguousarray(getattr(samples, "x", samples), dtype=np.float32)
+    temps: list[Path] = []
+    try:
+        ctx.check_cancelled()
+        ctx.report(0.05, f"writing {path.name}")
+        tmp = temp_path_beside(path)
+        temps.append(tmp)
+        if fmt == "onnx":
+            _write_onnx(result.artifact, tmp)
+        else:
+            _write_torchscript(result.artifact, samples[:1], tmp)
+        _fsync(tmp)
+        ctx.check_cancelled()
+        ctx.report(0.4, f"checking {path.name}: reloading it")
+        expected = np.asarray(result.runner(samples), dtype=np.float32)
+        if fmt == "onnx":
+            got, how = _reload_onnx(tmp, samples), "onnx.checker + a fresh onnxruntime.InferenceSession"
+        else:
+            got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
+        check = compare_outputs(expected, got, how, random_input)
+        if not check.passed:
+            raise InputError(
+                f"the exported file does not reproduce the quantized model (max difference {check.max_abs_diff:.3g}, "
+                f"top-1 agreement {check.top1_agreement:.1%})",
+                path=path,
+                hint="Nothing was written. Report this; meanwhile try the other engine.",
+            )
+        ctx.check_cancelled()
+        recipe_path = None
+        if recipe is not None:
+            from quantstudio.core.recipe import recipe_path_for
+
+            import json
+
+            recipe_path = recipe_path_for(path)
+            rtmp = temp_path_beside(recipe_path)
+            temps.append(rtmp)
+            rtmp.write_text(json.dumps(recipe.to_dict(), indent=2) + "\n", encoding="utf-8")
+            _fsync(rtmp)
+        ctx.report(0.95, f"saving {path.name}")
+        ctx.check_cancelled()  # the last point a cancel is honoured: nothing is replaced yet
+        commit(tmp, path)
+        if recipe_path is not None:
+            commit(temps[-1], recipe_path)
+        ctx.report(1.0, f"exported {path.name}")
+        return ExportResult(
+            path=path,
+            format=fmt,
+            size_bytes=path.stat().st_size,
+            check=check,
+            recipe_path=recipe_path,
+            notes=["checked on random input: give evaluation samples for a real check"] if random_input else [],
+        )
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)  # committed ones are gone already
+
+
+def compare_outputs(expected: np.ndarray, got: np.ndarray, how: str, random_input: bool = False) -> ExportCheck:
+    """Max abs difference and top-1 agreement of two output batches.
+
+    Passing needs the same top-1 on every sample and outputs equal up to float
+    round-off (1e-4 of the output range): the file holds the very same model.
+    """
+    e = expected.reshape(len(expected), -1).astype(np.float64)
+    g = np.asarray(got, np.float64).reshape(len(got), -1)
+    if e.shape != g.shape:
+        return ExportCheck(len(e), float("inf"), 0.0, 0.0, False, how, random_input)
+    diff = float(np.max(np.abs(e - g))) if e.size else 0.0
+    agree = float(np.mean(np.argmax(e, 1) == np.argmax(g, 1))) if e.size else 1.0
+    tol = 1e-4 * max(1.0, float(np.max(np.abs(e))) if e.size else 1.0)
+    return ExportCheck(len(e), diff, agree, tol, diff <= tol and agree == 1.0, how, random_input)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _write_onnx(model: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _reload_onnx(path: Path, samples: np.ndarray) -> np.ndarray:
+    import onnx
+
+    from quantstudio.core.engines.ort_engine import make_session
+
+    try:
+        onnx.checker.check_model(str(path))
+        sess = make_session(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            "the exported ONNX file is not valid",
+            path=path,
+            hint="Nothing was written. Try keeping more layers in FP32.",
+            details=str(exc)[-4000:],
+        ) from exc
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: samples})[0]
+
+
+def _write_torchscript(module: Any, example: np.ndarray, path: Path) -> None:
+    import torch
+
+    from quantstudio.core.engines.torch_engine import quiet, to_torchscript
+
+    try:
+        scripted = to_torchscript(module, torch.from_numpy(example))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            "the quantized model could not be saved as TorchScript",
+            hint="Use the ONNX Runtime engine and export .onnx instead.",
+            details=str(exc)[-4000:],
+        ) from exc
+    with quiet():
+        torch.jit.save(scripted, str(path))
+
+
+def _reload_torchscript(path: Path, samples: np.ndarray) -> np.ndarray:
+    import torch
+
+    from quantstudio.core.engines.torch_engine import quiet
+
+    with quiet():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            out = loaded(torch.from_numpy(samples))
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if getattr(out, "is_quantized", False):
+        out = out.dequantize()
+    return out.float().numpy()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not possible on every platform (Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path_beside(path: Path) -> Path:
+    """A fresh, hidden temporary file name in ``path``'s folder (same file system)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            # 0o666 minus the umask: the final file gets the usual permissions
+            # (mkstemp would leave it readable by its owner only).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
+def commit(tmp: Path, path: Path) -> Path:
+    """fsync ``tmp`` and rename it over ``path`` (atomic on one file system)."""
+    with open(tmp, "rb+") as f:
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    path = Path(path)
+    tmp = temp_path_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,334 @@
+"""The Quantize job: quantize → evaluate → per-layer error → benchmark, in weighted stages.
+
+:func:`run_quantize` is one plain function taking a job context, so the GUI runs it on a
+worker thread and the CLI in the foreground. The quantize stage covers the engine's own
+phases (fuse/prepare, calibrate, convert). Original and quantized model are evaluated on
+exactly the same decoded tensors (:func:`quantstudio.core.evaluation.evaluate`), and
+timed interleaved (:func:`quantstudio.core.benchmark.run_benchmark`).
+
+Live plot data goes out through ``ctx.partial`` as dicts with a ``"type"`` key:
+``stage`` (name), ``fused`` (groups), ``metrics`` (original, quantized), ``layer_sqnr``
+(values: layer → dB), ``size`` (bytes), ``benchmark`` (the result dict); the benchmark
+itself streams ``latency``/``throughput`` payloads.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engine
+from quantstudio.core.errors import InputError
+from quantstudio.core.jobs import JobContext, NullContext, Stages
+from quantstudio.core.plan import PrecisionPlan
+
+DEFAULT_EVAL_SAMPLES = 1000
+SQNR_BATCHES = 2
+CHECK_SAMPLES = 16  # samples kept to check exports against
+RANDOM_NOTE = "random data — accuracy not meaningful"
+
+
+def _json_float(v: Any) -> Any:
+    if v is None:
+        return None
+    v = float(v)
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if math.isnan(v):
+        return None
+    return v
+
+
+@dataclass
+class QuantizeResult:
+    """Everything one Quantize run produced. ``to_dict()`` is JSON-safe (no model)."""
+
+    quantized: QuantizedModel
+    config: QuantConfig
+    plan: PrecisionPlan
+    original_metrics: Any = None  # evaluation.EvaluationResult
+    quantized_metrics: Any = None
+    layer_sqnr: dict[str, float] = field(default_factory=dict)
+    fused: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    benchmark: Any = None  # benchmark.BenchmarkResult
+    sizes: dict[str, int | None] = field(default_factory=dict)
+    random_data: bool = False
+    calibration_samples: int = 0
+    evaluation_samples: int = 0
+    # Not serialized: what an export needs to check itself and write its recipe.
+    check_samples: np.ndarray | None = None
+    model: Any = None
+    data: Any = None
+    preprocessing: Any = None
+    calibration_indices: np.ndarray | None = None
+
+    @property
+    def latency_ms(self) -> dict[str, float]:
+        """p50 latency at the smallest batch size, per benchmark variant."""
+        if self.benchmark is None:
+            return {}
+        out = {}
+        for v in self.benchmark.variants:
+            if v.latency:
+                out[v.name] = v.latency[min(v.latency)].p50_ms
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.config.engine,
+            "mode": self.config.mode,
+            "config": self.config.to_dict(),
+            "plan": self.plan.to_dict(),
+            "random_data": self.random_data,
+            "calibration_samples": self.calibration_samples,
+            "evaluation_samples": self.evaluation_samples,
+            "original": self.original_metrics.to_dict() if self.original_metrics is not None else None,
+            "quantized": self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None,
+            "layer_sqnr": {k: _json_float(v) for k, v in self.layer_sqnr.items()},
+            "layer_precisions": dict(self.quantized.layer_precisions),
+            "fused": [list(g) for g in self.fused],
+            "latency_ms": {k: _json_float(v) for k, v in self.latency_ms.items()},
+            "benchmark": self.benchmark.to_dict() if self.benchmark is not None else None,
+            "sizes": dict(self.sizes),
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+
+def run_quantize(
+    model: Any,
+    data_source: Any,
+    preprocessing: Any,
+    plan: PrecisionPlan,
+    config: QuantConfig,
+    ctx: JobContext | None = None,
+    *,
+    eval_samples: int | None = DEFAULT_EVAL_SAMPLES,
+    benchmark: bool = True,
+    batch_sizes: Sequence[int] = (1,),
+    batch_size: int = 32,
+    benchmark_runs: int = 30,
+    sqnr_batches: int = SQNR_BATCHES,
+) -> QuantizeResult:
+    """Quantize ``model`` by ``plan``/``config`` on ``data_source`` and measure the result.
+
+    ``data_source`` is a :class:`~quantstudio.core.data.DataSource` (or a spec for
+    :func:`~quantstudio.core.data.open_data`: a path or "random"); ``preprocessing`` is
+    recorded in the recipe (and used to open a spec). Calibration and evaluation samples
+    are disjoint, chosen by ``config.seed``. Raises InputError / Cancelled.
+    """
+    from quantstudio.core.data import open_data
+
+    ctx = ctx or NullContext()
+    config.validate()
+    if config.calib_samples <= 0:
+        raise InputError(f"the number of calibration samples must be positive, not {config.calib_samples}", hint="Give --calib-samples 1 or more.")
+    if isinstance(data_source, (str, Path)):
+        data_source = open_data(
+            data_source,
+            input_shape=model.input_shape,
+            preprocessing=preprocessing,
+            random_samples=config.calib_samples + (eval_samples or 0),
+            seed=config.seed,
+        )
+    data = data_source
+    engine = get_engine(config.engine)
+    weights = [("quantize", 6.0), ("evaluate", 3.0), ("layer_error", 1.0)]
+    if benchmark:
+        weights.append(("benchmark", 3.0))
+    stages = Stages(ctx, weights)
+
+    split = data.split(calibration=config.calib_samples, evaluation=eval_samples, seed=config.seed)
+    notes = list(split.notes)
+    warnings = list(getattr(data, "warnings", []))
+    if data.is_random and RANDOM_NOTE not in warnings:
+        warnings.insert(0, RANDOM_NOTE)
+
+    # ---------------------------------------------------------------- quantize
+    st = stages.stage("quantize")
+    ctx.partial({"type": "stage", "name": "quantize"})
+    calib = data.batches(split.calibration, batch_size=batch_size, message="calibrating")
+    if len(calib.indices) == 0:
+        raise InputError("there is no calibration data", path=data.path, hint="Choose data with at least one sample.")
+    qm = engine.quantize(model, plan, config, calib, st)
+    if calib.skipped:
+        warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
+    notes.extend(qm.notes)
+    if qm.fused:
+        ctx.partial({"type": "fused", "groups": [list(g) for g in qm.fused]})
+    ctx.check_cancelled()
+
+    # ---------------------------------------------------------------- evaluate
+    st = stages.stage("evaluate")
+    ctx.partial({"type": "stage", "name": "evaluate"})
+    seen: list[np.ndarray] = []
+    runner = qm.runner
+
+    def quantized_variant(x):
+        if len(seen) < max(sqnr_batches, 1):
+            seen.append(np.array(x, dtype=np.float32, copy=True))
+        return runner(x)
+
+    original_metrics = quantized_metrics = None
+    if len(split.evaluation):
+        from quantstudio.core.evaluation import evaluate
+
+        ev = evaluate(
+            {"original": model, "quantized": quantized_variant},
+            data,
+            split.evaluation,
+            reference="original",
+            batch_size=batch_size,
+            ctx=st,
+        )
+        original_metrics, quantized_metrics = ev["original"], ev["quantized"]
+        for w in ev.warnings:
+            if w not in warnings:
+                warnings.append(w)
+        ctx.partial({"type": "metrics", "original": original_metrics.to_dict(), "quantized": quantized_metrics.to_dict()})
+    else:
+        notes.append("no samples were left for evaluation: accuracy not measured (use more data or fewer calibration samples)")
+        x, _, _ = data.read(np.asarray(split.calibration[:batch_size]))
+        seen.append(x)
+    ctx.check_cancelled()
+
+    # ---------------------------------------------------------------- per-layer error
+    st = stages.stage("layer_error")
+    ctx.partial({"type": "stage", "name": "layer_error"})
+    st.report(0.0, "measuring per-layer error")
+    sqnr = layer_sqnr(model, qm, seen[: max(sqnr_batches, 1)], st)
+    if sqnr:
+        ctx.partial({"type": "layer_sqnr", "values": {k: _json_float(v) for k, v in sqnr.items()}})
+    st.report(1.0, "per-layer error measured")
+    ctx.check_cancelled()
+
+    check = np.concatenate(seen)[:CHECK_SAMPLES] if seen else None
+    sizes = model_sizes(model, qm)
+    ctx.partial({"type": "size", **sizes})
+
+    # ---------------------------------------------------------------- benchmark
+    bench = None
+    if benchmark:
+        st = stages.stage("benchmark")
+        ctx.partial({"type": "stage", "name": "benchmark"})
+        bench = _benchmark(model, qm, batch_sizes, benchmark_runs, st, sizes)
+        ctx.partial({"type": "benchmark", "result": bench.to_dict()})
+        notes.extend(_speed_notes(bench, qm))
+    ctx.report(1.0, "done")
+    return QuantizeResult(
+        quantized=qm,
+        config=config,
+        plan=plan.copy(),
+        original_metrics=original_metrics,
+        quantized_metrics=quantized_metrics,
+        layer_sqnr=sqnr,
+        fused=[list(g) for g in qm.fused],
+        notes=notes,
+        warnings=warnings,
+        benchmark=bench,
+        sizes=sizes,
+        random_data=bool(data.is_random),
+        calibration_samples=int(len(split.calibration)),
+        evaluation_samples=int(quantized_metrics.n) if quantized_metrics is not None else 0,
+        check_samples=check,
+        model=model,
+        data=data,
+        preprocessing=preprocessing,
+        calibration_indices=np.asarray(split.calibration),
+    )
+
+
+def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | None = None, *, data_spec: str | None = None):
+    """Export the quantized model (checked against the in-app outputs) plus its recipe."""
+    from quantstudio.core.export import export_model
+    from quantstudio.core.recipe import make_recipe
+
+    recipe = make_recipe(
+        result.model,
+        result.plan,
+        result.config,
+        preprocessing=result.preprocessing,
+        data=result.data,
+        data_spec=data_spec,
+        calibration_indices=result.calibration_indices,
+        evaluation_samples=result.evaluation_samples,
+    )
+    return export_model(result.quantized, path, samples=result.check_samples, recipe=recipe, ctx=ctx)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def layer_sqnr(model: Any, qm: QuantizedModel, batches: list[np.ndarray], ctx: JobContext | None = None) -> dict[str, float]:
+    """Per-layer SQNR (dB) for either engine; {} where it cannot be measured."""
+    if qm.engine == "torch":
+        from quantstudio.core.engines.torch_engine import torch_layer_sqnr
+
+        return torch_layer_sqnr(model.module, qm, batches, ctx)
+    from quantstudio.core.engines.ort_engine import ort_layer_sqnr
+
+    return ort_layer_sqnr(qm, batches, ctx)
+
+
+def _torch_bytes(module: Any) -> int:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return buf.tell()
+
+
+def model_sizes(model: Any, qm: QuantizedModel) -> dict[str, int | None]:
+    """Serialized size of the original and the quantized model, in bytes."""
+    try:
+        if qm.engine == "onnxruntime":
+            original = len(qm.reference_artifact.SerializeToString()) if qm.reference_artifact is not None else None
+            quantized = len(qm.artifact.SerializeToString())
+        else:
+            original = _torch_bytes(model.module)
+            quantized = _torch_bytes(qm.artifact)
+    except Exception:  # noqa: BLE001 - a size is informative, never worth failing the run
+        return {"original_bytes": None, "quantized_bytes": None}
+    return {"original_bytes": original, "quantized_bytes": quantized}
+
+
+def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
+    from quantstudio.core.benchmark import Variant, run_benchmark
+
+    variants = [
+        Variant("original", model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
+    ]
+    if qm.engine == "onnxruntime" and qm.reference_artifact is not None and model.framework != "onnx":
+        from quantstudio.core.engines.ort_engine import OrtRunner, make_session
+
+        # Same runtime, FP32: the fair baseline for the INT8 speed-up.
+        variants.append(Variant("original (onnxruntime)", OrtRunner(make_session(qm.reference_artifact)), kind="onnxruntime fp32"))
+    variants.append(Variant("quantized", qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
+    shape = tuple(model.input_shape)
+    return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
+
+
+def _speed_notes(bench, qm: QuantizedModel) -> list[str]:
+    """Say so when the quantized model is not faster (the most common complaint)."""
+    names = [v.name for v in bench.variants]
+    base = "original (onnxruntime)" if "original (onnxruntime)" in names else "original"
+    try:
+        batch = min(bench.by_name("quantized").latency)
+        ratio = bench.speedup(base, "quantized", batch)
+    except (KeyError, ValueError, StopIteration, ZeroDivisionError):
+        return []
+    if ratio >= 1.1:
+        return [f"quantized model {ratio:.1f}x faster than {base} at batch {batch}"]
+    why = ""
+    if qm.config.mode == "fp16" or "fp16" in qm.layer_precisions.values():
+        why = " FP16 has no fast kernels on most x86 CPUs; it saves memory, not time."
+    elif qm.config.mode == "dynamic":
+        why = " Dynamic INT8 speeds up Linear/LSTM-heavy models; conv models want static INT8."
+    return [f"the quantized model is not faster than {base} here ({ratio:.2f}x at batch {batch}).{why}"]

@@ -1,0 +1,230 @@
+"""The recipe: everything needed to reproduce a quantized model, as JSON.
+
+A recipe is written beside every export (``model.onnx`` → ``model.recipe.json``) and
+re-applied with ``quantstudio-cli quantize --recipe R.json``. It holds the precision
+plan, engine, mode and options, the preprocessing, the seed, where the model came from
+(path + sha256), a fingerprint of the calibration data (file names and sizes, or the
+tensor bytes), and the versions of the packages that made it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from quantstudio.core.engines.base import QuantConfig
+from quantstudio.core.errors import InputError
+from quantstudio.core.plan import PrecisionPlan
+
+RECIPE_VERSION = 1
+RECIPE_SUFFIX = ".recipe.json"
+
+
+def recipe_path_for(export_path: str | Path) -> Path:
+    """``out/model.onnx`` → ``out/model.recipe.json``."""
+    p = Path(export_path)
+    return p.with_name(p.stem + RECIPE_SUFFIX)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    import quantstudio
+
+    out: dict[str, str | None] = {"quantstudio": quantstudio.__version__}
+    for name in ("torch", "torchvision", "onnx", "onnxruntime", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def data_fingerprint(data: Any, indices: Sequence[int] | None) -> dict[str, Any]:
+    """A sha256 over what the calibration samples are made of.
+
+    Image folders: each chosen file's path (relative to the folder) and size. Tensor
+    files: the file's sha256 and the chosen rows. Random data: seed, count and shape.
+    """
+    import numpy as np
+
+    idx = [int(i) for i in (np.arange(len(data)) if indices is None else np.asarray(indices).reshape(-1))]
+    h = hashlib.sha256()
+    kind = getattr(data, "kind", "")
+    root = getattr(data, "path", None)
+    if getattr(data, "is_random", False):
+        method = "random"
+        h.update(json.dumps({"seed": getattr(data, "seed", None), "shape": list(getattr(data, "shape", ()))}).encode())
+        h.update(json.dumps(idx).encode())
+    elif root is not None and Path(root).is_file():
+        method = "tensor file sha256 + rows"
+        h.update(sha256_file(root).encode())
+        h.update(json.dumps(idx).encode())
+    else:
+        method = "file names + sizes"
+        for i in idx:
+            p = data.sample_path(i)
+            size = Path(p).stat().st_size if p and Path(p).exists() else -1
+            rel = os.path.relpath(p, root) if p and root is not None else str(p)
+            h.update(f"{rel}\0{size}\n".encode())
+    return {"sha256": h.hexdigest(), "method": method, "samples": len(idx), "kind": kind}
+
+
+@dataclass
+class Recipe:
+    engine: str
+    mode: str
+    config: dict[str, Any]
+    plan: dict[str, Any]
+    preprocessing: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # spec, kind, fingerprint, sample counts
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)  # path, sha256, kind, arch, input_shape
+    versions: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    version: int = RECIPE_VERSION
+
+    # -------------------------------------------------------------- views
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig.from_dict({**self.config, "engine": self.engine, "mode": self.mode, "seed": self.seed})
+
+    def precision_plan(self) -> PrecisionPlan:
+        return PrecisionPlan.from_dict(self.plan)
+
+    def preprocessing_obj(self):
+        from quantstudio.core.data import Preprocessing
+
+        return Preprocessing.from_dict(self.preprocessing) if self.preprocessing else None
+
+    # -------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "created": self.created,
+            "engine": self.engine,
+            "mode": self.mode,
+            "config": dict(self.config),
+            "plan": dict(self.plan),
+            "preprocessing": self.preprocessing,
+            "data": dict(self.data),
+            "seed": self.seed,
+            "model": dict(self.model),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str | Path | None = None) -> "Recipe":
+        if not isinstance(d, dict):
+            raise InputError("the recipe is not a JSON object", path=path, hint="Choose a .recipe.json written by QuantStudio.")
+        if d.get("version") != RECIPE_VERSION:
+            raise InputError(
+                f"recipe version {d.get('version')!r} is not supported (expected {RECIPE_VERSION})",
+                path=path,
+                hint="Re-create the recipe with this version of QuantStudio.",
+            )
+        try:
+            recipe = cls(
+                engine=str(d["engine"]),
+                mode=str(d["mode"]),
+                config=dict(d.get("config") or {}),
+                plan=dict(d["plan"]),
+                preprocessing=d.get("preprocessing"),
+                data=dict(d.get("data") or {}),
+                seed=int(d.get("seed", 0)),
+                model=dict(d.get("model") or {}),
+                versions=dict(d.get("versions") or {}),
+                created=str(d.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the recipe is malformed (missing or bad {exc})", path=path, hint="Choose a .recipe.json written by QuantStudio.") from None
+        try:  # validate now, so a bad recipe fails before any work starts
+            recipe.quant_config()
+            recipe.precision_plan()
+            recipe.preprocessing_obj()
+        except InputError as exc:
+            raise InputError(exc.message, path=path, hint=exc.hint) from None
+        return recipe
+
+    def save(self, path: str | Path) -> Path:
+        from quantstudio.core.export import atomic_write_text
+
+        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recipe":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("no such recipe file", path=path, hint="Check the path.") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"the recipe cannot be read ({exc})", path=path) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"the recipe is not valid JSON ({exc.msg}, line {exc.lineno})", path=path) from None
+        return cls.from_dict(data, path)
+
+
+def make_recipe(
+    model: Any,
+    plan: PrecisionPlan,
+    config: QuantConfig,
+    *,
+    preprocessing: Any = None,
+    data: Any = None,
+    data_spec: str | None = None,
+    calibration_indices: Sequence[int] | None = None,
+    evaluation_samples: int | None = None,
+) -> Recipe:
+    """The recipe of one quantization run (model, plan, options, data fingerprint, versions)."""
+    model_info: dict[str, Any] = {
+        "path": str(Path(model.path).resolve()) if getattr(model, "path", None) else None,
+        "sha256": None,
+        "kind": getattr(model, "kind", None),
+        "arch": getattr(model, "arch", None),
+        "input_shape": list(model.input_shape) if getattr(model, "input_shape", None) else None,
+    }
+    if model_info["path"] and Path(model_info["path"]).is_file():
+        model_info["sha256"] = sha256_file(model_info["path"])
+    data_info: dict[str, Any] = {}
+    if data is not None:
+        spec = data_spec
+        if spec is None:
+            spec = "random" if getattr(data, "is_random", False) else (str(data.path) if data.path is not None else None)
+        data_info = {
+            "spec": spec,
+            "kind": getattr(data, "kind", None),
+            "calibration_samples": len(calibration_indices) if calibration_indices is not None else len(data),
+            "evaluation_samples": evaluation_samples,
+            "calibration_fingerprint": data_fingerprint(data, calibration_indices),
+        }
+    cfg = config.to_dict()
+    return Recipe(
+        engine=config.engine,
+        mode=config.mode,
+        config={k: v for k, v in cfg.items() if k not in ("engine", "mode", "seed")},
+        plan=plan.to_dict(),
+        preprocessing=preprocessing.to_dict() if preprocessing is not None else None,
+        data=data_info,
+        seed=config.seed,
+        model=model_info,
+        versions=package_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )

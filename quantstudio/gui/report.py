@@ -1,0 +1,96 @@
+"""The HTML report of a run: metrics, settings, warnings and the plots embedded as PNG (base64)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from typing import Any
+
+from PySide6.QtCore import QBuffer, QIODevice
+
+from quantstudio import __version__
+
+
+def plot_png(panel: Any) -> bytes:
+    """A plot panel rendered to PNG bytes (GUI thread: it paints)."""
+    import pyqtgraph.exporters as exporters
+
+    exporter = exporters.ImageExporter(panel.export_target())
+    exporter.parameters()["width"] = 900
+    image = exporter.export(toBytes=True)
+    buf = QBuffer()
+    buf.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buf, "PNG")
+    return bytes(buf.data())
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _num(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    return f"{float(v):.2f}{unit}"
+
+
+def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summary: dict | None = None) -> str:
+    e = html.escape
+    names = [n for n in run.metrics]
+    rows = [
+        ("top-1", "top1", _pct), ("top-5", "top5", _pct), ("precision", "precision", _pct),
+        ("recall", "recall", _pct), ("F1", "f1", _pct), ("agreement with original", "agreement", _pct),
+        ("output SQNR (dB)", "sqnr_db", _num), ("latency, smallest batch (ms)", "latency_ms", _num),
+        ("model size (MB)", "size_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.2f}"),
+        ("peak memory (MB)", "peak_rss_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.1f}"),
+    ]
+    table = ["<table><tr><th></th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
+    for label, key, fmt in rows:
+        cells = [fmt(run.metrics[n].get(key)) for n in names]
+        if all(c == "—" for c in cells):
+            continue
+        table.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    table.append("</table>")
+    cfg = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in run.config.items())
+    rules = run.plan.get("rules", [])
+    plan = f"<p>default: <b>{e(str(run.plan.get('default', '')).upper())}</b></p>"
+    if rules:
+        plan += "<ul>" + "".join(
+            f"<li>{e(r['kind'])} <code>{e(r['pattern'])}</code> → {e(r['precision'].upper())}</li>" for r in rules) + "</ul>"
+    warn = "".join(f"<li>{e(w)}</li>" for w in run.warnings)
+    notes = "".join(f"<li>{e(n)}</li>" for n in run.notes)
+    imgs = "".join(
+        f"<figure><img alt='{e(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        f"<figcaption>{e(title)}</figcaption></figure>"
+        for title, png in plots.items()
+    )
+    export = ""
+    if export_summary:
+        chk = export_summary.get("check") or {}
+        export = (
+            f"<h2>Export</h2><p>{e(str(export_summary.get('path')))} ({e(str(export_summary.get('format')))}), "
+            f"round-trip check <b>{'passed' if chk.get('passed') else 'FAILED'}</b>: reloaded with "
+            f"{e(str(chk.get('reloaded_with')))}, max difference {chk.get('max_abs_diff', 0):.3g}, "
+            f"top-1 agreement {_pct(chk.get('top1_agreement'))} on {chk.get('samples')} samples.</p>"
+        )
+    random_banner = "<p class='warn'><b>Random data — accuracy figures are not meaningful.</b></p>" if run.is_random else ""
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>QuantStudio report — {e(run.name)}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+td:first-child {{ text-align: left; }} .warn {{ color: #a05000; }} figure {{ margin: 1em 0; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>QuantStudio report: {e(run.name)}</h1>
+<p>{e(model_text)}<br>Data: {e(run.data)}<br>Generated {datetime.datetime.now():%Y-%m-%d %H:%M} by QuantStudio {__version__}</p>
+{random_banner}
+<h2>Results</h2>{''.join(table)}
+{export}
+<h2>Settings</h2><table>{cfg}</table>
+<h2>Precision plan</h2>{plan}
+{'<h2>Warnings</h2><ul class="warn">' + warn + '</ul>' if warn else ''}
+{'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
+<h2>Plots</h2>{imgs}
+</body></html>
+"""

@@ -1,0 +1,136 @@
+"""The Quantize job end to end (tiny model): stages, live payloads, cancel, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantstudio.cli import main
+from quantstudio.core.data import RANDOM_DATA_NOTE, open_data
+from quantstudio.core.engines.base import QuantConfig
+from quantstudio.core.errors import Cancelled
+from quantstudio.core.jobs import RecordingContext
+from quantstudio.core.pipeline import export_result, run_quantize
+from quantstudio.core.plan import PrecisionPlan
+from quantstudio.core.recipe import Recipe
+from tests.core.models import tiny_net
+from tests.core.test_engines import batches, bn_ready, loaded
+
+
+@pytest.fixture(scope="module")
+def model():
+    return loaded(bn_ready(tiny_net(), batches(2)))
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory, model):
+    """A .npz of 48 inputs labeled with the FP32 model's own predictions."""
+    x = np.random.default_rng(5).standard_normal((48, 3, 32, 32), dtype=np.float32)
+    y = model.forward_numpy(x).argmax(1)
+    path = tmp_path_factory.mktemp("data") / "data.npz"
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def test_torch_pipeline_on_random_data_reports_everything(model):
+    data = open_data("random", input_shape=model.input_shape, random_samples=24)
+    ctx = RecordingContext()
+    plan = PrecisionPlan()
+    plan.parse_assignment("fc=fp32")
+    cfg = QuantConfig(engine="torch", calib_samples=8)
+    result = run_quantize(model, data, None, plan, cfg, ctx, eval_samples=16, batch_size=8, benchmark_runs=3)
+    assert result.random_data and RANDOM_DATA_NOTE in result.warnings
+    assert result.calibration_samples == 8 and result.evaluation_samples == 16
+    q = result.quantized_metrics
+    assert q.agreement is not None and q.sqnr_db > 20 and q.top1 is None  # random: no accuracy
+    assert set(result.layer_sqnr) == {"conv1", "conv2", "fc"}
+    assert ["conv1", "bn1", "relu1"] in result.fused
+    assert result.sizes["quantized_bytes"] < result.sizes["original_bytes"]
+    assert set(result.latency_ms) == {"original", "quantized"}
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["random_data"] and d["layer_precisions"]["fc"] == "fp32" and d["plan"] == plan.to_dict()
+    types = [p.get("type") for p in ctx.partials if isinstance(p, dict)]
+    for t in ("stage", "fused", "metrics", "layer_sqnr", "size", "benchmark", "latency"):
+        assert t in types, t
+    stages = [p["name"] for p in ctx.partials if isinstance(p, dict) and p.get("type") == "stage"]
+    assert stages[:1] == ["quantize"] and {"prepare", "calibrate", "convert", "evaluate", "layer_error", "benchmark"} <= set(stages)
+    fractions = [f for f, _ in ctx.reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_ort_pipeline_on_labeled_data_and_export(model, labeled, tmp_path):
+    from quantstudio.core.data import Preprocessing
+
+    prep = Preprocessing()
+    data = open_data(labeled, input_shape=model.input_shape, preprocessing=prep)
+    cfg = QuantConfig(calib_samples=16)
+    result = run_quantize(model, data, prep, PrecisionPlan(), cfg, RecordingContext(), eval_samples=32, benchmark=False)
+    o, q = result.original_metrics, result.quantized_metrics
+    assert o.top1 == 1.0 and q.top1 >= 0.8 and q.agreement == q.top1 and not result.random_data
+    assert result.layer_sqnr and all(v > 15 for v in result.layer_sqnr.values())
+    exported = export_result(result, tmp_path / "tiny.onnx")
+    assert exported.check.passed and exported.check.samples == 16
+    recipe = Recipe.load(tmp_path / "tiny.recipe.json")
+    assert recipe.engine == "onnxruntime" and recipe.data["calibration_samples"] == 16
+    assert recipe.data["calibration_fingerprint"]["method"].startswith("tensor file")
+
+
+# 1 export to ONNX, 3 calibration, 7 evaluation, 9 per-layer error, 12 benchmark,
+# 16 between quantize and export, 19 just before the export is renamed into place.
+@pytest.mark.parametrize("cancel_after", [1, 3, 7, 9, 12, 16, 19])
+def test_cancel_at_any_point_leaves_no_files(model, tmp_path, cancel_after):
+    data = open_data("random", input_shape=model.input_shape, random_samples=16)
+    ctx = RecordingContext(cancel_after=cancel_after)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Cancelled):
+        result = run_quantize(model, data, None, PrecisionPlan(), QuantConfig(calib_samples=8), ctx,
+                              eval_samples=8, batch_size=4, benchmark_runs=2)
+        export_result(result, out / "m.onnx", ctx)
+    assert list(out.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("model") / "tiny.pth"
+    torch.save(model.module, path)
+    return path
+
+
+def test_cli_quantize_json_then_recipe(model_file, tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    common = [str(model_file), "--trust", "--input-shape", "1,3,32,32", "--data", "random",
+              "--calib-samples", "8", "--eval-samples", "8", "--no-benchmark", "--json"]
+    assert main(["quantize", *common, "--precision", "fc=fp32", "--calibration", "percentile", "--out", str(out)]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["export"]["check"]["passed"] and d["random_data"]
+    assert d["layer_precisions"]["fc"] == "fp32" and d["quantized"]["agreement"] is not None
+    assert out.exists() and (tmp_path / "q.recipe.json").exists()
+
+    # Re-apply the recipe with one override: the plan comes from the recipe.
+    out2 = tmp_path / "r.pth"
+    assert main(["quantize", *common, "--recipe", str(tmp_path / "q.recipe.json"), "--engine", "torch", "--out", str(out2)]) == 0
+    capsys.readouterr()
+    recipe = Recipe.load(tmp_path / "r.recipe.json")
+    assert recipe.engine == "torch" and recipe.config["calibration"] == "percentile"
+    assert recipe.precision_plan().precision_for("fc").value == "fp32"
+    assert out2.exists()
+
+
+def test_cli_quantize_human_output_and_bad_extension(model_file, tmp_path, capsys):
+    out = tmp_path / "q.pth"
+    code = main(["quantize", str(model_file), "--trust", "--input-shape", "1,3,32,32", "--data", "random",
+                 "--engine", "onnxruntime", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--engine torch" in err
+    code = main(["quantize", str(model_file), "--trust", "--input-shape", "1,3,32,32", "--data", "random",
+                 "--calib-samples", "8", "--eval-samples", "8", "--engine", "torch", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "random data" in text and "latency" in text and "wrote" in text and "SQNR" in text
+    assert Path(out).exists()

@@ -1,0 +1,112 @@
+"""Regenerate resources/screenshots/*.png from the real app on the bundled demo.
+
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m tests.gui.screenshots
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+tmp = tempfile.mkdtemp(prefix="qs-shots-")
+os.environ["QUANTSTUDIO_SETTINGS"] = str(Path(tmp) / "settings.ini")
+os.environ["QUANTSTUDIO_DATA_DIR"] = str(Path(tmp) / "data")
+
+from PySide6.QtCore import QEventLoop, Qt  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from quantstudio.gui.app import make_application  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[2] / "resources" / "screenshots"
+W, H = 1440, 900
+
+
+def pump(app, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        time.sleep(0.01)
+
+
+def wait(app, cond, timeout: float = 600) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise TimeoutError
+        pump(app, 0.1)
+
+
+def save(widget, name: str, width: int = 1200) -> None:
+    pix = widget.grab()
+    if pix.width() > width:
+        pix = pix.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+    path = OUT / name
+    pix.save(str(path), "PNG", 9)
+    print(path, path.stat().st_size // 1024, "KB")
+
+
+def main() -> int:
+    app = make_application([])
+    from quantstudio.gui.main_window import MainWindow
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    w = MainWindow()
+    w.resize(W, H)
+    w.show()
+    pump(app, 0.5)
+    save(w, "welcome.png")
+
+    w.open_demo()
+    wait(app, lambda: w.loaded is not None)
+    wait(app, lambda: w.data_panel.summary is not None and not w.runner.busy)
+    pump(app, 1.0)
+    w.layer_panel.view.expandToDepth(1)
+    save(w, "demo_tree.png")
+
+    p = w.data_panel
+    p.calib_spin.setValue(128)
+    p.eval_spin.setValue(400)
+    p.runs_spin.setValue(20)
+    p.batches_edit.setText("1,8")
+    # A mixed plan: keep the classifier in FP32.
+    w.layer_model.set_precision("classifier", "fp32")
+    done = []
+    w.run_finished.connect(done.append)
+    w.quantize()
+    wait(app, lambda: bool(done) or not w.runner.busy)
+    if not done:
+        print("the run did not finish", file=sys.stderr)
+        return 1
+    pump(app, 1.0)
+    w.layer_error_panel.click_bar(max(range(len(w.layer_error_panel.values)), key=lambda i: -w.layer_error_panel.values[i]))
+    w.variants_dock.raise_()
+    pump(app, 0.5)
+    save(w, "after_run.png")
+    w.plot_docks[1].raise_()  # size
+    w.confusion_panel.parentWidget().raise_()
+    for dock in w.plot_docks:
+        if dock.windowTitle() == "Confusion":
+            dock.raise_()
+    pump(app, 0.5)
+    save(w, "after_run_confusion.png")
+
+    from quantstudio.gui.export_dialog import ExportDialog
+
+    dlg = ExportDialog(w)
+    dlg.folder_edit.setText(str(Path(tmp) / "export"))
+    dlg.show()
+    dlg.start_export()
+    wait(app, lambda: not w.runner.busy)
+    pump(app, 0.5)
+    save(dlg, "export_dialog.png")
+    dlg.reject()
+    w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

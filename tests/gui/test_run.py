@@ -1,0 +1,178 @@
+"""Quantize through the worker: live panels, variants, export, projects, cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from PySide6.QtWidgets import QDialog
+
+from quantstudio.gui.dialogs import ImportDialog
+from quantstudio.gui.tasks import RunOutcome
+from tests.gui.conftest import wait_idle
+
+
+def fake_quantize(ctx, request):
+    """Stands in for the pipeline: streams the payload types the pipeline sends."""
+    for i in range(20):
+        ctx.check_cancelled()
+        for v, base in (("original", 2.0), ("quantized", 1.0)):
+            ctx.partial({"type": "latency", "variant": v, "batch": 1, "ms": base + 0.01 * i})
+        ctx.report((i + 1) / 40, "timing")
+        time.sleep(0.002)
+    ctx.partial({"type": "throughput", "variant": "original", "batch": 1, "value": 500.0})
+    ctx.partial({"type": "throughput", "variant": "quantized", "batch": 1, "value": 1000.0})
+    ctx.partial({"type": "metrics", "original": {"top1": 0.9}, "quantized": {"top1": 0.88, "agreement": 0.95}})
+    ctx.partial({"type": "layer_sqnr", "values": {"conv1": 30.0, "conv2": 25.0, "fc": "inf"}})
+    ctx.partial({"type": "fused", "groups": [["conv1", "bn1", "relu1"]]})
+    return RunOutcome(
+        name=request.name, quantized="quantized", plan=request.plan, config=request.config, data="fake",
+        metrics={"original": {"top1": 0.9, "latency_ms": 2.0, "size_bytes": 4e6},
+                 "quantized": {"top1": 0.88, "agreement": 0.95, "latency_ms": 1.0, "size_bytes": 1e6}},
+        latency_samples={"original": {1: [2.0, 2.1]}, "quantized": {1: [1.0, 1.1]}},
+        throughput={"original": {1: 500.0}, "quantized": {1: 1000.0}},
+        layer_sqnr={"conv1": 30.0, "conv2": 25.0, "fc": float("inf")},
+        layer_precisions={"conv1": "int8", "conv2": "int8", "fc": "int8"},
+        confusion={"quantized": ([[3, 1], [0, 4]], ["a", "b"])},
+        changed=[{"index": 1, "path": None, "reference": "a", "prediction": "b", "label": "a"}],
+        n_evaluated=8, labeled=True,
+    )
+
+
+def open_tiny(qtbot, window, path, monkeypatch):
+    def trust(dlg):
+        dlg.trust_check.setChecked(True)
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ImportDialog, "exec", trust)
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_model(path)
+
+
+def small_settings(window, folder):
+    p = window.data_panel
+    p.calib_spin.setValue(8)
+    p.eval_spin.setValue(16)
+    p.runs_spin.setValue(3)
+    p.batches_edit.setText("1,4")
+    p.set_data("folder", str(folder))
+
+
+def test_fake_job_fills_panels_and_variants(qtbot, window, tiny_files, monkeypatch):
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_model(tiny_files["torchscript"])
+    window.data_panel.set_data("random")
+    wait_idle(qtbot, window)
+    from quantstudio.gui.tasks import QuantizeRequest
+
+    req = QuantizeRequest(name="fake run", model=window.loaded, tree=None, plan=window.plan.to_dict(),
+                          config={"engine": "onnxruntime", "mode": "static"}, data_spec="random", preprocessing=None,
+                          calib_samples=1, eval_samples=1)
+    with qtbot.waitSignal(window.run_finished, timeout=30000):
+        window.run_job(fake_quantize, req, "fake run")
+    lat = window.latency_panel
+    assert len(lat.hist_items["quantized"].getData()[1]) > 0
+    assert len(lat.tp_items["quantized"].getData()[0]) == 1
+    assert window.accuracy_panel.items["quantized"].opts["height"]
+    assert window.layer_error_panel.names == ["conv1", "conv2", "fc"]
+    assert window.confusion_panel.image.image.shape == (2, 2)
+    assert window.tradeoff_panel.points and window.changed_panel.model.rowCount() == 1
+    assert window.variants_panel.model.rowCount() == 1
+    # Clicking a bar selects the layer in the tree; selecting a layer highlights its bar.
+    window.layer_error_panel.click_bar(1)
+    assert window.layer_panel.current_layer() == "conv2"
+    window.layer_panel.select_layer("conv1")
+    assert window.layer_error_panel.selected == "conv1"
+    from quantstudio.gui.layer_model import COL_SQNR
+
+    assert window.layer_model.data(window.layer_model.index_for_name("conv2", COL_SQNR)) == "25.0"
+
+
+def test_plot_exports_png_and_svg(qtbot, window, tmp_path):
+    window.latency_panel.feed({"type": "latency", "variant": "a", "batch": 1, "ms": 1.0})
+    window.latency_panel.redraw()
+    png = window.latency_panel.save(tmp_path / "lat.png")
+    svg = window.accuracy_panel.save(tmp_path / "acc.svg")
+    assert png.stat().st_size > 1000 and svg.read_text().startswith("<?xml")
+
+
+@pytest.mark.slow
+def test_quantize_export_and_project_end_to_end(qtbot, window, tiny_files, image_folder, tmp_path, monkeypatch):
+    open_tiny(qtbot, window, tiny_files["whole"], monkeypatch)
+    small_settings(window, image_folder)
+    qtbot.waitUntil(lambda: window.data_panel.summary is not None, timeout=60000)
+    assert window.data_panel.summary.class_counts == [("0", 9), ("1", 8), ("2", 8)]
+    window.layer_model.set_precision("fc", "fp32")
+    with qtbot.waitSignal(window.run_finished, timeout=120000) as blocker:
+        window.quantize()
+    run = blocker.args[0]
+    assert run.metrics["quantized"]["latency_ms"] > 0
+    assert run.labeled and run.metrics["quantized"]["top1"] is not None
+    assert run.layer_precisions["fc"] == "fp32"
+    assert any(len(item.getData()[1]) for item in window.latency_panel.hist_items.values())
+    assert window.layer_error_panel.names
+    assert window.variants_panel.model.rowCount() == 1
+    assert window.export_action.isEnabled()
+
+    # Export: model + recipe + report, checked by reloading.
+    from quantstudio.gui.export_dialog import ExportDialog
+
+    dlg = ExportDialog(window)
+    dlg.folder_edit.setText(str(tmp_path / "out"))
+    dlg.memory_check.setChecked(False)
+    assert dlg.onnx_check.isChecked() and not dlg.pth_check.isEnabled()
+    assert dlg.start_export()
+    wait_idle(qtbot, window, 120000)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert any(n.endswith(".onnx") for n in names) and any(n.endswith(".report.html") for n in names), names
+    assert any(n.endswith(".recipe.json") for n in names)
+    assert dlg.export_summary["check"]["passed"]
+    from quantstudio.core.loading import load_model
+
+    onnx_path = next((tmp_path / "out").glob("*.onnx"))
+    assert load_model(onnx_path).kind == "onnx"
+    report = next((tmp_path / "out").glob("*.html")).read_text()
+    assert "data:image/png;base64," in report
+    # A second export to the same names asks first; saying no leaves the files alone.
+    mtime = onnx_path.stat().st_mtime_ns
+    monkeypatch.setattr("quantstudio.gui.export_dialog.ask_yes_no", lambda *a, **k: False)
+    assert not dlg.start_export()
+    assert onnx_path.stat().st_mtime_ns == mtime
+    dlg.reject()
+
+    # Project round trip: model, plan, data settings and variants come back.
+    window._write_project(tmp_path / "p.qsproj")
+    saved = json.loads((tmp_path / "p.qsproj").read_text())
+    assert saved["version"] == 1 and len(saved["variants"]) == 1
+    window.layer_model.set_all("fp16")
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_project(tmp_path / "p.qsproj")
+    assert window.plan.precision_for("fc").value == "fp32" and window.plan.default.value == "int8"
+    assert window.variants_panel.model.rowCount() == 1
+    assert window.data_panel.calib_spin.value() == 8
+
+    # Re-apply the variant's plan (undoable).
+    window.layer_model.set_all("fp16")
+    window.apply_variant_plan(0)
+    assert window.plan.precision_for("fc").value == "fp32"
+    window.undo_action.trigger()
+    assert window.plan.default.value == "fp16"
+
+
+@pytest.mark.slow
+def test_cancel_mid_run_returns_to_idle(qtbot, window, tiny_files, image_folder, monkeypatch):
+    open_tiny(qtbot, window, tiny_files["whole"], monkeypatch)
+    small_settings(window, image_folder)
+    window.data_panel.runs_spin.setValue(2000)  # long benchmark: there is time to cancel
+    qtbot.waitUntil(lambda: window.data_panel.summary is not None, timeout=60000)
+    stages = []
+    window.runner.partial.connect(lambda p: stages.append(p.get("type")) if isinstance(p, dict) else None)
+    window.quantize()
+    qtbot.waitUntil(lambda: "latency" in stages, timeout=120000)
+    with qtbot.waitSignal(window.runner.cancelled, timeout=60000):
+        window.cancel_button.click()
+    assert not window.runner.busy
+    assert window.quantize_action.isEnabled() and not window.cancel_button.isVisible()
+    assert window.variants_panel.model.rowCount() == 0
+    assert not window.shown_errors
