@@ -25,9 +25,11 @@ class CliProgress:
         self._last = ""
 
     def report(self, fraction: float, message: str = "") -> None:
-        if not self.quiet and message and message != self._last:
+        # One line per step ("timing batch 1"), not per run ("...: run 7/30").
+        step = message.split(":", 1)[0]
+        if not self.quiet and step and step != self._last:
             print(f"[{fraction:5.0%}] {message}", file=sys.stderr)
-            self._last = message
+            self._last = step
 
     def partial(self, payload: Any) -> None:
         pass

@@ -284,6 +284,9 @@ def make_ort_session(model_bytes: bytes, threads: int | None = None, optimized_p
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or os.cpu_count() or 1
     opts.log_severity_level = 3
+    # ONNX Runtime's idle worker threads spin-wait by default; in an interleaved benchmark
+    # (and in the app, beside PyTorch) they would steal the cores the next variant runs on.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])

@@ -79,23 +79,23 @@ def cpu_target(backend: str) -> str:
 
 
 def cpu_has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
+    from quantstudio.core.doctor import cpu_features
+
+    cpu = cpu_features()
+    if not cpu.flags:
         return True  # unknown: assume a recent CPU
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return cpu.vnni or cpu.amx
 
 
 def make_session(model: Any, threads: int | None = None):
     """An InferenceSession on the CPU with ``threads`` intra-op threads (default: cores)."""
-    import onnxruntime as ort
+    from quantstudio.core.benchmark import make_ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    opts.log_severity_level = 3
-    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    if isinstance(model, str):
+        with open(model, "rb") as f:
+            model = f.read()
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return make_ort_session(data, threads)
 
 
 class OrtRunner:
