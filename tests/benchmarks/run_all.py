@@ -250,7 +250,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_results(sections: list[dict], path: Path, started: float) -> None:
+def write_results(sections: list[dict], path: Path, started: float, stall: dict | None = None) -> None:
     from quantstudio.core.benchmark import cpu_name
     from quantstudio.core.doctor import cpu_features
 
@@ -288,6 +288,11 @@ def write_results(sections: list[dict], path: Path, started: float) -> None:
             lines += ["", *notes]
         lines += ["", "Doctor on ONNX Runtime's default (S8S8) model:", ""]
         lines += [f"- {d}" for d in s["doctor"]] + [""]
+    if stall:
+        lines += ["## Window responsiveness (tests/benchmarks/gui_stall.py)", "",
+                  "A 10 ms GUI-thread timer during the app's own runs on the demo; a stall is the time a "
+                  "tick came late (target: under 100 ms).", "",
+                  "```", json.dumps(stall, indent=2), "```", ""]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, path)
@@ -331,7 +336,13 @@ def main(argv=None) -> int:
         calib = [x[i:i + 1] for i in rng.choice(len(x), size=min(64, len(x)), replace=False)]
         sections.append(compare(f"demo: {meta['arch']} on handwritten digits ({len(x)} labeled test images)",
                                 loaded, loaded.module, calib, x, y, batch_sizes, runs, work))
-    write_results(sections, Path(args.out), started)
+    log("GUI responsiveness during a Quantize run on the demo")
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "tests.benchmarks.gui_stall"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    stall = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr.strip().splitlines()[-1:]}
+    write_results(sections, Path(args.out), started, stall)
     log(f"wrote {args.out} in {time.time() - started:.0f} s")
     return 0
 
