@@ -246,11 +246,23 @@ def _scope_of(node) -> list[str]:
 
 
 def _qualify(parts: list[str]) -> list[str]:
+    """Scope segments to qualified names.
+
+    The exporter names a Sequential's child "<attr>.<index>" relative to the previous
+    segment ("/layer2/layer2.0/downsample/downsample.0/Conv"), so a segment that starts
+    with the previous *segment* plus a dot is that module's child, not a new attribute.
+    """
     out: list[str] = []
+    prev = ""
     for p in parts:
-        if out and not p.startswith(out[-1] + "."):
-            p = f"{out[-1]}.{p}"
-        out.append(p)
+        if out and prev and p.startswith(prev + "."):
+            q = f"{out[-1]}.{p[len(prev) + 1:]}"
+        elif out:
+            q = f"{out[-1]}.{p}"
+        else:
+            q = p
+        out.append(q)
+        prev = p
     return out
 
 

@@ -92,3 +92,17 @@ def test_torchvision_models_agree_in_every_form(tmp_path, arch):
     expected = sum(p.numel() for p in m.parameters())
     assert set(totals.values()) == {(expected, totals["state_dict"][1])}, totals
     assert totals["state_dict"][1] > 0
+
+
+def test_nested_sequential_scopes_map_to_pytorch_names(tmp_path):
+    """resnet's downsample is a Sequential inside a block: ONNX scopes must not double it."""
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=3).eval()
+    paths = save_all_forms(m, torch.randn(1, 3, 32, 32), tmp_path, "r18")
+    tree = build_inventory(load_model(paths["onnx"]))
+    node = tree.find("layer2.0.downsample.0")
+    assert node is not None and node.type == "Conv"
+    assert tree.find("layer2.0.downsample.downsample.0") is None
+    torch_names = {n for n, _ in m.named_modules()}
+    onnx_convs = [n.name for n, _ in tree.walk() if n.type == "Conv"]
+    assert onnx_convs and all(name in torch_names for name in onnx_convs)

@@ -193,13 +193,8 @@ def plan_node_precisions(plan: PrecisionPlan, onnx_tree, torch_tree=None) -> dic
 
 def _torch_name_candidates(name: str) -> list[str]:
     """PyTorch names an ONNX layer name may stand for: itself; ``relu_1`` (a second call
-    of ``relu``) → ``relu``; ``a.downsample.downsample.0`` (a nested Sequential's scope
-    repeated by the exporter) → ``a.downsample.0``."""
-    out = [name, re.sub(r"_\d+$", "", name)]
-    parts = name.split(".")
-    dedup = [p for i, p in enumerate(parts) if i == 0 or p != parts[i - 1]]
-    out.append(".".join(dedup))
-    return out
+    of ``relu``) → ``relu``."""
+    return [name, re.sub(r"_\d+$", "", name)]
 
 
 # --------------------------------------------------------------------------- calibration
