@@ -60,6 +60,24 @@ def load_model_from_args(args):
     return load_model(args.model, arch=args.arch, input_shape=shape, trust=args.trust, source_dir=args.source)
 
 
+def preprocessing_overrides(args) -> dict[str, Any]:
+    """The preprocessing fields the user gave on the command line (evaluate, quantize)."""
+    from quantstudio.core.data import parse_floats, parse_size
+
+    overrides: dict[str, Any] = {}
+    if args.resize:
+        overrides["resize"] = parse_size(args.resize, "resize")
+    if args.crop:
+        overrides["crop"] = parse_size(args.crop, "crop")
+    if args.mean:
+        overrides["mean"] = parse_floats(args.mean, "mean")
+    if args.std:
+        overrides["std"] = parse_floats(args.std, "std")
+    if getattr(args, "channel_order", None):
+        overrides["channel_order"] = args.channel_order
+    return overrides
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -169,7 +187,7 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     import dataclasses
 
-    from quantstudio.core.data import Preprocessing, open_data, parse_floats, parse_size
+    from quantstudio.core.data import Preprocessing, open_data
     from quantstudio.core.errors import InputError
     from quantstudio.core.evaluation import evaluate
 
@@ -177,18 +195,7 @@ def _cmd_evaluate(args) -> int:
         raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
     if args.samples is not None and args.samples <= 0:
         raise InputError(f"the number of samples must be positive, not {args.samples}", hint="Give --samples 1 or more.")
-    overrides: dict = {}
-    if args.resize:
-        overrides["resize"] = parse_size(args.resize, "resize")
-    if args.crop:
-        overrides["crop"] = parse_size(args.crop, "crop")
-    if args.mean:
-        overrides["mean"] = parse_floats(args.mean, "mean")
-    if args.std:
-        overrides["std"] = parse_floats(args.std, "std")
-    if args.channel_order:
-        overrides["channel_order"] = args.channel_order
-    prep = dataclasses.replace(Preprocessing.from_preset(args.preset), **overrides)
+    prep = dataclasses.replace(Preprocessing.from_preset(args.preset), **preprocessing_overrides(args))
 
     model = load_model_from_args(args)
     data = open_data(
@@ -423,7 +430,7 @@ def _quantize_settings(args):
     """(config, plan, preprocessing, data spec, eval samples) from a recipe + flags."""
     import dataclasses
 
-    from quantstudio.core.data import Preprocessing, parse_floats, parse_size
+    from quantstudio.core.data import Preprocessing
     from quantstudio.core.engines.base import QuantConfig
     from quantstudio.core.errors import InputError
     from quantstudio.core.plan import PrecisionPlan
@@ -449,16 +456,7 @@ def _quantize_settings(args):
         plan.parse_assignment(assignment)
     if args.preset:
         prep = Preprocessing.from_preset(args.preset)
-    overrides: dict = {}
-    if args.resize:
-        overrides["resize"] = parse_size(args.resize, "resize")
-    if args.crop:
-        overrides["crop"] = parse_size(args.crop, "crop")
-    if args.mean:
-        overrides["mean"] = parse_floats(args.mean, "mean")
-    if args.std:
-        overrides["std"] = parse_floats(args.std, "std")
-    prep = dataclasses.replace(prep, **overrides)
+    prep = dataclasses.replace(prep, **preprocessing_overrides(args))
     data_spec = args.data or (recipe.data.get("spec") if recipe else None)
     if not data_spec:
         raise InputError("no data given", hint="Give --data FOLDER, a .npy/.pt file, or --data random (speed only).")

@@ -1,7 +1,7 @@
 """Benchmarks a user can trust: interleaved latency, throughput, size and memory.
 
 A shared machine drifts (DESIGN: the same FP32 run varied 2-3x between minutes), so
-variants are timed interleaved (A B C, B C A, ...) within one process, never one after
+variants are timed interleaved, in a new shuffled order every round, within one process, never one after
 the other; every sample is streamed through ``ctx.partial`` so plots fill in live, and
 cancellation is checked between single runs.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -145,6 +146,7 @@ def run_benchmark(
     results = {v.name: VariantResult(name=v.name, kind=v.kind) for v in variants}
     alive = {v.name for v in variants}
     rng = np.random.default_rng(0)
+    order_rng = random.Random(0)
     total_steps = max(1, len(batch_sizes) * (warmup + runs))
     step = 0
     for batch in batch_sizes:
@@ -165,9 +167,9 @@ def run_benchmark(
         samples: dict[str, list[float]] = {v.name: [] for v in current}
         for i in range(runs):
             ctx.check_cancelled()
-            # Rotate the order every round so no variant always runs right after another.
-            k = i % len(current) if current else 0
-            for v in current[k:] + current[:k]:
+            # A new order every round: a plain rotation keeps neighbours together, and a
+            # variant that always follows a PyTorch one pays for OpenMP threads still spinning.
+            for v in order_rng.sample(current, len(current)):
                 t0 = clock()
                 v.runner(x)
                 ms = (clock() - t0) * 1000.0

@@ -15,13 +15,13 @@ itself streams ``latency``/``throughput`` payloads.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from quantstudio.core.evaluation import _json_float
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engine
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext, Stages
@@ -31,17 +31,6 @@ DEFAULT_EVAL_SAMPLES = 1000
 SQNR_BATCHES = 2
 CHECK_SAMPLES = 16  # samples kept to check exports against
 RANDOM_NOTE = "random data — accuracy not meaningful"
-
-
-def _json_float(v: Any) -> Any:
-    if v is None:
-        return None
-    v = float(v)
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if math.isnan(v):
-        return None
-    return v
 
 
 @dataclass

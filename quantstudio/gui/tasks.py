@@ -262,8 +262,6 @@ class QuantizeRequest:
 
 def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:
     """Runs core.pipeline.run_quantize and reduces its result to a :class:`RunOutcome`."""
-    from quantstudio.core import pipeline  # noqa: F401 - raises ImportError until the pipeline lands
-
     from quantstudio.gui import pipeline_adapter
 
     return pipeline_adapter.run(ctx, request)

@@ -272,7 +272,7 @@ def write_results(sections: list[dict], path: Path, started: float, stall: dict 
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         f"- Wall time of the whole run: {time.time() - started:.0f} s",
         "",
-        "Latency is the median of interleaved runs at batch 1 (A B C, B C A, …) in one process;",
+        "Latency is the median of interleaved runs at batch 1 in a new random order every round in one process;",
         "ratios > 1 mean faster than the baseline. SQNR compares each variant's logits with the",
         "PyTorch FP32 logits on the same inputs (higher is closer; inf = identical).",
         "This machine is shared and noisy: compare ratios within one table, not across runs.",

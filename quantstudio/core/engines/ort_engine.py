@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import platform
 import re
 import tempfile
