@@ -205,23 +205,13 @@ class Preprocessing:
         The default is exactly Resize((H, W)) (bilinear, antialias), ToTensor(),
         Normalize(mean, std): the bundled demo model is trained with that.
         """
-        from torchvision import transforms as T
-
-        resize, crop = self._geometry(model_hw)
-        mean, std = self.mean_std(channels)
-        steps: list[Any] = []
-        if resize is not None:
-            steps.append(T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
-        if crop is not None:
-            steps.append(T.CenterCrop(crop))
-        steps.append(T.ToTensor())
-        if self.channel_order == "BGR" and channels == 3:
-            steps.append(T.Lambda(_flip_channels))
-        steps.append(T.Normalize(mean, std))
-        return T.Compose(steps)
+        return self._compose(channels, model_hw, from_pil=True)
 
     def tensor_transform(self, channels: int, model_hw: tuple[int, int] | None) -> Callable:
         """Float tensor B×C×H×W in 0..1 (decoded pixels) → normalized model input."""
+        return self._compose(channels, model_hw, from_pil=False)
+
+    def _compose(self, channels: int, model_hw: tuple[int, int] | None, *, from_pil: bool) -> Callable:
         from torchvision import transforms as T
 
         resize, crop = self._geometry(model_hw)
@@ -231,6 +221,8 @@ class Preprocessing:
             steps.append(T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True))
         if crop is not None:
             steps.append(T.CenterCrop(crop))
+        if from_pil:
+            steps.append(T.ToTensor())
         if self.channel_order == "BGR" and channels == 3:
             steps.append(T.Lambda(_flip_channels))
         steps.append(T.Normalize(mean, std))

@@ -20,11 +20,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-INT_KERNELS = {
+INT_ELEMENTWISE = {
+    "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool",
+    "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+}
+INT_KERNELS = INT_ELEMENTWISE | {
     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul",
-    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid",
-    "QLinearLeakyRelu", "DynamicQuantizeLSTM", "QAttention", "FusedConvInteger",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM", "QAttention",
+    "FusedConvInteger",
 }
 FLOAT_COMPUTE = {"Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "NchwcConv", "FusedGemm",
                  "ConvTranspose"}
@@ -284,14 +287,14 @@ def onnx_facts(model, threads: int | None = None) -> ModelFacts:
         opts.intra_op_num_threads = threads or 1
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(out_path)
+    fp16_inits = {i.name for i in optimized.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     for node in optimized.graph.node:
         op = node.op_type
         if op in INT_KERNELS:
-            facts.int8_compute += op not in ("QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
-                                             "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid",
-                                             "QLinearLeakyRelu")
+            # Integer element-wise ops (QLinearAdd…) are not compute layers: don't count them.
+            facts.int8_compute += op not in INT_ELEMENTWISE
         elif op in FLOAT_COMPUTE:
-            if _is_fp16_node(node, optimized):
+            if any(i in fp16_inits for i in node.input):
                 facts.fp16_compute += 1
             else:
                 facts.float_compute += 1
@@ -300,13 +303,6 @@ def onnx_facts(model, threads: int | None = None) -> ModelFacts:
         elif op == "DequantizeLinear":
             facts.dequantize_nodes += 1
     return facts
-
-
-def _is_fp16_node(node, graph_model) -> bool:
-    import onnx
-
-    inits = {i.name: i for i in graph_model.graph.initializer}
-    return any(i in inits and inits[i].data_type == onnx.TensorProto.FLOAT16 for i in node.input)
 
 
 def torch_facts(module) -> ModelFacts:

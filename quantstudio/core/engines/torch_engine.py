@@ -38,6 +38,7 @@ DYNAMIC_TYPES = ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell", "RNNCell")
 _FOLDED_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _RELU_TYPES = ("ReLU", "ReLU6")
 PERCENTILE = 99.99
+FP16_NOTE = "FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32"
 
 
 @contextlib.contextmanager
@@ -438,7 +439,7 @@ class TorchEngine:
             ctx.report(0.95, f"fused {' + '.join(g)}")
         built = self._built_precisions(converted, tree, effective)
         if any(p is Precision.FP16 for p in built.values()):
-            notes.append("FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32")
+            notes.append(FP16_NOTE)
         for name, t in ((n.name, n.type) for n in tree.leaves()):
             if t in ("LSTM", "GRU", "MultiheadAttention") and effective.get(name) is Precision.INT8:
                 notes.append(f"{name}: static INT8 has no {t} kernel; it stays FP32 (use dynamic INT8)")
@@ -533,7 +534,7 @@ class TorchEngine:
             if sub is not None:
                 run_in_half(sub)
         ctx.check_cancelled()
-        notes.append("FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32")
+        notes.append(FP16_NOTE)
         ctx.report(1.0, "converted to FP16")
         return QuantizedModel(
             engine=self.name,
