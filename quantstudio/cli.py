@@ -398,6 +398,9 @@ def _add_quantize(sub) -> None:
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--no-benchmark", action="store_true", help="skip the latency comparison")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also measure each layer's sensitivity: how much the output changes with only that layer INT8 (PyTorch models)")
+    p.add_argument("--memory", action="store_true", help="also measure the peak memory of both models, each in a fresh process")
     p.add_argument("--recipe", help="re-apply a recipe (.recipe.json); options given here override it")
     p.add_argument("--out", required=True, help="where to write the model: FILE.onnx (onnxruntime) or FILE.pth (torch)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -502,6 +505,7 @@ def _cmd_quantize(args) -> int:
         result = run_quantize(
             model, data, prep, plan, config, progress,
             eval_samples=eval_samples, benchmark=not args.no_benchmark, batch_size=args.batch_size,
+            sensitivity=args.sensitivity, measure_memory=args.memory,
         )
         exported = export_result(result, args.out, progress, data_spec=data_spec)
     finally:
@@ -544,6 +548,14 @@ def _cmd_quantize(args) -> int:
     if result.layer_sqnr:
         worst = sorted(result.layer_sqnr.items(), key=lambda kv: kv[1])[:3]
         print("lowest per-layer SQNR: " + ", ".join(f"{k} {v:.1f} dB" for k, v in worst))
+    if result.sensitivity:
+        from quantstudio.core.sensitivity import most_sensitive
+
+        print("most sensitive layers (output change with only that layer INT8): "
+              + ", ".join(f"{k} {v:.2f}%" for k, v in most_sensitive(result.sensitivity, 5)))
+    if result.memory:
+        print("peak memory (fresh process, above the runtime's own): "
+              + ", ".join(f"{k} {m['model_peak_bytes'] / 1e6:.0f} MB" for k, m in result.memory.items()))
     c = exported.check
     print(f"wrote {exported.path} (reloaded and checked: max difference {c.max_abs_diff:.2g}, "
           f"top-1 agreement {c.top1_agreement:.0%}) and {exported.recipe_path.name if exported.recipe_path else 'no recipe'}")

@@ -308,26 +308,43 @@ def _tensor_bytes(t) -> int:
 # --------------------------------------------------------------------------- memory
 
 _MEMORY_SNIPPET = r"""
-import json, resource, sys, warnings
+import json, sys, warnings
 warnings.simplefilter("ignore")
 import numpy as np
 import torch, onnxruntime  # import both first, so the baseline includes the libraries
-def rss():
+def status(key):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
-base = rss()
+# VmHWM, not getrusage's ru_maxrss: on Linux a child's ru_maxrss starts at its parent's
+# size at fork time, so it would report the app's memory, not this process's.
+base = status("VmRSS")
 path, shape, threads = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3])
 from quantstudio.core.benchmark import variant_from_file
 v, _ = variant_from_file(path, threads=threads, trust=False, input_shape=shape)
 x = np.zeros(shape, dtype=np.float32)
 for _ in range(3):
     v.runner(x)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"peak": peak, "growth": max(0, rss() - base), "base": base}))
+print(json.dumps({"peak": status("VmHWM"), "growth": max(0, status("VmRSS") - base), "base": base}))
 """
+
+
+def _memory_command(path: Path, input_shape: Sequence[int], threads: int | None) -> list[str]:
+    threads = threads or os.cpu_count() or 1
+    return [sys.executable, "-c", _MEMORY_SNIPPET, str(path), json.dumps(list(input_shape)), str(threads)]
+
+
+def _parse_memory(stdout: str) -> dict[str, int]:
+    data = json.loads(stdout.strip().splitlines()[-1])
+    return {
+        "peak_rss_bytes": int(data["peak"]),
+        # What the model itself adds on top of the runtime's libraries (both imported
+        # before the baseline is read): the figure that differs between models.
+        "model_peak_bytes": max(0, int(data["peak"]) - int(data["base"])),
+        "growth_bytes": int(data["growth"]),
+    }
 
 
 def measure_memory(path: Path, input_shape: Sequence[int], threads: int | None = None,
@@ -337,15 +354,48 @@ def measure_memory(path: Path, input_shape: Sequence[int], threads: int | None =
     Returns (peak RSS of the process, RSS growth from loading + inference), or None when
     the file cannot be run this way (e.g. a pickled model that needs consent).
     """
-    threads = threads or os.cpu_count() or 1
     try:
-        res = subprocess.run(
-            [sys.executable, "-c", _MEMORY_SNIPPET, str(path), json.dumps(list(input_shape)), str(threads)],
-            capture_output=True, text=True, timeout=timeout,
-        )
+        res = subprocess.run(_memory_command(path, input_shape, threads), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
     if res.returncode != 0:
         return None
-    data = json.loads(res.stdout.strip().splitlines()[-1])
-    return int(data["peak"]), int(data["growth"])
+    m = _parse_memory(res.stdout)
+    return m["peak_rss_bytes"], m["growth_bytes"]
+
+
+def measure_memory_many(files: dict[str, Path], input_shape: Sequence[int], threads: int | None = None,
+                        ctx: Any = None, timeout: float = 300.0) -> dict[str, dict[str, int]]:
+    """:func:`measure_memory` for several files at once (one fresh process each, side by
+    side: memory does not depend on the neighbour's timing), honouring cancel.
+
+    Returns name → {peak_rss_bytes, model_peak_bytes, growth_bytes}; a file that could
+    not be run is left out.
+    """
+    procs = {
+        name: subprocess.Popen(_memory_command(p, input_shape, threads), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+        for name, p in files.items()
+    }
+    out: dict[str, dict[str, int]] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for name, proc in procs.items():
+            while proc.poll() is None:
+                if ctx is not None:
+                    ctx.check_cancelled()
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            if proc.returncode == 0:
+                try:
+                    out[name] = _parse_memory(proc.stdout.read())
+                except (ValueError, KeyError, IndexError):
+                    pass
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+    return out

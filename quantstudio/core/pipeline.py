@@ -8,7 +8,9 @@ timed interleaved (:func:`quantstudio.core.benchmark.run_benchmark`).
 
 Live plot data goes out through ``ctx.partial`` as dicts with a ``"type"`` key:
 ``stage`` (name), ``fused`` (groups), ``metrics`` (original, quantized), ``layer_sqnr``
-(values: layer → dB), ``size`` (bytes), ``benchmark`` (the result dict); the benchmark
+(values: layer → dB), ``layer_sensitivity`` (values: layer → % output error with only
+that layer INT8), ``size`` (bytes), ``benchmark`` (the result dict), ``memory`` (variant,
+peak_rss_bytes, model_peak_bytes — one per variant, from a fresh process); the benchmark
 itself streams ``latency``/``throughput`` payloads.
 """
 
@@ -30,6 +32,7 @@ from quantstudio.core.plan import PrecisionPlan
 DEFAULT_EVAL_SAMPLES = 1000
 SQNR_BATCHES = 2
 CHECK_SAMPLES = 16  # samples kept to check exports against
+DEFAULT_SENSITIVITY_SAMPLES = 16  # a continuous error, so a few samples rank layers well
 RANDOM_NOTE = "random data — accuracy not meaningful"
 
 
@@ -43,6 +46,8 @@ class QuantizeResult:
     original_metrics: Any = None  # evaluation.EvaluationResult
     quantized_metrics: Any = None
     layer_sqnr: dict[str, float] = field(default_factory=dict)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> % output error, only it INT8
+    memory: dict[str, dict[str, int]] = field(default_factory=dict)  # variant -> peak_rss_bytes, model_peak_bytes
     fused: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -81,6 +86,8 @@ class QuantizeResult:
             "original": self.original_metrics.to_dict() if self.original_metrics is not None else None,
             "quantized": self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None,
             "layer_sqnr": {k: _json_float(v) for k, v in self.layer_sqnr.items()},
+            "layer_sensitivity": {k: _json_float(v) for k, v in self.sensitivity.items()},
+            "memory": {k: dict(v) for k, v in self.memory.items()},
             "layer_precisions": dict(self.quantized.layer_precisions),
             "fused": [list(g) for g in self.fused],
             "latency_ms": {k: _json_float(v) for k, v in self.latency_ms.items()},
@@ -105,13 +112,19 @@ def run_quantize(
     batch_size: int = 32,
     benchmark_runs: int = 30,
     sqnr_batches: int = SQNR_BATCHES,
+    sensitivity: bool = False,
+    sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES,
+    measure_memory: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` by ``plan``/``config`` on ``data_source`` and measure the result.
 
     ``data_source`` is a :class:`~quantstudio.core.data.DataSource` (or a spec for
     :func:`~quantstudio.core.data.open_data`: a path or "random"); ``preprocessing`` is
     recorded in the recipe (and used to open a spec). Calibration and evaluation samples
-    are disjoint, chosen by ``config.seed``. Raises InputError / Cancelled.
+    are disjoint, chosen by ``config.seed``. ``sensitivity`` adds the per-layer
+    sensitivity stage (PyTorch models), ``measure_memory`` the peak memory of the
+    original and the quantized model, each in a fresh process (a few seconds).
+    Raises InputError / Cancelled.
     """
     from quantstudio.core.data import open_data
 
@@ -129,9 +142,16 @@ def run_quantize(
         )
     data = data_source
     engine = get_engine(config.engine)
+    from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, can_measure
+
     weights = [("quantize", 6.0), ("evaluate", 3.0), ("layer_error", 1.0)]
+    sensitivity = sensitivity and sensitivity_samples > 0
+    if sensitivity:
+        weights.append(("sensitivity", 2.0))
     if benchmark:
         weights.append(("benchmark", 3.0))
+    if measure_memory:
+        weights.append(("memory", 1.0))
     stages = Stages(ctx, weights)
 
     split = data.split(calibration=config.calib_samples, evaluation=eval_samples, seed=config.seed)
@@ -198,6 +218,21 @@ def run_quantize(
     st.report(1.0, "per-layer error measured")
     ctx.check_cancelled()
 
+    # ---------------------------------------------------------------- sensitivity
+    layer_sens: dict[str, float] = {}
+    if sensitivity:
+        st = stages.stage("sensitivity")
+        ctx.partial({"type": "stage", "name": "sensitivity"})
+        if can_measure(model):
+            from quantstudio.core.sensitivity import layer_sensitivity
+
+            layer_sens = layer_sensitivity(model, [np.concatenate(seen)[:sensitivity_samples]], config, st)
+            if layer_sens:
+                ctx.partial({"type": "layer_sensitivity", "values": {k: _json_float(v) for k, v in layer_sens.items()}})
+        else:
+            notes.append(UNAVAILABLE_NOTE)
+        ctx.check_cancelled()
+
     check = np.concatenate(seen)[:CHECK_SAMPLES] if seen else None
     sizes = model_sizes(model, qm)
     ctx.partial({"type": "size", **sizes})
@@ -210,6 +245,15 @@ def run_quantize(
         bench = _benchmark(model, qm, batch_sizes, benchmark_runs, st, sizes)
         ctx.partial({"type": "benchmark", "result": bench.to_dict()})
         notes.extend(_speed_notes(bench, qm))
+    memory: dict[str, dict[str, int]] = {}
+    if measure_memory:
+        st = stages.stage("memory")
+        ctx.partial({"type": "stage", "name": "memory"})
+        memory = _memory(model, qm, st)
+        for name, m in memory.items():
+            ctx.partial({"type": "memory", "variant": name, **m})
+        if len(memory) < 2:
+            notes.append("peak memory could not be measured for every model (see the log)")
     ctx.report(1.0, "done")
     return QuantizeResult(
         quantized=qm,
@@ -218,6 +262,8 @@ def run_quantize(
         original_metrics=original_metrics,
         quantized_metrics=quantized_metrics,
         layer_sqnr=sqnr,
+        sensitivity=layer_sens,
+        memory=memory,
         fused=[list(g) for g in qm.fused],
         notes=notes,
         warnings=warnings,
@@ -302,6 +348,45 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     variants.append(Variant("quantized", qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
     shape = tuple(model.input_shape)
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
+
+
+def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> dict[str, dict[str, int]]:
+    """Peak memory of the original and the quantized model, each run in a fresh process.
+
+    Both run in the quantized model's runtime (the FP32 ONNX for the ONNX Runtime
+    engine, a TorchScript trace for the PyTorch one), so the bars compare models, not
+    runtimes. The files go to a temporary folder that is removed afterwards.
+    """
+    import tempfile
+
+    from quantstudio.core.benchmark import measure_memory_many
+
+    shape = tuple(model.input_shape)
+    with tempfile.TemporaryDirectory(prefix="quantstudio-memory-") as tmp:
+        files: dict[str, Path] = {}
+        ctx.report(0.0, "writing temporary copies to measure memory")
+        if qm.engine == "onnxruntime":
+            if qm.reference_artifact is not None:
+                files["original"] = Path(tmp) / "original.onnx"
+                files["original"].write_bytes(qm.reference_artifact.SerializeToString())
+            elif model.framework == "onnx":
+                files["original"] = Path(model.path)
+            files["quantized"] = Path(tmp) / "quantized.onnx"
+            files["quantized"].write_bytes(qm.artifact.SerializeToString())
+        else:
+            from quantstudio.core.export import _write_torchscript
+
+            example = np.zeros(shape, dtype=np.float32)
+            for name, module in (("original", model.module), ("quantized", qm.artifact)):
+                ctx.check_cancelled()
+                files[name] = Path(tmp) / f"{name}.pth"
+                try:
+                    _write_torchscript(module, example, files[name])
+                except InputError:
+                    files.pop(name)  # a model TorchScript cannot trace: no bar, not a failed run
+        ctx.check_cancelled()
+        ctx.report(0.3, "measuring memory in fresh processes")
+        return measure_memory_many(files, shape, ctx=ctx)
 
 
 def _speed_notes(bench, qm: QuantizedModel) -> list[str]:

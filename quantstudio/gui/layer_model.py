@@ -226,9 +226,34 @@ class LayerTreeModel(QAbstractItemModel):
     def clear_layer_results(self) -> None:
         self.set_layer_results({}, {}, [])
 
+    def most_sensitive(self, n: int) -> list[str]:
+        """The ``n`` layers with the highest sensitivity of the last run, most sensitive first."""
+        return [k for k, _ in sorted(self._sensitivity.items(), key=lambda kv: -kv[1]) if k in self._by_name][:n]
+
+    def keep_most_sensitive(self, n: int, precision: Precision | str = Precision.FP32) -> list[str]:
+        """Set the ``n`` most sensitive layers to ``precision`` (FP32) as one undoable step."""
+        precision = Precision(precision)
+        names = self.most_sensitive(n)
+        if names:
+            def change(p: PrecisionPlan) -> None:
+                for name in names:
+                    p.set(name, precision, "exact")
+
+            label = style.PRECISION_LABEL[precision]
+            self.edit_plan(f"{len(names)} most sensitive layer{'s' if len(names) != 1 else ''} → {label}", change)
+        return names
+
     def _emit_all(self, first: int, last: int) -> None:
+        # One dataChanged per parent (rows of one parent are contiguous), not one per row:
+        # a large model has thousands of rows, and each signal makes the views repaint.
+        rows: dict[int, list[int]] = {}
         for item_id, item in self._items.items():
-            self.dataChanged.emit(self.createIndex(item.row, first, item_id), self.createIndex(item.row, last, item_id))
+            rows.setdefault(item.parent, []).append(item_id)
+        for ids in rows.values():
+            top = min(ids, key=lambda i: self._items[i].row)
+            bottom = max(ids, key=lambda i: self._items[i].row)
+            self.dataChanged.emit(self.createIndex(self._items[top].row, first, top),
+                                  self.createIndex(self._items[bottom].row, last, bottom))
 
     # ------------------------------------------------------------------ Qt model API
     def _item(self, index: QModelIndex) -> _Item | None:
@@ -379,7 +404,7 @@ class LayerTreeModel(QAbstractItemModel):
             return "∞" if math.isinf(v) else f"{v:.1f}"
         if col == COL_SENSITIVITY:
             v = self._sensitivity.get(node.name)
-            return "" if v is None else f"{v:.3g}"
+            return "" if v is None else f"{v:.2f}%"
         return ""
 
     def _sort_value(self, item: _Item, col: int) -> Any:
@@ -420,6 +445,9 @@ class LayerTreeModel(QAbstractItemModel):
             lines.append("Double-click to change; on a group it changes every layer inside.")
         if col == COL_SQNR and node.name in self._sqnr:
             lines.append("Signal-to-quantization-noise ratio of this layer's output: higher is better; below ~20 dB is a warning sign.")
+        if col == COL_SENSITIVITY and node.name in self._sensitivity:
+            lines.append(f"With only this layer in INT8, the model's output changes by {self._sensitivity[node.name]:.2f}%.\n"
+                         "The most sensitive layers are the first to keep in FP32 (right-click ▸ Keep most sensitive in FP32).")
         return "\n".join(lines)
 
 
@@ -431,7 +459,7 @@ _HEADER_TIPS = {
     COL_MACS: "Multiply-accumulate operations for one input: a measure of compute",
     COL_PRECISION: "INT8 (small, fast), FP16 (half precision) or FP32 (original). Double-click to change.",
     COL_SQNR: "After a run: how close this layer's quantized output is to the original (dB, higher is better)",
-    COL_SENSITIVITY: "After a run: how much the model's output changes when only this layer is quantized",
+    COL_SENSITIVITY: "After a run: how much the model's output changes (%) when only this layer is INT8 — keep the highest in FP32",
 }
 
 

@@ -644,6 +644,9 @@ class MainWindow(QMainWindow):
             values = {k: float(v) for k, v in payload["values"].items() if v is not None}
             self.layer_model.set_layer_results(sqnr=values)
             self.layer_error_panel.set_layers(values, {k: self.layer_model.precision_of(k) or "" for k in values})
+        elif kind == "layer_sensitivity" and payload.get("values"):
+            self.layer_model.set_layer_results(
+                sensitivity={k: float(v) for k, v in payload["values"].items() if v is not None})
 
     def _on_run_done(self, run: tasks.RunOutcome) -> None:
         self.variants_panel.model.add(run)

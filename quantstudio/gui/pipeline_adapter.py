@@ -41,6 +41,8 @@ def run(ctx, request: QuantizeRequest) -> RunOutcome:
         eval_samples=request.eval_samples,
         batch_sizes=tuple(request.benchmark_batches),
         benchmark_runs=request.benchmark_runs,
+        sensitivity=request.sensitivity,
+        measure_memory=request.measure_memory,
     )
     run = reduce_result(result, request.name, data, request)
     run.seconds = time.perf_counter() - t0
@@ -74,6 +76,8 @@ def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | 
     }
     metrics["original"]["size_bytes"] = result.sizes.get("original_bytes")
     metrics["quantized"]["size_bytes"] = result.sizes.get("quantized_bytes")
+    for name, mem in result.memory.items():
+        metrics.setdefault(name, {}).update(mem)
     latency_samples: dict[str, dict[int, list[float]]] = {}
     throughput: dict[str, dict[int, float]] = {}
     if result.benchmark is not None:
@@ -115,6 +119,7 @@ def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | 
         throughput=throughput,
         layer_sqnr={k: float(v) for k, v in result.layer_sqnr.items() if v is not None},
         layer_precisions=dict(result.quantized.layer_precisions),
+        sensitivity={k: float(v) for k, v in result.sensitivity.items() if v is not None},
         fused=[list(g) for g in result.fused],
         confusion=confusion,
         changed=changed,

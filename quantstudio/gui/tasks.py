@@ -172,7 +172,10 @@ class RunOutcome:
 
     ``metrics`` maps a variant name ("original", the quantized name) to plain numbers:
     top1, top5, precision, recall, f1, agreement, sqnr_db, cosine (fractions / dB),
-    latency_ms (median at the smallest batch), size_bytes, param_bytes, peak_rss_bytes.
+    latency_ms (median at the smallest batch), size_bytes, param_bytes, peak_rss_bytes
+    (the whole process running the model), model_peak_bytes (what the model adds to it).
+    ``sensitivity`` maps a layer to the % change of the model's output with only that
+    layer in INT8.
     ``raw`` is the core's result object (kept in memory for export, never saved).
     """
 
@@ -224,6 +227,7 @@ class RunOutcome:
                 if v in ("inf", "-inf"):
                     m[k] = float(v)
         run.layer_sqnr = {k: float(v) for k, v in run.layer_sqnr.items()}
+        run.sensitivity = {k: float(v) for k, v in run.sensitivity.items() if v is not None}
         return run
 
 
@@ -258,6 +262,8 @@ class QuantizeRequest:
     eval_samples: int
     benchmark_runs: int = 30
     benchmark_batches: list[int] = field(default_factory=lambda: [1])
+    sensitivity: bool = True  # per-layer sensitivity stage (PyTorch models)
+    measure_memory: bool = True  # peak memory of both models, each in a fresh process
 
 
 def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:

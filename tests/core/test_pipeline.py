@@ -129,8 +129,9 @@ def test_cli_quantize_human_output_and_bad_extension(model_file, tmp_path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--engine torch" in err
     code = main(["quantize", str(model_file), "--trust", "--input-shape", "1,3,32,32", "--data", "random",
-                 "--calib-samples", "8", "--eval-samples", "8", "--engine", "torch", "--out", str(out)])
+                 "--calib-samples", "8", "--eval-samples", "8", "--engine", "torch", "--sensitivity", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "random data" in text and "latency" in text and "wrote" in text and "SQNR" in text
+    assert "most sensitive layers" in text and "conv1" in text.split("most sensitive layers")[1]
     assert Path(out).exists()

@@ -10,6 +10,7 @@ from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui.layer_model import (
     COL_NAME,
     COL_PRECISION,
+    COL_SENSITIVITY,
     COL_SQNR,
     LayerFilterProxy,
     LayerNameRole,
@@ -133,6 +134,22 @@ def test_layer_results_and_fused_groups(model):
     assert model.data(model.index_for_name("fc", COL_SQNR)) == "12.5"
     assert "fused with relu" in model.data(model.index_for_name("conv1"), Qt.ItemDataRole.ToolTipRole)
     assert model.data(model.index_for_name("conv1"), Qt.ItemDataRole.DecorationRole) is not None
+
+
+def test_sensitivity_column_and_keep_most_sensitive_in_fp32_is_one_undo_step(qtbot, model):
+    model.set_layer_results(sensitivity={"conv1": 0.4, "block.conv": 3.25, "fc": 1.5})
+    assert model.data(model.index_for_name("block.conv", COL_SENSITIVITY)) == "3.25%"
+    assert model.data(model.index_for_name("block.relu", COL_SENSITIVITY)) == ""
+    tip = model.data(model.index_for_name("block.conv", COL_SENSITIVITY), Qt.ItemDataRole.ToolTipRole)
+    assert "only this layer in INT8" in tip and "3.25%" in tip
+    assert model.most_sensitive(2) == ["block.conv", "fc"]
+    with qtbot.waitSignal(model.plan_changed):
+        assert model.keep_most_sensitive(2) == ["block.conv", "fc"]
+    assert [model.precision_of(n) for n in ("block.conv", "fc", "conv1")] == ["fp32", "fp32", "int8"]
+    assert model.precision_of("block") == "mixed"
+    model.undo_stack.undo()
+    assert [model.precision_of(n) for n in ("block.conv", "fc")] == ["int8", "int8"]
+    assert model.keep_most_sensitive(0) == [] and model.undo_stack.count() == 1
 
 
 def test_delegate_commits_through_the_model(qtbot, model):

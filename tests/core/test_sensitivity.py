@@ -1,0 +1,136 @@
+"""Per-layer sensitivity and per-variant peak memory, as the Quantize run reports them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from quantstudio.core.benchmark import measure_memory_many
+from quantstudio.core.engines.base import QuantConfig
+from quantstudio.core.errors import Cancelled
+from quantstudio.core.jobs import RecordingContext
+from quantstudio.core.loading import load_model
+from quantstudio.core.pipeline import run_quantize
+from quantstudio.core.plan import PrecisionPlan
+from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, layer_sensitivity, most_sensitive
+from tests.core.models import save_all_forms, tiny_net
+from tests.core.test_engines import batches, bn_ready, loaded
+
+
+class OutlierNet(nn.Module):
+    """conv2's input has one channel ~1000× the others (scaled back by conv2's weights).
+
+    The float function is ordinary, but a per-tensor UINT8 range for conv2's input is
+    set by the outlier channel, which wipes out the seven small channels: conv2 is the
+    layer to keep in FP32, by far.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.conv1.weight[0] *= 1000.0
+            self.conv1.bias[0] *= 1000.0
+            self.conv2.weight[:, 0] /= 1000.0
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def test_the_layer_with_an_outlier_input_is_the_most_sensitive():
+    model = loaded(OutlierNet().eval(), shape=(1, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((16, 3, 16, 16), dtype=np.float32)
+    ctx = RecordingContext()
+    values = layer_sensitivity(model, [x], QuantConfig(engine="torch"), ctx)
+    assert set(values) == {"conv1", "conv2", "fc"}
+    (top, top_value), (_, second_value) = most_sensitive(values, 2)
+    assert top == "conv2" and top_value > 5 * second_value, values
+    assert all(v >= 0 for v in values.values())
+    # The model is left exactly as it was: weights, and eval mode.
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not model.module.training
+    assert ctx.reports[-1] == (1.0, "sensitivity measured")
+    assert any("conv2 (2/3)" in m for _, m in ctx.reports)
+
+
+def test_per_tensor_weights_are_more_sensitive_than_per_channel():
+    """A layer whose output channels have very different weight ranges suffers from one
+    per-tensor scale: the figure must show what the config chooses."""
+    net = tiny_net()
+    with torch.no_grad():
+        net.conv2.weight[0] *= 50.0
+    model = loaded(bn_ready(net, batches(2)))
+    x = batches(1)[0]
+    per_channel = layer_sensitivity(model, [x], QuantConfig(engine="torch", per_channel=True), layers=["conv2"])
+    per_tensor = layer_sensitivity(model, [x], QuantConfig(engine="torch", per_channel=False), layers=["conv2"])
+    assert per_tensor["conv2"] > 2 * per_channel["conv2"]
+
+
+def test_cancel_restores_the_weights():
+    model = loaded(OutlierNet().eval(), shape=(1, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    x = np.zeros((4, 3, 16, 16), dtype=np.float32) + 0.5
+    with pytest.raises(Cancelled):
+        layer_sensitivity(model, [x], QuantConfig(engine="torch"), RecordingContext(cancel_after=2))
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_torchscript_models_have_no_sensitivity_and_the_run_says_why(tmp_path):
+    paths = save_all_forms(tiny_net(), torch.zeros(1, 3, 32, 32), tmp_path, "tiny")
+    model = load_model(paths["torchscript"], input_shape=(1, 3, 32, 32))
+    assert layer_sensitivity(model, [np.zeros((2, 3, 32, 32), np.float32)], QuantConfig()) == {}
+    result = run_quantize(model, "random", None, PrecisionPlan(), QuantConfig(calib_samples=4), RecordingContext(),
+                          eval_samples=4, benchmark=False, sensitivity=True)
+    assert result.sensitivity == {} and UNAVAILABLE_NOTE in result.notes
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_run_reports_sensitivity_and_memory_of_both_models(engine):
+    model = loaded(bn_ready(tiny_net(), batches(2)))
+    ctx = RecordingContext()
+    result = run_quantize(model, "random", None, PrecisionPlan(), QuantConfig(engine=engine, calib_samples=8), ctx,
+                          eval_samples=16, benchmark_runs=2, sensitivity=True, measure_memory=True)
+    assert set(result.sensitivity) == {"conv1", "conv2", "fc"}
+    assert all(0 < v < 100 for v in result.sensitivity.values()), result.sensitivity
+    assert set(result.memory) == {"original", "quantized"}
+    for m in result.memory.values():
+        assert 0 < m["model_peak_bytes"] < m["peak_rss_bytes"]
+    partials = [p for p in ctx.partials if isinstance(p, dict)]
+    sens = [p for p in partials if p["type"] == "layer_sensitivity"]
+    assert len(sens) == 1 and sens[0]["values"] == pytest.approx(result.sensitivity)
+    assert {p["variant"] for p in partials if p["type"] == "memory"} == {"original", "quantized"}
+    d = json.loads(json.dumps(result.to_dict()))
+    assert set(d["layer_sensitivity"]) == {"conv1", "conv2", "fc"} and set(d["memory"]) == {"original", "quantized"}
+    fractions = [f for f, _ in ctx.reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_memory_is_the_child_process_not_the_app(tmp_path):
+    """A big app must not inflate the figure (Linux's ru_maxrss starts at the parent's size)."""
+    paths = save_all_forms(tiny_net(), torch.zeros(1, 3, 32, 32), tmp_path, "tiny")
+    ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB held by this process while the child runs
+    got = measure_memory_many({"tiny": Path(paths["onnx"]), "missing": tmp_path / "nope.onnx"}, (1, 3, 32, 32))
+    assert set(got) == {"tiny"}  # a file that cannot run is left out, not an error
+    assert got["tiny"]["peak_rss_bytes"] < ballast.nbytes
+    del ballast
+
+
+def test_memory_measurement_can_be_cancelled(tmp_path):
+    paths = save_all_forms(tiny_net(), torch.zeros(1, 3, 32, 32), tmp_path, "tiny")
+    ctx = RecordingContext()
+    ctx.cancel()
+    with pytest.raises(Cancelled):
+        measure_memory_many({"tiny": Path(paths["onnx"])}, (1, 3, 32, 32), ctx=ctx)
