@@ -26,6 +26,8 @@ test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests
 
 bench: $(STAMP)
+	# The trained-ResNet-18 section trains on scikit-learn's bundled digits (the `demo` extra).
+	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install -e ".[test,demo]"
 	QT_QPA_PLATFORM=offscreen $(PY) -m tests.benchmarks.run_all
 
 clean:

@@ -121,10 +121,11 @@ def export_model(
         ctx.report(0.05, f"writing {path.name}")
         tmp = temp_path_beside(path)
         temps.append(tmp)
+        backend = getattr(result.runner, "backend", None)  # PyTorch: the quantized engine it was built for
         if fmt == "onnx":
             _write_onnx(result.artifact, tmp)
         else:
-            _write_torchscript(result.artifact, samples[:1], tmp)
+            _write_torchscript(result.artifact, samples[:1], tmp, backend=backend)
         _fsync(tmp)
         ctx.check_cancelled()
         ctx.report(0.4, f"checking {path.name}: reloading it")
@@ -132,7 +133,10 @@ def export_model(
         if fmt == "onnx":
             got, how = _reload_onnx(tmp, samples), "onnx.checker + a fresh onnxruntime.InferenceSession"
         else:
-            got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
+            from quantstudio.core.engines.torch_engine import quantized_engine
+
+            with quantized_engine(backend):  # as the in-app runner ran it
+                got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
         check = compare_outputs(expected, got, how, random_input)
         if not check.passed:
             raise InputError(
@@ -215,13 +219,15 @@ def _reload_onnx(path: Path, samples: np.ndarray) -> np.ndarray:
     return sess.run(None, {name: samples})[0]
 
 
-def _write_torchscript(module: Any, example: np.ndarray, path: Path) -> None:
+def _write_torchscript(module: Any, example: np.ndarray, path: Path, *, backend: str | None = None) -> None:
+    """Trace + freeze ``module`` to ``path``; ``backend``: the quantized engine it was converted for."""
     import torch
 
-    from quantstudio.core.engines.torch_engine import quiet, to_torchscript
+    from quantstudio.core.engines.torch_engine import quantized_engine, quiet, to_torchscript
 
     try:
-        scripted = to_torchscript(module, torch.from_numpy(example))
+        with quantized_engine(backend):
+            scripted = to_torchscript(module, torch.from_numpy(example))
     except Exception as exc:  # noqa: BLE001
         raise InputError(
             "the quantized model could not be saved as TorchScript",

@@ -43,7 +43,19 @@ def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackT
         _in_hook = False
 
 
+# How long a thread may keep the GIL while another waits for it (CPython's default: 5 ms).
+# Every Python slot, model method or pyqtgraph paint that Qt calls from C++ takes the GIL
+# anew; while the worker runs plain Python (tracing, data loading, tree building) the GUI
+# thread waited up to a whole interval for each of those calls, so a plot repaint that
+# makes dozens of them stalled the window for 100-350 ms (30-40 ms at 0.5 ms). A shorter
+# interval only costs something while both threads want the GIL. (Code that releases
+# and retakes the GIL thousands of times a second starves the GUI thread at any interval:
+# see ort_engine's tools, which run in a child process for that reason.)
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def make_application(argv: list[str] | None = None) -> QApplication:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv)
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)

@@ -5,8 +5,8 @@ Signals: ``layer_selected(str)`` when the current layer changes (its qualified n
 
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, Qt, Signal, Slot
-from PySide6.QtGui import QAction
+from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QAccessible, QAction
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -31,6 +31,52 @@ from quantstudio.gui.layer_model import (
     LayerTreeModel,
     PrecisionDelegate,
 )
+
+
+class LayerTreeView(QTreeView):
+    """A QTreeView that repaints, instead of re-measuring, rows whose data changed.
+
+    With uniform row heights every row is as high as the first (top) row, so a data
+    change in any other row never moves a row. Plain ``QTreeView.dataChanged`` asks
+    the delegate for the size hint of every column of the top row each time it sees
+    that row change (about 60 Python ``data()`` calls), and the recursive filter proxy
+    re-announces every ancestor, the top row included, for each changed layer: after a
+    run the layer model reports each layer's SQNR/sensitivity with one ``dataChanged``,
+    which meant ~200 re-measurements and froze the window for 200-700 ms. Here a change
+    only schedules a repaint (Qt merges them into one paint), and a change of the top
+    row re-measures it once, after the burst.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._remeasure = QTimer(self)
+        self._remeasure.setSingleShot(True)
+        self._remeasure.setInterval(0)
+        self._remeasure.timeout.connect(self._remeasure_top_row)
+
+    def dataChanged(self, top_left: QModelIndex, bottom_right: QModelIndex, roles=()) -> None:  # noqa: N802
+        """Overrides QAbstractItemView.dataChanged (see the class docstring)."""
+        if (not self.uniformRowHeights() or self.state() == QAbstractItemView.State.EditingState
+                or QAccessible.isActive()):
+            # Variable heights, an open editor to refresh or a screen reader to notify: Qt's way.
+            super().dataChanged(top_left, bottom_right, list(roles))
+            return
+        if not top_left.parent().isValid() and not self._remeasure.isActive():
+            self._remeasure.start()
+        self.viewport().update()
+
+    def refresh(self) -> None:
+        """Repaint every row (and measure the top row again): after a change made with the model's signals blocked."""
+        if not self._remeasure.isActive():
+            self._remeasure.start()
+        self.viewport().update()
+
+    @Slot()
+    def _remeasure_top_row(self) -> None:
+        model = self.model()
+        if model is None or model.rowCount() == 0:
+            return
+        super().dataChanged(model.index(0, 0), model.index(0, model.columnCount() - 1), [])
 
 
 class LayerPanel(QWidget):
@@ -62,7 +108,7 @@ class LayerPanel(QWidget):
             top.addWidget(b)
             self.all_buttons[p] = b
 
-        self.view = QTreeView()
+        self.view = LayerTreeView()
         self.view.setModel(self.proxy)
         self.view.setItemDelegateForColumn(COL_PRECISION, PrecisionDelegate(self.view))
         self.view.setAlternatingRowColors(True)
@@ -94,6 +140,25 @@ class LayerPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary)
+
+    def set_layer_results(self, **results) -> None:
+        """``model.set_layer_results(**results)``, announced to the view once.
+
+        The model announces the new SQNR/sensitivity of every row with its own
+        ``dataChanged``, and each Python ``emit`` lets go of the GIL: while the worker
+        runs torch or numpy (which take and drop the GIL thousands of times a second),
+        getting it back took up to milliseconds per row, and 200 rows froze the window
+        for 0.1 s to seconds. The results only change cells, never rows: the model's
+        signals are held back and the view repaints once (re-sorting if it is sorted).
+        """
+        blocked = self.model.blockSignals(True)
+        try:
+            self.model.set_layer_results(**results)
+        finally:
+            self.model.blockSignals(blocked)
+        if self.proxy.sortColumn() >= 0 and self.proxy.dynamicSortFilter():
+            self.proxy.invalidate()
+        self.view.refresh()
 
     # ------------------------------------------------------------------ slots
     @Slot(str)

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 from quantstudio import __version__
 from quantstudio.core.errors import InputError, TrustRequired
 from quantstudio.core.plan import Precision, PrecisionPlan
-from quantstudio.gui import plots, style, tasks
+from quantstudio.gui import plots, style, tasks, warmup
 from quantstudio.gui.data_panel import DataPanel
 from quantstudio.gui.dialogs import ImportDialog, ask_yes_no, show_error
 from quantstudio.gui.layer_model import LayerTreeModel
@@ -81,7 +81,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("QuantStudio")
         self.setAcceptDrops(True)
         self.resize(1400, 900)
-        self.runner = JobRunner(self)
+        self.runner = JobRunner(self, before_first_job=warmup.warm_up)
         self.loaded = None  # core LoadedModel
         self.model_request: tasks.LoadRequest | None = None
         self.plan = PrecisionPlan()
@@ -639,13 +639,13 @@ class MainWindow(QMainWindow):
         if kind == "stage":
             log.info("Stage: %s", str(payload.get("name", "")).replace("_", " "))
         elif kind == "fused" and payload.get("groups"):
-            self.layer_model.set_layer_results(fused=payload["groups"])
+            self.layer_panel.set_layer_results(fused=payload["groups"])
         elif kind == "layer_sqnr" and payload.get("values"):
             values = {k: float(v) for k, v in payload["values"].items() if v is not None}
-            self.layer_model.set_layer_results(sqnr=values)
+            self.layer_panel.set_layer_results(sqnr=values)
             self.layer_error_panel.set_layers(values, {k: self.layer_model.precision_of(k) or "" for k in values})
         elif kind == "layer_sensitivity" and payload.get("values"):
-            self.layer_model.set_layer_results(
+            self.layer_panel.set_layer_results(
                 sensitivity={k: float(v) for k, v in payload["values"].items() if v is not None})
 
     def _on_run_done(self, run: tasks.RunOutcome) -> None:
@@ -677,7 +677,7 @@ class MainWindow(QMainWindow):
         for panel in self.plot_panels + [self.changed_panel]:
             panel.show_run(run, runs)
         self.tradeoff_panel.show_variants(runs)
-        self.layer_model.set_layer_results(run.layer_sqnr, run.sensitivity, run.fused)
+        self.layer_panel.set_layer_results(sqnr=run.layer_sqnr, sensitivity=run.sensitivity, fused=run.fused)
 
     def _on_run_failed(self, exc: BaseException) -> None:
         if isinstance(exc, ImportError) and "pipeline" in str(exc):

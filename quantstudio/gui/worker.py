@@ -5,7 +5,9 @@ A job is a plain function ``fn(ctx, *args)``; ``ctx`` implements the core's
 ``QThread`` with one :class:`_Worker` in it, so at most one job runs at a time. The
 worker's signals are queued to the runner's methods, which call the job's callbacks in
 the GUI thread. Cancelling sets an event; the job stops at its next
-``check_cancelled()`` and ends through the ``cancelled`` path.
+``check_cancelled()`` and ends through the ``cancelled`` path. The worker thread runs
+below the GUI thread's CPU priority, and can run a warm-up (the heavy imports, see
+:mod:`quantstudio.gui.warmup`) before its first job.
 
 Signals of :class:`JobRunner`: ``started(str)``, ``progress(float, str)``,
 ``partial(object)``, ``finished(str, object)``, ``failed(str, object)``,
@@ -14,6 +16,8 @@ Signals of :class:`JobRunner`: ``started(str)``, ``progress(float, str)``,
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 import traceback
@@ -25,6 +29,27 @@ from PySide6.QtCore import QObject, QThread, Signal, Slot
 from quantstudio.core.errors import Cancelled
 
 PROGRESS_INTERVAL_S = 0.05  # at most ~20 progress updates a second reach the GUI
+WORKER_NICE = 5  # how much lower the worker's CPU priority is than the GUI thread's (Linux nice steps)
+
+
+def lower_thread_priority() -> None:
+    """Run the calling thread below normal priority: called on the worker thread.
+
+    Jobs keep every core busy (inference thread pools, child processes measuring
+    memory); on a 2-core machine the GUI thread then waited tens of ms for a CPU before
+    it could paint. Thread pools and child processes started from this thread inherit
+    its priority, so the GUI thread is served first and the jobs lose next to nothing
+    (the GUI thread is idle most of the time). Linux: the thread's nice value; other
+    systems: QThread's priority.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICE, 19))
+        except (OSError, AttributeError):
+            pass
+    else:
+        QThread.currentThread().setPriority(QThread.Priority.LowPriority)
 
 
 @dataclass
@@ -92,9 +117,24 @@ class _Worker(QObject):
     failed = Signal(int, object)
     cancelled = Signal(int)
 
+    def __init__(self, before_first_job: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._before_first_job = before_first_job
+        self._started = False
+
     @Slot(object, object)
     def run(self, job: Job, cancel: threading.Event) -> None:
         ctx = QtJobContext(self, job.id, cancel)
+        if not self._started:
+            self._started = True
+            lower_thread_priority()
+        if self._before_first_job is not None:
+            warm_up, self._before_first_job = self._before_first_job, None
+            ctx.report(0.0, "Loading libraries")
+            try:
+                warm_up()
+            except Exception:  # noqa: BLE001 - best effort: the job imports what it needs itself
+                pass
         try:
             ctx.check_cancelled()
             result = job.fn(ctx, *job.args, **job.kwargs)
@@ -120,11 +160,12 @@ class JobRunner(QObject):
     busy_changed = Signal(bool)
     _submit = Signal(object, object)
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, before_first_job: Callable[[], None] | None = None) -> None:
+        """``before_first_job`` runs on the worker thread before the first job (e.g. heavy imports)."""
         super().__init__(parent)
         self._thread = QThread()
         self._thread.setObjectName("quantstudio-worker")
-        self._worker = _Worker()
+        self._worker = _Worker(before_first_job)
         self._worker.moveToThread(self._thread)
         self._submit.connect(self._worker.run)
         self._worker.progress.connect(self._on_progress)

@@ -11,11 +11,15 @@ the bundled demo model (trained: accuracy too):
 * ``torch.ao.quantization`` FX with its default x86 config;
 * QuantStudio's INT8 results from both engines, with their default settings.
 
+Then a *trained* ResNet-18 (trained here on scikit-learn's bundled digits, see
+tests/benchmarks/digits_resnet.py): FP32 vs static INT8 top-1 on 540 held-out images for
+both engines and every calibration method (issue #4: INT8 may lose at most 0.3 points).
+
 It reports p50 latency and ratios, size, output SQNR against FP32 and top-1 where
 labels exist, and the doctor's verdict on the slowest INT8 variant. Nothing here is a
 timed assert: numbers are written down, not judged.
 
-Run: ``make bench`` (or ``python -m tests.benchmarks.run_all [--quick]``).
+Run: ``make bench`` (or ``python -m tests.benchmarks.run_all [--quick] [--only NAME]``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("resnet18", "mobilenet_v2", "demo", "trained-resnet18", "gui")
 ROOT = HERE.parent.parent
 DEMO = ROOT / "resources" / "demo"
 
@@ -259,7 +264,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_results(sections: list[dict], path: Path, started: float, stall: dict | None = None) -> None:
+def write_results(sections: list[dict], path: Path, started: float, stall: dict | None = None,
+                  extra: list[list[str]] | None = None) -> None:
     from quantstudio.core.benchmark import cpu_name
     from quantstudio.core.doctor import cpu_features
 
@@ -297,6 +303,8 @@ def write_results(sections: list[dict], path: Path, started: float, stall: dict 
             lines += ["", *notes]
         lines += ["", "Doctor on ONNX Runtime's default (S8S8) model:", ""]
         lines += [f"- {d}" for d in s["doctor"]] + [""]
+    for block in extra or []:
+        lines += block
     if stall:
         lines += ["## Window responsiveness (tests/benchmarks/gui_stall.py)", "",
                   "A 10 ms GUI-thread timer during the app's own runs on the demo; a stall is the time a "
@@ -314,7 +322,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs and one batch size (a smoke run)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--only", choices=SECTIONS, action="append",
+                        help="run only these sections (repeatable); default: all")
     args = parser.parse_args(argv)
+    only = set(args.only or SECTIONS)
     warnings.simplefilter("ignore")
     started = time.time()
     runs = 10 if args.quick else 30
@@ -323,9 +334,10 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     from quantstudio.core.loading import load_model
 
+    extra = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for arch in ("resnet18", "mobilenet_v2"):
+        for arch in [a for a in ("resnet18", "mobilenet_v2") if a in only]:
             torch.manual_seed(0)
             module = torchvision.models.get_model(arch).eval()
             sd = work / f"{arch}.pth"
@@ -335,24 +347,31 @@ def main(argv=None) -> int:
             test_x = rng.standard_normal((16, 3, 224, 224), dtype=np.float32)
             sections.append(compare(f"{arch} 224x224 (random weights: speed only)", loaded, module, calib,
                                     test_x, None, batch_sizes, runs, work))
-        meta = json.loads((DEMO / "demo.json").read_text())
-        loaded = load_model(DEMO / meta["weights"], arch=meta["arch"], input_shape=tuple(meta["input_shape"]))
-        from quantstudio.core.data import Preprocessing, open_data
+        if "demo" in only:
+            meta = json.loads((DEMO / "demo.json").read_text())
+            loaded = load_model(DEMO / meta["weights"], arch=meta["arch"], input_shape=tuple(meta["input_shape"]))
+            from quantstudio.core.data import Preprocessing, open_data
 
-        source = open_data(DEMO / meta["data"], input_shape=loaded.input_shape, preprocessing=Preprocessing())
-        idx = np.arange(len(source))
-        x, kept, _ = source.read(idx)
-        y = np.asarray(source.targets)[kept]
-        calib = [x[i:i + 1] for i in rng.choice(len(x), size=min(64, len(x)), replace=False)]
-        sections.append(compare(f"demo: {meta['arch']} on handwritten digits ({len(x)} labeled test images)",
-                                loaded, loaded.module, calib, x, y, batch_sizes, runs, work))
-    log("GUI responsiveness during a Quantize run on the demo")
-    import subprocess
+            source = open_data(DEMO / meta["data"], input_shape=loaded.input_shape, preprocessing=Preprocessing())
+            idx = np.arange(len(source))
+            x, kept, _ = source.read(idx)
+            y = np.asarray(source.targets)[kept]
+            calib = [x[i:i + 1] for i in rng.choice(len(x), size=min(64, len(x)), replace=False)]
+            sections.append(compare(f"demo: {meta['arch']} on handwritten digits ({len(x)} labeled test images)",
+                                    loaded, loaded.module, calib, x, y, batch_sizes, runs, work))
+        if "trained-resnet18" in only:
+            from tests.benchmarks import digits_resnet
 
-    res = subprocess.run([sys.executable, "-m", "tests.benchmarks.gui_stall"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=900, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
-    stall = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr.strip().splitlines()[-1:]}
-    write_results(sections, Path(args.out), started, stall)
+            extra.append(digits_resnet.render(digits_resnet.measure(work / "digits", quick=args.quick, log=log)))
+    stall = None
+    if "gui" in only:
+        log("GUI responsiveness during a Quantize run on the demo")
+        import subprocess
+
+        res = subprocess.run([sys.executable, "-m", "tests.benchmarks.gui_stall"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=900, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+        stall = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr.strip().splitlines()[-1:]}
+    write_results(sections, Path(args.out), started, stall, extra)
     log(f"wrote {args.out} in {time.time() - started:.0f} s")
     return 0
 

@@ -409,3 +409,98 @@ def test_ort_static_int8_and_export_over_torchvision_models(name, tmp_path):
     assert sqnr and next(iter(sqnr.values())) > 25
     assert cosine(model.forward_numpy(xs[0]), q.runner(xs[0])) > MIN_COSINE.get(name, 0.3)
     assert export_model(q, tmp_path / f"{name}.onnx", samples=xs[0]).check.passed
+
+
+# =========================================================================== qnnpack ReLU6 / engine setting
+
+
+class Relu6Net(nn.Module):
+    """MobileNetV2's pattern: conv-BN-ReLU6, depthwise conv-BN-ReLU6, 1x1 conv, with
+    ReLU6 as a module, F.relu6 / F.hardtanh as functions and ``clamp`` as a method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16))
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.pw2 = nn.Conv2d(16, 16, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.dw(self.conv(x)))
+        x = torch.nn.functional.hardtanh(self.pw(x), 0.0, 6.0)
+        x = self.pw2(x).clamp(0.0, 6.0)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@pytest.fixture(scope="module")
+def relu6_model():
+    torch.manual_seed(0)
+    xs = batches(2, (8, 3, 16, 16), seed=3)
+    return loaded(bn_ready(Relu6Net(), xs), (1, 3, 16, 16)), xs
+
+
+def test_qnnpack_relu6_after_conv_matches_fp32_in_app_and_in_the_export(relu6_model, tmp_path):
+    # torch's qnnpack clamp scrambles channels_last input, and every quantized conv
+    # returns channels_last: without the engine's guard this model gives ~0 dB SQNR.
+    from quantstudio.core.export import export_model
+
+    model, xs = relu6_model
+    before = torch.backends.quantized.engine
+    try:
+        q = TorchEngine().quantize(model, PrecisionPlan(), QuantConfig(engine="torch", backend="qnnpack"), xs, NullContext())
+        assert any(".contiguous() added before 4 ReLU6/clamp op(s)" in n for n in q.notes), q.notes
+        assert cosine(model.forward_numpy(xs[0]), q.runner(xs[0])) > 0.98
+        result = export_model(q, tmp_path / "relu6.pth", samples=xs[0])
+        assert result.check.passed
+        torch.backends.quantized.engine = "qnnpack"  # as on an ARM device
+        with torch.inference_mode():
+            reloaded = torch.jit.load(str(tmp_path / "relu6.pth"))(torch.from_numpy(xs[1])).numpy()
+        assert cosine(model.forward_numpy(xs[1]), reloaded) > 0.98
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def test_guard_qnnpack_clamps_covers_modules_functions_and_methods(relu6_model):
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from quantstudio.core.engines.torch_engine import guard_qnnpack_clamps, quiet
+
+    model, xs = relu6_model
+    with quiet():
+        gm = convert_fx(prepare_fx(Relu6Net().eval(), get_default_qconfig_mapping("qnnpack"), (torch.from_numpy(xs[0]),)))
+    assert guard_qnnpack_clamps(gm) == 4  # nn.ReLU6, F.relu6, F.hardtanh, .clamp
+    assert sum(n.op == "call_method" and n.target == "contiguous" for n in gm.graph.nodes) == 4
+    assert guard_qnnpack_clamps(torch.fx.symbolic_trace(tiny_net())) == 0  # nothing to guard
+
+
+def test_torch_runner_uses_the_backend_it_was_built_for(relu6_model):
+    # ReLU6/add/pooling dispatch on the process-wide engine setting at run time: an x86
+    # model run while it says "qnnpack" (left so by an earlier run) used qnnpack's clamp.
+    model, xs = relu6_model
+    before = torch.backends.quantized.engine
+    try:
+        q = TorchEngine().quantize(model, PrecisionPlan(), QuantConfig(engine="torch", backend="x86"), xs, NullContext())
+        assert not any("contiguous" in n for n in q.notes)  # x86 needs no guard, and pays nothing
+        expected = q.runner(xs[1])
+        torch.backends.quantized.engine = "qnnpack"
+        np.testing.assert_array_equal(q.runner(xs[1]), expected)
+        assert torch.backends.quantized.engine == "qnnpack"  # put back after the call
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def test_qnnpack_on_x86_says_the_speed_is_not_the_arm_devices(tiny, monkeypatch):
+    model, xs = tiny
+    before = torch.backends.quantized.engine
+    try:
+        monkeypatch.setattr("platform.machine", lambda: "x86_64")
+        q = TorchEngine().quantize(model, PrecisionPlan(), QuantConfig(engine="torch", backend="qnnpack"), xs[:1], NullContext())
+        assert any("qnnpack on a x86_64 CPU" in n and "ARM device" in n for n in q.notes)
+        monkeypatch.setattr("platform.machine", lambda: "aarch64")
+        q = TorchEngine().quantize(model, PrecisionPlan(), QuantConfig(engine="torch", backend="auto"), xs[:1], NullContext())
+        assert not any("ARM device" in n for n in q.notes)
+    finally:
+        torch.backends.quantized.engine = before

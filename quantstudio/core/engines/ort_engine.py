@@ -18,10 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
 import platform
 import re
+import subprocess
+import sys
 import tempfile
+import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -235,6 +241,166 @@ class ProgressReader:
         return item
 
 
+# --------------------------------------------------------------------------- ORT's tools, out of process
+
+# ONNX Runtime's pre-processing and quantizers are Python loops over small numpy and
+# protobuf calls, many of which release the GIL for a few microseconds and take it
+# straight back. CPython wakes a waiting thread at each release, the releasing thread
+# wins the GIL back before the woken one runs, and the woken thread starts its wait
+# over without ever asking for a switch: in the app the GUI thread got no turn for
+# 100-700 ms at a time, whatever sys.setswitchinterval says. The tools read and write
+# files only, so they run in a child process of the same interpreter (about 0.4 s to
+# start); where no child can be started (a frozen build) they run in this process.
+_TOOL_COMMAND = "import sys; from quantstudio.core.engines.ort_engine import _tool_main; sys.exit(_tool_main(sys.argv[1]))"
+
+
+class ToolFailed(Exception):
+    """ONNX Runtime's tool raised: ``str()`` is its message, ``details`` its traceback."""
+
+    def __init__(self, message: str, kind: str = "Exception", details: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.details = details
+
+
+def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0) -> None:
+    """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a child process.
+
+    Reports ``message`` at ``fraction`` first (when given) and honours cancel (the child
+    is killed). Raises :class:`ToolFailed` when the tool fails.
+    """
+    if message:
+        ctx.report(fraction, message)
+    workdir = Path(job["dst"]).parent
+    job_path = workdir / f"{job['tool']}-job.json"
+    result_path = workdir / f"{job['tool']}-result.json"
+    job = {**job, "result": str(result_path)}
+    job_path.write_text(json.dumps(job))
+    package_root = str(Path(__file__).resolve().parents[3])  # the same quantstudio in the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    proc = None
+    if not getattr(sys, "frozen", False) and sys.executable:
+        try:
+            with open(workdir / f"{job['tool']}-stderr.txt", "wb") as err:
+                proc = subprocess.Popen([sys.executable, "-c", _TOOL_COMMAND, str(job_path)], env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        except OSError:
+            proc = None
+    if proc is not None:
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.05)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                ctx.check_cancelled()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if result_path.exists():
+            result = json.loads(result_path.read_text())
+            if result["ok"]:
+                return
+            raise ToolFailed(result["error"], result["kind"], result["details"])
+        if proc.returncode < 0:  # killed by a signal (a crash): running it here would crash the app
+            stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
+            raise ToolFailed(f"ONNX Runtime's {job['tool']} tool crashed (signal {-proc.returncode})", "Crash", stderr)
+        # The child could not even start its work (no importable quantstudio?): do it here.
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _run_tool(job)
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported like the child's failures
+        raise ToolFailed(str(exc), type(exc).__name__, traceback.format_exc()) from exc
+
+
+def _tool_main(job_path: str) -> int:
+    """The child process: run the job, write {"ok": ...} to the job's result file."""
+    # onnxruntime.tools imports torch when it can find it (2 s here) and the tools never
+    # use it: a None entry makes it unfindable.
+    sys.modules.setdefault("torch", None)
+    job = json.loads(Path(job_path).read_text())
+    try:
+        # Calibrators print their progress to stdout; ORT's quantizer logs advice.
+        with quiet(), contextlib.redirect_stdout(io.StringIO()):
+            _run_tool(job)
+        result: dict[str, Any] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - everything goes back to the parent
+        result = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "details": traceback.format_exc()[-8000:]}
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+class _FileReader:
+    """Calibration batches from the file :meth:`OrtEngine._static` wrote (one np.save each)."""
+
+    def __init__(self, path: str, input_name: str) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed at the end of the data
+        self.input_name = input_name
+
+    def get_next(self):
+        if self._f.closed:
+            return None
+        try:
+            x = np.load(self._f, allow_pickle=False)
+        except (EOFError, ValueError):
+            self._f.close()
+            return None
+        return {self.input_name: x}
+
+    def rewind(self):  # part of ORT's reader interface; calibration reads once
+        pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def _run_tool(job: dict[str, Any]) -> None:
+    """Run one tool: "pre_process", "static" or "dynamic" (file in, file out)."""
+    if job["tool"] == "pre_process":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(job["src"], job["dst"])
+    elif job["tool"] == "static":
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        quantize_static(
+            job["src"],
+            job["dst"],
+            _FileReader(job["calibration"], job["input_name"]),
+            quant_format=QuantFormat.QDQ,
+            per_channel=job["per_channel"],
+            reduce_range=job["reduce_range"],
+            activation_type=QuantType[job["activation_type"]],
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=job["exclude"],
+            calibrate_method=CalibrationMethod[job["method"]],
+            extra_options=job["extra"],
+        )
+    elif job["tool"] == "dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            job["src"],
+            job["dst"],
+            op_types_to_quantize=DYNAMIC_OPS,
+            per_channel=job["per_channel"],
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=job["exclude"],
+        )
+    else:
+        raise ValueError(f"unknown tool {job['tool']!r}")
+
+
 # --------------------------------------------------------------------------- FP16
 
 
@@ -413,11 +579,9 @@ class OrtEngine:
             pre = tmpdir / "pre.onnx"
             ctx.report(0.03, "ONNX Runtime pre-processing (shape inference, optimisation)")
             try:
-                from onnxruntime.quantization.shape_inference import quant_pre_process
-
-                quant_pre_process(str(src), str(pre))
-            except Exception as exc:  # noqa: BLE001 - some graphs defeat symbolic shape inference
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                run_ort_tool({"tool": "pre_process", "src": str(src), "dst": str(pre)}, ctx)
+            except ToolFailed as exc:  # some graphs defeat symbolic shape inference
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.kind
                 notes.append(f"ONNX Runtime pre-processing skipped ({first})")
                 pre = src
             ctx.check_cancelled()
@@ -471,23 +635,17 @@ class OrtEngine:
 
     # ------------------------------------------------------------------ static
     def _static(self, pre, out, config, target, excluded, calib_batches, input_name, ctx, notes) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         ctx.partial({"type": "stage", "name": "calibrate"})
         if target == "x86":
-            act, act_name = QuantType.QUInt8, "uint8"
+            act, act_name = "QUInt8", "uint8"
             why = "x86: uint8 activations + int8 weights (U8S8) are ONNX Runtime's fast integer path on x86; int8 activations (S8S8) run no faster than FP32 on x86"
         else:
-            act, act_name = QuantType.QInt8, "int8"
+            act, act_name = "QInt8", "int8"
             why = "ARM: int8 activations + int8 weights (S8S8), what ONNX Runtime recommends there"
         reduce_range = target == "x86" and not cpu_has_vnni()
         if reduce_range:
             why += "; 7-bit weights (reduce_range) because this CPU has no VNNI and 8-bit U8S8 could saturate"
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[config.calibration]
+        method = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[config.calibration]
         extra = {"ActivationSymmetric": bool(config.symmetric_activations), "WeightSymmetric": True}
         if config.calibration == "percentile":
             extra["CalibPercentile"] = PERCENTILE
@@ -495,40 +653,31 @@ class OrtEngine:
             f"QDQ INT8, activations {act_name}, weights int8 "
             f"{'per-channel' if config.per_channel else 'per-tensor'}, {config.calibration} calibration ({why})"
         )
-        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.9)
-        try:
-            # The entropy/percentile calibrators print their progress to stdout.
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(pre),
-                    str(out),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=bool(config.per_channel),
-                    reduce_range=reduce_range,
-                    activation_type=act,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded,
-                    calibrate_method=method,
-                    extra_options=extra,
-                )
-        except (Cancelled, InputError, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if reader.count == 0:
-                raise InputError("there is no calibration data", hint="Choose data with at least one sample.") from exc
-            raise InputError(
-                f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}",
-                hint="Keep the failing layers in FP32 or use dynamic INT8.",
-                details=str(exc)[-4000:],
-            ) from exc
+        # The batches are read here (progress, cancel) into one file the tool reads back.
+        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.5)
+        calibration = Path(out).with_name("calibration.npy")
+        with open(calibration, "wb") as f:
+            for item in reader:
+                np.save(f, item[input_name], allow_pickle=False)
         if reader.count == 0:
             raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+        job = {
+            "tool": "static", "src": str(pre), "dst": str(out), "calibration": str(calibration),
+            "input_name": input_name, "per_channel": bool(config.per_channel), "reduce_range": reduce_range,
+            "activation_type": act, "exclude": list(excluded), "method": method, "extra": extra,
+        }
+        try:
+            run_ort_tool(job, ctx, f"calibrating on {reader.count} batches and quantizing", 0.5)
+        except ToolFailed as exc:
+            raise InputError(
+                f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind}",
+                hint="Keep the failing layers in FP32 or use dynamic INT8.",
+                details=(str(exc) + "\n\n" + exc.details)[-4000:],
+            ) from exc
 
     # ------------------------------------------------------------------ dynamic
     def _dynamic(self, pre, out, config, target, excluded, ctx, notes) -> None:
         import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         ctx.report(0.3, "quantizing weights (dynamic INT8)")
         prepared = _gemm_to_matmul(onnx.load(str(pre)), set(excluded))
@@ -537,22 +686,19 @@ class OrtEngine:
         ops = [n.op_type for n in prepared.graph.node if n.name not in set(excluded)]
         if not any(op in DYNAMIC_OPS for op in ops):
             notes.append("dynamic INT8 quantizes MatMul/Gemm/LSTM/Attention only and the plan leaves none INT8; use static INT8 for conv layers")
+        job = {
+            "tool": "dynamic", "src": str(mm), "dst": str(out), "per_channel": bool(config.per_channel),
+            # ORT's dynamic quantizer turns a Gemm it meets into "<name>_MatMul" +
+            # "<name>_Add" before it checks exclusions: exclude those names too.
+            "exclude": list(excluded) + [f"{n}_MatMul" for n in excluded],
+        }
         try:
-            quantize_dynamic(
-                str(mm),
-                str(out),
-                op_types_to_quantize=DYNAMIC_OPS,
-                per_channel=bool(config.per_channel),
-                weight_type=QuantType.QInt8,
-                # ORT's dynamic quantizer turns a Gemm it meets into "<name>_MatMul" +
-                # "<name>_Add" before it checks exclusions: exclude those names too.
-                nodes_to_exclude=excluded + [f"{n}_MatMul" for n in excluded],
-            )
-        except Exception as exc:  # noqa: BLE001
+            run_ort_tool(job, ctx)
+        except ToolFailed as exc:
             raise InputError(
-                f"ONNX Runtime could not quantize this model dynamically: {str(exc).strip().splitlines()[0][:300]}",
+                f"ONNX Runtime could not quantize this model dynamically: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind}",
                 hint="Use static INT8 or keep the failing layers in FP32.",
-                details=str(exc)[-4000:],
+                details=(str(exc) + "\n\n" + exc.details)[-4000:],
             ) from exc
         notes.append("dynamic INT8: MatMul/Gemm/LSTM weights int8, activations quantized at run time; Conv layers stay FP32 (ConvInteger is slower than FP32 on CPUs)")
 

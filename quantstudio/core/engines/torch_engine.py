@@ -39,6 +39,18 @@ _FOLDED_TYPES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 _RELU_TYPES = ("ReLU", "ReLU6")
 PERCENTILE = 99.99
 FP16_NOTE = "FP16 layers run in half precision; on x86 CPUs PyTorch has no fast half kernels, so they are slower than FP32"
+# Module types and tensor methods that reach ATen's quantized clamp (see guard_qnnpack_clamps).
+_CLAMP_MODULES = ("ReLU6", "Hardtanh")
+_CLAMP_METHODS = ("clamp", "clamp_", "clip", "clip_", "hardtanh", "hardtanh_")
+QNNPACK_CLAMP_NOTE = (
+    "qnnpack: .contiguous() added before {n} ReLU6/clamp op(s); torch's qnnpack clamp returns "
+    "scrambled values for channels_last input (every quantized conv's output), on ARM as on x86"
+)
+QNNPACK_ON_X86_NOTE = (
+    "qnnpack on a {machine} CPU: the accuracy shown comes from QNNPACK's arithmetic, as on an ARM device running "
+    "this file, but the speed comes from QNNPACK's portable x86 kernels and says nothing about the ARM device's "
+    "speed (choose backend x86 to measure this computer's fast INT8 path)"
+)
 
 
 @contextlib.contextmanager
@@ -52,9 +64,90 @@ def quiet():
 def resolve_backend(backend: str) -> str:
     """'auto' → 'qnnpack' on ARM CPUs, 'x86' elsewhere."""
     if backend == "auto":
-        machine = platform.machine().lower()
-        return "qnnpack" if machine.startswith(("arm", "aarch64")) else "x86"
+        return "qnnpack" if is_arm_machine() else "x86"
     return backend
+
+
+@contextlib.contextmanager
+def quantized_engine(backend: str | None):
+    """Run with ``torch.backends.quantized.engine = backend``, then restore the previous one.
+
+    Why: only conv/linear carry their engine in their packed weights; quantized add,
+    ReLU6/clamp, pooling, ... dispatch on this process-wide setting *at run time*. A
+    model converted for x86 and run while the setting says qnnpack (left so by an
+    earlier qnnpack run) hits qnnpack's clamp bug (see :func:`guard_qnnpack_clamps`):
+    the demo MobileNetV2's x86 INT8 model fell from 98.2% to 8.5% top-1 that way.
+    """
+    import torch
+
+    previous = torch.backends.quantized.engine
+    switch = bool(backend) and backend != previous
+    if switch:
+        torch.backends.quantized.engine = backend
+    try:
+        yield
+    finally:
+        if switch:
+            torch.backends.quantized.engine = previous
+
+
+def is_arm_machine() -> bool:
+    return platform.machine().lower().startswith(("arm", "aarch64"))
+
+
+def _clamp_functions() -> set:
+    import torch
+    import torch.nn.functional as F
+
+    return {F.relu6, F.hardtanh, F.hardtanh_, torch.clamp, torch.clip, torch.clamp_, torch.clip_}
+
+
+def guard_qnnpack_clamps(gm) -> int:
+    """Insert ``.contiguous()`` before every ReLU6/Hardtanh/clamp of a converted FX model.
+
+    Why: with the qnnpack engine, torch's quantized clamp (what ``F.relu6``,
+    ``F.hardtanh`` and ``torch.clamp`` run on a quantized tensor; ATen
+    ``qclamp.cpp: qnnpack_clamp``) keeps a channels_last input in channels_last order
+    but allocates its output as NCHW-contiguous, so the values land in the wrong
+    places. Every quantized conv returns a channels_last tensor, so each ReLU6 after a
+    conv scrambles its tensor: an FX INT8 MobileNetV2 on qnnpack predicts one class for
+    every input (the digits demo: 10-11% top-1, chance level, instead of 98.5%). The bug is in
+    ATen's wrapper, not in an x86 kernel, so an ARM device running the exported file is
+    hit alike. On an NCHW-contiguous input the clamp is exact, and ``contiguous()`` is a
+    no-op on tensors that already are; the inserted calls are traced into the exported
+    TorchScript, so the fix travels with the file. Returns how many were inserted.
+    """
+    import torch
+
+    modules = dict(gm.named_modules())
+    functions = _clamp_functions()
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        if node.op == "call_module":
+            hit = type(modules.get(node.target)).__name__ in _CLAMP_MODULES
+        elif node.op == "call_function":
+            hit = node.target in functions
+        elif node.op == "call_method":
+            hit = node.target in _CLAMP_METHODS
+        else:
+            hit = False
+        if not hit:
+            continue
+        key, src = (0, node.args[0]) if node.args else ("input", node.kwargs.get("input"))
+        if not isinstance(src, torch.fx.Node):
+            continue
+        with graph.inserting_before(node):
+            fixed = graph.call_method("contiguous", (src,))
+        if key == 0:
+            node.args = (fixed, *node.args[1:])
+        else:
+            node.kwargs = {**node.kwargs, "input": fixed}
+        count += 1
+    if count:
+        graph.lint()
+        gm.recompile()
+    return count
 
 
 def _as_array(batch: Any) -> np.ndarray:
@@ -373,6 +466,8 @@ class TorchEngine:
         decisions = plan.resolve(tree)
         requested = {name: d.effective for name, d in decisions.items()}
         notes = [f"backend {backend} (torch.backends.quantized.engine)"]
+        if backend == "qnnpack" and not is_arm_machine():
+            notes.append(QNNPACK_ON_X86_NOTE.format(machine=platform.machine() or "non-ARM"))
         for name, d in decisions.items():
             if d.effective != d.requested and d.reason:
                 notes.append(f"{name}: {d.requested.value} → {d.effective.value} ({d.reason})")
@@ -430,6 +525,10 @@ class TorchEngine:
         ctx.report(0.92, "converting to INT8")
         converted = convert_fx(prepared)
         converted.eval()
+        if backend == "qnnpack":
+            guarded = guard_qnnpack_clamps(converted)
+            if guarded:
+                notes.append(QNNPACK_CLAMP_NOTE.format(n=guarded))
         for name in _half_targets(tree, effective):
             sub = _get_submodule(converted, name) if name else None
             if sub is not None:
@@ -447,7 +546,7 @@ class TorchEngine:
         return QuantizedModel(
             engine=self.name,
             config=config,
-            runner=_TorchRunner(converted),
+            runner=_TorchRunner(converted, backend),
             layer_precisions={k: v.value for k, v in built.items()},
             fused=groups,
             notes=notes,
@@ -515,7 +614,7 @@ class TorchEngine:
         return QuantizedModel(
             engine=self.name,
             config=config,
-            runner=_TorchRunner(quantized),
+            runner=_TorchRunner(quantized, backend),
             layer_precisions={k: v.value for k, v in built.items()},
             notes=notes,
             artifact=quantized,
@@ -554,15 +653,16 @@ class TorchEngine:
 
 
 class _TorchRunner:
-    """numpy batch → numpy logits through a (quantized) torch module."""
+    """numpy batch → numpy logits through a (quantized) torch module, on its own backend."""
 
-    def __init__(self, module) -> None:
+    def __init__(self, module, backend: str | None = None) -> None:
         self.module = module
+        self.backend = backend  # the quantized engine it was converted for (None: float only)
 
     def __call__(self, x):
         import torch
 
-        with quiet(), torch.inference_mode():
+        with quiet(), quantized_engine(self.backend), torch.inference_mode():
             out = self.module(torch.from_numpy(_as_array(x)))
         if isinstance(out, (tuple, list)):
             out = out[0]
@@ -634,7 +734,8 @@ def torch_layer_sqnr(original, result: QuantizedModel, batches: list, ctx: JobCo
             captured_q.clear()
             with quiet(), torch.inference_mode():
                 original(x)
-                quantized(x)
+                with quantized_engine(getattr(result.runner, "backend", None)):
+                    quantized(x)
             for name in layers:
                 a, b = captured_ref.get(name), captured_q.get(name)
                 if a is not None and b is not None and a.shape == b.shape:
