@@ -377,11 +377,12 @@ def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> dict[str, dict[s
             from quantstudio.core.export import _write_torchscript
 
             example = np.zeros(shape, dtype=np.float32)
-            for name, module in (("original", model.module), ("quantized", qm.artifact)):
+            backend = getattr(qm.runner, "backend", None)  # the quantized engine it was converted for
+            for name, module, engine in (("original", model.module, None), ("quantized", qm.artifact, backend)):
                 ctx.check_cancelled()
                 files[name] = Path(tmp) / f"{name}.pth"
                 try:
-                    _write_torchscript(module, example, files[name])
+                    _write_torchscript(module, example, files[name], backend=engine)
                 except InputError:
                     files.pop(name)  # a model TorchScript cannot trace: no bar, not a failed run
         ctx.check_cancelled()

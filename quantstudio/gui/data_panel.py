@@ -172,6 +172,12 @@ class DataPanel(QScrollArea):
         self.batches_edit.setToolTip("Batch sizes to measure speed at, e.g. 1,8,32")
         qform.addRow("Timed runs:", self.runs_spin)
         qform.addRow("Batch sizes:", self.batches_edit)
+        self.sensitivity_check = QCheckBox("Per-layer sensitivity")
+        self.sensitivity_check.setToolTip(style.SENSITIVITY_HELP)
+        self.memory_check = QCheckBox("Peak memory")
+        self.memory_check.setToolTip(style.MEMORY_HELP)
+        qform.addRow("Also measure:", self.sensitivity_check)
+        qform.addRow("", self.memory_check)
         col.addWidget(q_box)
 
         help_label = QLabel(
@@ -357,6 +363,8 @@ class DataPanel(QScrollArea):
             "per_channel": self.per_channel_check.isChecked(),
             "benchmark_runs": self.runs_spin.value(),
             "benchmark_batches": self.batches_edit.text(),
+            "sensitivity": self.sensitivity_check.isChecked(),
+            "measure_memory": self.memory_check.isChecked(),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -386,8 +394,10 @@ class DataPanel(QScrollArea):
         for spin, key in ((self.calib_spin, "calib_samples"), (self.eval_spin, "eval_samples"), (self.runs_spin, "benchmark_runs")):
             if key in state:
                 spin.setValue(int(state[key]))
-        if "per_channel" in state:
-            self.per_channel_check.setChecked(bool(state["per_channel"]))
+        for check, key in ((self.per_channel_check, "per_channel"), (self.sensitivity_check, "sensitivity"),
+                           (self.memory_check, "measure_memory")):
+            if key in state:
+                check.setChecked(bool(state[key]))
         custom = self.preset_combo.currentData() == "custom"
         for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
             w.setEnabled(custom)
@@ -413,5 +423,6 @@ class DataPanel(QScrollArea):
         return (
             "data_kind", "data_path", "preprocess_preset", "preprocess_resize", "preprocess_crop",
             "preprocess_mean", "preprocess_std", "calib_samples", "eval_samples", "engine", "backend",
-            "mode", "calibration", "per_channel", "benchmark_runs", "benchmark_batches",
+            "mode", "calibration", "per_channel", "benchmark_runs", "benchmark_batches", "sensitivity",
+            "measure_memory",
         )

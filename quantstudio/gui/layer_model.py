@@ -223,6 +223,10 @@ class LayerTreeModel(QAbstractItemModel):
                     self._fused_with[name] = [g for g in group if g != name]
         self._emit_all(COL_NAME, COL_SENSITIVITY)
 
+    def has_results(self) -> dict[int, bool]:
+        """Whether the last run filled the SQNR and the sensitivity column."""
+        return {COL_SQNR: bool(self._sqnr), COL_SENSITIVITY: bool(self._sensitivity)}
+
     def clear_layer_results(self) -> None:
         self.set_layer_results({}, {}, [])
 
@@ -413,9 +417,15 @@ class LayerTreeModel(QAbstractItemModel):
             return float(node.params)
         if col == COL_MACS:
             return float(node.macs or 0)
+        # A block sorts by its worst layer, so sorting brings the branch that holds the
+        # most sensitive (or lowest-SQNR) layer to the top at every level of the tree.
         if col == COL_SQNR:
+            if node.children:
+                return min((self._sqnr.get(n, float("inf")) for n in item.leaves), default=float("inf"))
             return self._sqnr.get(node.name, float("inf"))
         if col == COL_SENSITIVITY:
+            if node.children:
+                return max((self._sensitivity.get(n, 0.0) for n in item.leaves), default=0.0)
             return self._sensitivity.get(node.name, 0.0)
         return self._display(0, item, col)
 

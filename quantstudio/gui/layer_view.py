@@ -25,12 +25,17 @@ from quantstudio.gui import style
 from quantstudio.gui.layer_model import (
     COL_NAME,
     COL_PRECISION,
+    COL_SENSITIVITY,
+    COL_SQNR,
     COL_TYPE,
     LayerFilterProxy,
     LayerNameRole,
     LayerTreeModel,
     PrecisionDelegate,
 )
+
+
+KEEP_SENSITIVE_COUNTS = (1, 3, 5, 10)  # choices in the context menu's "Keep most sensitive" submenu
 
 
 class LayerTreeView(QTreeView):
@@ -123,11 +128,21 @@ class LayerPanel(QWidget):
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._on_context_menu)
         header = self.view.header()
+        # Click a column to sort (a block by its worst layer); a third click goes back to model order.
+        header.setSortIndicatorClearable(True)
+        header.setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self.view.setSortingEnabled(True)
         header.setStretchLastSection(False)
+        # The run's results sit next to the precision they judge (the user may drag them
+        # elsewhere; the header state, order included, is remembered).
+        header.moveSection(header.visualIndex(COL_SQNR), 2)
+        header.moveSection(header.visualIndex(COL_SENSITIVITY), 3)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.view.setColumnWidth(COL_NAME, 200)
         self.view.setColumnWidth(COL_PRECISION, 120)
         self.view.setColumnWidth(COL_TYPE, 130)
+        self.view.setColumnWidth(COL_SQNR, 80)
+        self.view.setColumnWidth(COL_SENSITIVITY, 90)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
         self.summary = QLabel()
@@ -140,6 +155,7 @@ class LayerPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary)
+        self._show_result_columns()
 
     def set_layer_results(self, **results) -> None:
         """``model.set_layer_results(**results)``, announced to the view once.
@@ -158,7 +174,14 @@ class LayerPanel(QWidget):
             self.model.blockSignals(blocked)
         if self.proxy.sortColumn() >= 0 and self.proxy.dynamicSortFilter():
             self.proxy.invalidate()
+        self._show_result_columns()
         self.view.refresh()
+
+    def _show_result_columns(self) -> None:
+        # SQNR and sensitivity columns appear once a run has filled them: before, they
+        # would only push the type and shape columns out of sight.
+        for col, filled in self.model.has_results().items():
+            self.view.setColumnHidden(col, not filled)
 
     # ------------------------------------------------------------------ slots
     @Slot(str)
@@ -176,6 +199,7 @@ class LayerPanel(QWidget):
     @Slot()
     def _on_model_reset(self) -> None:
         self.view.expandToDepth(1)
+        self._show_result_columns()
 
     @Slot()
     def _update_summary(self) -> None:
@@ -242,6 +266,18 @@ class LayerPanel(QWidget):
                 act.setData(("type", node.type, p.value))
                 act.triggered.connect(self._on_menu_action)
                 menu.addAction(act)
+        ranked = self.model.most_sensitive(max(KEEP_SENSITIVE_COUNTS))
+        if ranked:
+            menu.addSeparator()
+            keep = menu.addMenu("Keep most sensitive layers in FP32")
+            keep.setToolTip("The layers whose INT8 version changed the output most in the last run.")
+            keep.setToolTipsVisible(True)
+            for n in sorted({min(n, len(ranked)) for n in KEEP_SENSITIVE_COUNTS}):
+                act = QAction(f"The most sensitive layer: {ranked[0]}" if n == 1 else f"The {n} most sensitive", keep)
+                act.setToolTip(", ".join(ranked[:n]))
+                act.setData(("sensitive", "", str(n)))
+                act.triggered.connect(self._on_menu_action)
+                keep.addAction(act)
         if node.children:
             menu.addSeparator()
             expand = QAction("Expand all below", menu)
@@ -257,5 +293,7 @@ class LayerPanel(QWidget):
             self.model.set_precision(name, value)
         elif kind == "type":
             self.model.set_type_precision(name, value)
+        elif kind == "sensitive":
+            self.model.keep_most_sensitive(int(value), Precision.FP32)
         elif kind == "expand":
             self.view.expandRecursively(self.proxy.mapFromSource(self.model.index_for_name(name)))

@@ -613,6 +613,8 @@ class MainWindow(QMainWindow):
             data_spec=spec, preprocessing=prep,
             calib_samples=self.data_panel.calib_spin.value(), eval_samples=self.data_panel.eval_spin.value(),
             benchmark_runs=self.data_panel.runs_spin.value(), benchmark_batches=self.data_panel.benchmark_batches(),
+            sensitivity=self.data_panel.sensitivity_check.isChecked(),
+            measure_memory=self.data_panel.memory_check.isChecked(),
         )
         self.run_job(tasks.quantize_job, request, name)
 

@@ -76,8 +76,8 @@ def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | 
     }
     metrics["original"]["size_bytes"] = result.sizes.get("original_bytes")
     metrics["quantized"]["size_bytes"] = result.sizes.get("quantized_bytes")
-    for name, mem in result.memory.items():
-        metrics.setdefault(name, {}).update(mem)
+    for variant, mem in result.memory.items():
+        metrics.setdefault(variant, {}).update(mem)
     latency_samples: dict[str, dict[int, list[float]]] = {}
     throughput: dict[str, dict[int, float]] = {}
     if result.benchmark is not None:

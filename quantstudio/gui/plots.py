@@ -404,20 +404,24 @@ def _pct(v: Any) -> float | None:
 
 
 class SizePanel(_BarsPanel):
-    """Model size per variant, and peak memory once an export measured it (MB)."""
+    """Model size per variant, and the memory running it takes (MB)."""
 
     title = "Size and memory"
-    categories = ("model size", "peak memory")
+    categories = ("model size", "memory running it")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__("Size and memory (MB)", "MB", parent)
+        self.plot_widget.setToolTip(
+            "Model size: the file on disk.\nMemory running it: how much the peak memory of a fresh "
+            "process grows when it loads the model and runs one batch (the runtime itself not counted)."
+        )
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
         for name in (run.reference, run.quantized):
             m = run.metrics.get(name) or {}
-            self.set_values(name, {"model size": _mb(m.get("size_bytes")), "peak memory": _mb(m.get("peak_rss_bytes"))})
-        has_memory = any((run.metrics.get(n) or {}).get("peak_rss_bytes") for n in (run.reference, run.quantized))
-        self.set_note("" if has_memory else "Peak memory is measured when you export (tick 'measure memory').")
+            self.set_values(name, {"model size": _mb(m.get("size_bytes")), "memory running it": _mb(_memory_of(m))})
+        has_memory = any(_memory_of(run.metrics.get(n) or {}) for n in (run.reference, run.quantized))
+        self.set_note("" if has_memory else "Memory was not measured: tick 'Peak memory' in the Data panel and run again.")
         self.redraw()
 
     def feed(self, payload: dict) -> None:
@@ -425,7 +429,12 @@ class SizePanel(_BarsPanel):
             self.set_values("original", {"model size": _mb(payload.get("original_bytes"))})
             self.set_values("quantized", {"model size": _mb(payload.get("quantized_bytes"))})
         elif payload.get("type") == "memory":
-            self.set_values(str(payload["variant"]), {"peak memory": _mb(payload.get("peak_rss_bytes"))})
+            self.set_values(str(payload["variant"]), {"memory running it": _mb(_memory_of(payload))})
+
+
+def _memory_of(m: dict) -> Any:
+    """What running the model adds to a fresh process; the whole process's peak when only that is known."""
+    return m.get("model_peak_bytes") or m.get("peak_rss_bytes")
 
 
 def _mb(v: Any) -> float | None:

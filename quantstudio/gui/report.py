@@ -43,7 +43,8 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
         ("recall", "recall", _pct), ("F1", "f1", _pct), ("agreement with original", "agreement", _pct),
         ("output SQNR (dB)", "sqnr_db", _num), ("latency, smallest batch (ms)", "latency_ms", _num),
         ("model size (MB)", "size_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.2f}"),
-        ("peak memory (MB)", "peak_rss_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.1f}"),
+        ("memory running the model (MB)", "model_peak_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.1f}"),
+        ("peak memory of the whole process (MB)", "peak_rss_bytes", lambda v: "—" if v is None else f"{float(v) / 1e6:.1f}"),
     ]
     table = ["<table><tr><th></th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
     for label, key, fmt in rows:

@@ -78,6 +78,15 @@ PER_CHANNEL_HELP = (
     "Per-channel: each output channel of a layer gets its own INT8 scale. Usually more "
     "accurate than one scale per layer, at no speed cost."
 )
+SENSITIVITY_HELP = (
+    "After the run, quantize one layer at a time to INT8 and measure how much the output "
+    "changes. The layers that change it most are the ones to keep in FP32 (right-click the "
+    "tree). PyTorch models only; on a large model this adds about a minute."
+)
+MEMORY_HELP = (
+    "After the run, load the original and the quantized model each in a fresh process and "
+    "measure how much memory running them takes. Adds a few seconds."
+)
 RANDOM_DATA_LABEL = "Random data — speed only (accuracy not meaningful)"
 
 

@@ -246,7 +246,17 @@ def compare(title: str, loaded, module, calib: list[np.ndarray], test_x: np.ndar
     doctor = diagnose(DoctorInput(cpu_features(), onnx_facts(onnx.load(str(s8))),
                                   baseline_ms=ort_base.latency[1].p50_ms, quantized_ms=s8_row.latency[1].p50_ms,
                                   baseline_name="ONNX Runtime FP32", quantized_name="ORT default S8S8"))
-    return {"title": title, "rows": table, "doctor": [f.text() for f in doctor], "batch_sizes": list(batch_sizes)}
+    caveats = []
+    scale = float(np.abs(ref).max())
+    if scale < 1e-4:
+        # Untrained torchvision models with BatchNorm at its initial statistics can shrink the
+        # signal layer by layer: an INT8 output step is then larger than every logit.
+        caveats.append(f"The FP32 logits of these random weights are at most {scale:.1e}. torch.ao's observers "
+                       "never use a scale below float32's eps (1.2e-7), so the PyTorch INT8 logits all round to one "
+                       "value (SQNR 0 dB); ONNX Runtime has no such floor. This says nothing about trained models "
+                       "(see the demo and the trained ResNet-18 below).")
+    return {"title": title, "rows": table, "doctor": [f.text() for f in doctor], "batch_sizes": list(batch_sizes),
+            "caveats": caveats}
 
 
 # --------------------------------------------------------------------------- report
@@ -301,6 +311,7 @@ def write_results(sections: list[dict], path: Path, started: float, stall: dict 
         notes = [f"- {r['variant']}: {r['note']}" for r in s["rows"] if r["note"]]
         if notes:
             lines += ["", *notes]
+        lines += [f"\n{c}" for c in s.get("caveats", [])]
         lines += ["", "Doctor on ONNX Runtime's default (S8S8) model:", ""]
         lines += [f"- {d}" for d in s["doctor"]] + [""]
     for block in extra or []:

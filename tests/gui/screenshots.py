@@ -86,11 +86,25 @@ def main() -> int:
     w.variants_dock.raise_()
     pump(app, 0.5)
     save(w, "after_run.png")
-    w.plot_docks[1].raise_()  # size
-    w.confusion_panel.parentWidget().raise_()
-    for dock in w.plot_docks:
-        if dock.windowTitle() == "Confusion":
-            dock.raise_()
+
+    def raise_dock(title: str) -> None:
+        for dock in w.plot_docks:
+            if dock.windowTitle() == title:
+                dock.raise_()
+
+    # The tree sorted by sensitivity (most sensitive first) beside the size and memory bars.
+    from quantstudio.gui.layer_model import COL_SENSITIVITY
+
+    w.layer_panel.view.sortByColumn(COL_SENSITIVITY, Qt.SortOrder.DescendingOrder)
+    w.layer_panel.view.expandAll()
+    w.layer_panel.view.scrollToTop()
+    raise_dock("Size")
+    pump(app, 0.5)
+    save(w, "after_run_sensitivity.png")
+    w.layer_panel.view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+    w.layer_panel.view.expandToDepth(1)
+
+    raise_dock("Confusion")
     pump(app, 0.5)
     save(w, "after_run_confusion.png")
 

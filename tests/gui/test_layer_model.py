@@ -152,6 +152,24 @@ def test_sensitivity_column_and_keep_most_sensitive_in_fp32_is_one_undo_step(qtb
     assert model.keep_most_sensitive(0) == [] and model.undo_stack.count() == 1
 
 
+def test_sorting_by_sensitivity_or_sqnr_ranks_a_block_by_its_worst_layer(qtbot, model):
+    model.set_layer_results(sqnr={"conv1": 30.0, "block.conv": 12.0, "fc": 25.0},
+                            sensitivity={"conv1": 0.4, "block.conv": 3.25, "fc": 1.5})
+    proxy = LayerFilterProxy()
+    proxy.setSourceModel(model)
+    root = proxy.index(0, 0)
+
+    def top_level():
+        return [proxy.index(r, 0, root).data(LayerNameRole) for r in range(proxy.rowCount(root))]
+
+    proxy.sort(COL_SENSITIVITY, Qt.SortOrder.DescendingOrder)
+    assert top_level() == ["block", "fc", "conv1"]  # block holds the most sensitive layer (3.25 %)
+    proxy.sort(COL_SQNR, Qt.SortOrder.AscendingOrder)
+    assert top_level() == ["block", "fc", "conv1"]  # and the lowest SQNR (12 dB)
+    proxy.sort(-1)
+    assert top_level() == ["conv1", "block", "fc"]  # model order
+
+
 def test_delegate_commits_through_the_model(qtbot, model):
     from PySide6.QtWidgets import QStyleOptionViewItem, QWidget
 

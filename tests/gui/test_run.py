@@ -89,6 +89,20 @@ def test_fake_job_fills_panels_and_variants(qtbot, window, tiny_files, monkeypat
     assert window.layer_model.data(window.layer_model.index_for_name("conv2", COL_SQNR)) == "25.0"
 
 
+def test_quantize_measures_what_the_data_panel_asks_for(qtbot, window, tiny_files, monkeypatch):
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_model(tiny_files["torchscript"])
+    window.data_panel.set_data("random")
+    wait_idle(qtbot, window)
+    sent = []
+    monkeypatch.setattr(window, "run_job", lambda fn, request, name: sent.append(request) or True)
+    window.quantize()
+    window.data_panel.sensitivity_check.setChecked(False)
+    window.data_panel.memory_check.setChecked(False)
+    window.quantize()
+    assert [(r.sensitivity, r.measure_memory) for r in sent] == [(True, True), (False, False)]
+
+
 def test_plot_exports_png_and_svg(qtbot, window, tmp_path):
     window.latency_panel.feed({"type": "latency", "variant": "a", "batch": 1, "ms": 1.0})
     window.latency_panel.redraw()
@@ -104,9 +118,15 @@ def test_quantize_export_and_project_end_to_end(qtbot, window, tiny_files, image
     qtbot.waitUntil(lambda: window.data_panel.summary is not None, timeout=60000)
     assert window.data_panel.summary.class_counts == [("0", 9), ("1", 8), ("2", 8)]
     window.layer_model.set_precision("fc", "fp32")
+    from quantstudio.gui.layer_model import COL_SENSITIVITY, COL_SQNR
+
+    view = window.layer_panel.view
+    assert view.isColumnHidden(COL_SQNR) and view.isColumnHidden(COL_SENSITIVITY)  # nothing to show yet
     with qtbot.waitSignal(window.run_finished, timeout=120000) as blocker:
         window.quantize()
     run = blocker.args[0]
+    assert not view.isColumnHidden(COL_SQNR) and not view.isColumnHidden(COL_SENSITIVITY)
+    assert run.name.startswith("#1 onnxruntime static") and window.variants_panel.model.runs[0].name == run.name
     assert run.metrics["quantized"]["latency_ms"] > 0
     assert run.labeled and run.metrics["quantized"]["top1"] is not None
     assert run.layer_precisions["fc"] == "fp32"
@@ -114,6 +134,36 @@ def test_quantize_export_and_project_end_to_end(qtbot, window, tiny_files, image
     assert window.layer_error_panel.names
     assert window.variants_panel.model.rowCount() == 1
     assert window.export_action.isEnabled()
+    # Sensitivity: a value per quantizable layer, shown in the tree, and the context menu's
+    # "keep most sensitive in FP32" sets exactly those layers (one undo step).
+    assert run.sensitivity and all(v >= 0 for v in run.sensitivity.values())
+    worst = max(run.sensitivity, key=run.sensitivity.get)
+    assert window.layer_model.data(window.layer_model.index_for_name(worst, COL_SENSITIVITY)).endswith("%")
+    # Sorting by sensitivity puts the most sensitive layer first; a cleared sort is model order again.
+    from PySide6.QtCore import Qt
+
+    from quantstudio.gui.layer_model import LayerNameRole
+
+    proxy = window.layer_panel.proxy
+    order = lambda: [proxy.index(r, 0, proxy.index(0, 0)).data(LayerNameRole)  # noqa: E731
+                     for r in range(proxy.rowCount(proxy.index(0, 0)))]
+    model_order = order()
+    assert view.isSortingEnabled() and view.header().isSortIndicatorClearable()  # click a header to sort
+    view.sortByColumn(COL_SENSITIVITY, Qt.SortOrder.DescendingOrder)
+    assert order()[0] == worst
+    view.sortByColumn(-1, Qt.SortOrder.AscendingOrder)
+    assert order() == model_order
+    menu = window.layer_panel.build_context_menu(window.layer_panel.proxy.index(0, 0))
+    keep = next(a.menu() for a in menu.actions() if a.menu() and "most sensitive" in a.text())
+    assert keep.actions()[0].text() == f"The most sensitive layer: {worst}"
+    keep.actions()[-1].trigger()  # "The 3 most sensitive": all three layers
+    assert {n: window.plan.precision_for(n).value for n in run.sensitivity} == {n: "fp32" for n in run.sensitivity}
+    window.undo_action.trigger()
+    assert window.plan.precision_for("conv1").value == "int8" and window.plan.precision_for("fc").value == "fp32"
+    # Peak memory of both models, measured in fresh processes, reaches the Size panel.
+    for variant in ("original", "quantized"):
+        assert run.metrics[variant]["model_peak_bytes"] > 0
+        assert window.size_panel.values[variant]["memory running it"] > 0
 
     # Export: model + recipe + report, checked by reloading.
     from quantstudio.gui.export_dialog import ExportDialog

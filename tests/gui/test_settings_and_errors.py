@@ -35,10 +35,13 @@ def test_data_panel_remembers_its_settings(qtbot, private_settings):
     qtbot.addWidget(p)
     p.engine_combo.setCurrentIndex(p.engine_combo.findData("torch"))
     p.eval_spin.setValue(123)
+    assert p.sensitivity_check.isChecked() and p.memory_check.isChecked()  # measured by default
+    p.sensitivity_check.setChecked(False)
     p.save_settings()
     q = DataPanel()
     qtbot.addWidget(q)
     assert q.quant_config()["engine"] == "torch" and q.eval_spin.value() == 123
+    assert not q.sensitivity_check.isChecked() and q.memory_check.isChecked()
     assert "random" in q.kind_combo.itemText(q.kind_combo.findData("random")).lower()
 
 
