@@ -262,10 +262,26 @@ def test_ort_static_int8_u8s8_per_channel_follows_the_plan(tiny):
     assert q.layer_precisions["conv2"] == "int8" and q.layer_precisions["fc"] == "fp32"
     assert any("uint8" in n and "x86" in n for n in q.notes)
     assert ["conv1", "bn1"] in q.fused
-    assert sum("calibrating: batch" in m for _, m in ctx.reports) == len(xs)
+    assert sum("reading calibration data: batch" in m for _, m in ctx.reports) == len(xs)
+    fractions = [f for f, _ in ctx.reports]
+    assert fractions == sorted(fractions)
     assert cosine(model.forward_numpy(xs[0]), q.runner(xs[0])) > 0.99
     sqnr = ort_layer_sqnr(q, xs[:1])
     assert set(sqnr) == {"conv1", "conv2", "fc"} and all(v > 15 for v in sqnr.values())
+
+
+def test_ort_calibration_progress_comes_back_from_the_child_process(tmp_path):
+    from quantstudio.core.engines.ort_engine import _report_tool_progress
+
+    ctx, path = RecordingContext(), tmp_path / "static-progress.txt"
+    assert _report_tool_progress(path, 0, 4, ctx, 0.3, 0.85) == 0 and not ctx.reports  # not written yet
+    path.write_text("2")
+    assert _report_tool_progress(path, 0, 4, ctx, 0.3, 0.85) == 2
+    assert _report_tool_progress(path, 2, 4, ctx, 0.3, 0.85) == 2  # no news, no report
+    path.write_text("4")
+    _report_tool_progress(path, 2, 4, ctx, 0.3, 0.85)
+    assert ctx.reports == [(pytest.approx(0.575), "calibrating: batch 2/4"),
+                           (pytest.approx(0.85), "computing ranges and quantizing")]
 
 
 def test_ort_mixed_int8_fp16_fp32_in_one_model(tiny):
@@ -340,7 +356,21 @@ def test_ort_cancel_during_calibration_leaves_no_temp_files(tiny):
         OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs * 3, ctx)
     after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")}
     assert after <= before
-    assert any("calibrating" in m for _, m in ctx.reports)
+    assert any("reading calibration data" in m for _, m in ctx.reports)
+
+
+def test_ort_cancel_while_the_child_process_calibrates(tiny):
+    model, xs = tiny
+    full = RecordingContext()
+    OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs, full)
+    # Cancel right when ONNX Runtime's calibrator starts (in its child process).
+    start = next(i for i, (_, m) in enumerate(full.reports) if m.startswith("calibrating on"))
+    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")}
+    ctx = RecordingContext(cancel_after=start + 1)
+    with pytest.raises(Cancelled):  # the child is killed, its files removed
+        OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs, ctx)
+    assert ctx.reports[-1][1].startswith("calibrating on")
+    assert {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")} <= before
 
 
 # =========================================================================== model spread

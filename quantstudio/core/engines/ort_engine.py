@@ -208,8 +208,10 @@ def _torch_name_candidates(name: str) -> list[str]:
 class ProgressReader:
     """A CalibrationDataReader that reports progress and honours cancellation."""
 
-    def __init__(self, batches: Iterable[Any], input_name: str, ctx: JobContext, lo: float, hi: float) -> None:
+    def __init__(self, batches: Iterable[Any], input_name: str, ctx: JobContext, lo: float, hi: float,
+                 label: str = "calibrating") -> None:
         self._it: Iterator[Any] = iter(batches)
+        self.label = label
         self.total = len(batches) if hasattr(batches, "__len__") else None
         self.input_name = input_name
         self.ctx = ctx
@@ -224,7 +226,7 @@ class ProgressReader:
         self.count += 1
         frac = self.count / self.total if self.total else 1 - 1 / (self.count + 1)
         self.ctx.report(self.lo + (self.hi - self.lo) * min(frac, 1.0),
-                        f"calibrating: batch {self.count}" + (f"/{self.total}" if self.total else ""))
+                        f"{self.label}: batch {self.count}" + (f"/{self.total}" if self.total else ""))
         x = np.ascontiguousarray(getattr(batch, "x", batch), dtype=np.float32)
         return {self.input_name: x}
 
@@ -263,11 +265,14 @@ class ToolFailed(Exception):
         self.details = details
 
 
-def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0) -> None:
+def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0,
+                 until: float | None = None) -> None:
     """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a child process.
 
     Reports ``message`` at ``fraction`` first (when given) and honours cancel (the child
-    is killed). Raises :class:`ToolFailed` when the tool fails.
+    is killed). A static job with ``until`` also reports calibration progress from the
+    child (batches read, of ``job["batches"]``) between ``fraction`` and ``until``.
+    Raises :class:`ToolFailed` when the tool fails.
     """
     if message:
         ctx.report(fraction, message)
@@ -275,6 +280,10 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
     job_path = workdir / f"{job['tool']}-job.json"
     result_path = workdir / f"{job['tool']}-result.json"
     job = {**job, "result": str(result_path)}
+    progress_path = workdir / f"{job['tool']}-progress.txt"
+    if until is not None and job.get("batches"):
+        job["progress"] = str(progress_path)
+    seen = 0
     job_path.write_text(json.dumps(job))
     package_root = str(Path(__file__).resolve().parents[3])  # the same quantstudio in the child
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
@@ -295,6 +304,8 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
                 except subprocess.TimeoutExpired:
                     pass
                 ctx.check_cancelled()
+                if "progress" in job:
+                    seen = _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -317,6 +328,18 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
         raise ToolFailed(str(exc), type(exc).__name__, traceback.format_exc()) from exc
 
 
+def _report_tool_progress(path: Path, seen: int, total: int, ctx: JobContext, lo: float, hi: float) -> int:
+    """Report the child's calibration progress when it moved; returns the batches seen."""
+    try:
+        done = int(path.read_text() or 0)
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return seen
+    if done > seen:
+        ctx.report(lo + (hi - lo) * min(done / total, 1.0),
+                   f"calibrating: batch {done}/{total}" if done < total else "computing ranges and quantizing")
+    return max(done, seen)
+
+
 def _tool_main(job_path: str) -> int:
     """The child process: run the job, write {"ok": ...} to the job's result file."""
     # onnxruntime.tools imports torch when it can find it (2 s here) and the tools never
@@ -337,9 +360,11 @@ def _tool_main(job_path: str) -> int:
 class _FileReader:
     """Calibration batches from the file :meth:`OrtEngine._static` wrote (one np.save each)."""
 
-    def __init__(self, path: str, input_name: str) -> None:
+    def __init__(self, path: str, input_name: str, progress: str | None = None) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed at the end of the data
         self.input_name = input_name
+        self._progress = Path(progress) if progress else None  # the parent polls it (see run_ort_tool)
+        self.count = 0
 
     def get_next(self):
         if self._f.closed:
@@ -349,6 +374,9 @@ class _FileReader:
         except (EOFError, ValueError):
             self._f.close()
             return None
+        self.count += 1
+        if self._progress is not None:
+            self._progress.write_text(str(self.count))
         return {self.input_name: x}
 
     def rewind(self):  # part of ORT's reader interface; calibration reads once
@@ -376,7 +404,7 @@ def _run_tool(job: dict[str, Any]) -> None:
         quantize_static(
             job["src"],
             job["dst"],
-            _FileReader(job["calibration"], job["input_name"]),
+            _FileReader(job["calibration"], job["input_name"], job.get("progress")),
             quant_format=QuantFormat.QDQ,
             per_channel=job["per_channel"],
             reduce_range=job["reduce_range"],
@@ -654,7 +682,7 @@ class OrtEngine:
             f"{'per-channel' if config.per_channel else 'per-tensor'}, {config.calibration} calibration ({why})"
         )
         # The batches are read here (progress, cancel) into one file the tool reads back.
-        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.5)
+        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.3, label="reading calibration data")
         calibration = Path(out).with_name("calibration.npy")
         with open(calibration, "wb") as f:
             for item in reader:
@@ -665,9 +693,10 @@ class OrtEngine:
             "tool": "static", "src": str(pre), "dst": str(out), "calibration": str(calibration),
             "input_name": input_name, "per_channel": bool(config.per_channel), "reduce_range": reduce_range,
             "activation_type": act, "exclude": list(excluded), "method": method, "extra": extra,
+            "batches": reader.count,
         }
         try:
-            run_ort_tool(job, ctx, f"calibrating on {reader.count} batches and quantizing", 0.5)
+            run_ort_tool(job, ctx, f"calibrating on {reader.count} batch{'es' if reader.count != 1 else ''}", 0.3, until=0.85)
         except ToolFailed as exc:
             raise InputError(
                 f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind}",
