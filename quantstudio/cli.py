@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from quantstudio import __version__
@@ -41,8 +42,12 @@ class CliProgress:
 # --------------------------------------------------------------------------- helpers
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model file: .pth/.pt (state_dict or whole model), TorchScript, .pt2, .onnx")
+def _add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    help_text = "model file: .pth/.pt (state_dict or whole model), TorchScript, .pt2, .onnx"
+    if optional:
+        p.add_argument("model", nargs="?", help=help_text + " (default with --recipe: the recipe's model)")
+    else:
+        p.add_argument("model", help=help_text)
     p.add_argument("--arch", help="torchvision architecture of a state_dict (guessed when omitted)")
     p.add_argument("--input-shape", help="input shape, e.g. 1,3,224,224 (read from the model when known)")
     p.add_argument(
@@ -207,7 +212,7 @@ def _cmd_evaluate(args) -> int:
     )
     indices = data.choose(args.samples, seed=args.seed)
     progress = CliProgress(quiet=args.json)
-    result = evaluate({"model": model}, data, indices, batch_size=args.batch_size, ctx=progress)["model"]
+    result = evaluate({"model": model}, data, indices, batch_size=model.batch_size_for(args.batch_size), ctx=progress)["model"]
     d = result.to_dict()
 
     if args.json:
@@ -373,13 +378,14 @@ def _add_quantize(sub) -> None:
         "quantize",
         help="quantize a model (static/dynamic INT8, FP16, mixed) on your data, compare it with the original, export it",
     )
-    _add_model_args(p)
+    _add_model_args(p, optional=True)
     p.add_argument("--data", help="calibration/evaluation data: folder of images, .npy/.npz/.pt file, or 'random' (speed only)")
     p.add_argument("--preset", choices=["default", "imagenet"], help="preprocessing preset (options below override it)")
     p.add_argument("--resize", help="resize to N (shorter side) or H,W")
     p.add_argument("--crop", help="center crop N or H,W")
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
+    p.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects (default RGB)")
     p.add_argument("--engine", choices=["torch", "onnxruntime"], help="quantization engine (default onnxruntime)")
     p.add_argument("--mode", choices=["static", "dynamic", "fp16"], help="static INT8 (default), dynamic INT8, or FP16")
     p.add_argument("--backend", choices=["auto", "x86", "qnnpack"], help="CPU the model will run on (default auto: this one)")
@@ -396,12 +402,12 @@ def _add_quantize(sub) -> None:
     p.add_argument("--per-tensor", action="store_true", default=None, help="one weight scale per tensor instead of per channel")
     p.add_argument("--symmetric-activations", action="store_true", default=None, help="symmetric activation ranges")
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default 32, or the recipe's)")
     p.add_argument("--no-benchmark", action="store_true", help="skip the latency comparison")
     p.add_argument("--sensitivity", action="store_true",
                    help="also measure each layer's sensitivity: how much the output changes with only that layer INT8 (PyTorch models)")
     p.add_argument("--memory", action="store_true", help="also measure the peak memory of both models, each in a fresh process")
-    p.add_argument("--recipe", help="re-apply a recipe (.recipe.json); options given here override it")
+    p.add_argument("--recipe", help="re-apply a recipe (.recipe.json): its model, data and settings; options given here override it")
     p.add_argument("--out", required=True, help="where to write the model: FILE.onnx (onnxruntime) or FILE.pth (torch)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_cmd_quantize)
@@ -440,6 +446,7 @@ def _quantize_settings(args):
     from quantstudio.core.recipe import Recipe
 
     recipe = Recipe.load(args.recipe) if args.recipe else None
+    _apply_recipe_model(args, recipe)
     config = recipe.quant_config() if recipe else QuantConfig()
     plan = recipe.precision_plan() if recipe else PrecisionPlan()
     prep = (recipe.preprocessing_obj() if recipe else None) or Preprocessing()
@@ -468,7 +475,26 @@ def _quantize_settings(args):
         eval_samples = (recipe.data.get("evaluation_samples") if recipe else None) or 1000
     if eval_samples < 0:
         raise InputError(f"the number of evaluation samples must not be negative, not {eval_samples}", hint="Give --eval-samples 0 or more.")
+    if args.batch_size is None:
+        args.batch_size = int((recipe.data.get("batch_size") if recipe else None) or 32)
     return config, plan, prep, str(data_spec), int(eval_samples), recipe
+
+
+def _apply_recipe_model(args, recipe) -> None:
+    """The recipe's model file, architecture and input shape where the flags give none."""
+    from quantstudio.core.errors import InputError
+    from quantstudio.core.loading import KIND_STATE_DICT
+
+    info = recipe.model if recipe else {}
+    if args.model is None:
+        if not info.get("path"):
+            raise InputError("no model given", hint="Give the model file (quantstudio-cli quantize MODEL …), or a --recipe written by QuantStudio.")
+        args.model = info["path"]
+    same_kind = info.get("kind") == KIND_STATE_DICT
+    if args.arch is None and same_kind and info.get("arch"):
+        args.arch = info["arch"]
+    if args.input_shape is None and info.get("input_shape"):
+        args.input_shape = ",".join(str(int(d)) for d in info["input_shape"])
 
 
 def _cmd_quantize(args) -> int:
@@ -476,12 +502,13 @@ def _cmd_quantize(args) -> int:
 
     from quantstudio.core.data import open_data
     from quantstudio.core.errors import InputError
-    from quantstudio.core.export import export_format
+    from quantstudio.core.export import check_writable, export_format
     from quantstudio.core.pipeline import export_result, run_quantize
     from quantstudio.core.recipe import sha256_file
 
     config, plan, prep, data_spec, eval_samples, recipe = _quantize_settings(args)
-    export_format(config.engine, args.out)  # a wrong extension fails before any work
+    export_format(config.engine, args.out)  # a wrong extension or place fails before any work
+    check_writable(args.out)
     if args.batch_size <= 0:
         raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
     model = load_model_from_args(args)
@@ -511,6 +538,8 @@ def _cmd_quantize(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if recipe is not None:
+        result.warnings.extend(_recipe_data_warnings(recipe, exported.recipe_path))
     d = result.to_dict()
     if args.json:
         d["model"] = str(model.path)
@@ -522,8 +551,9 @@ def _cmd_quantize(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, "
-          f"{result.calibration_samples} calibration samples ({config.calibration})")
+    calibration = (f"{result.calibration_samples} calibration samples ({config.calibration})" if config.mode == "static"
+                   else "no calibration (weights only)" if config.mode == "dynamic" else "no calibration")
+    print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, {calibration}")
     for label, m in (("original", result.original_metrics), ("quantized", result.quantized_metrics)):
         if m is None:
             continue
@@ -560,6 +590,20 @@ def _cmd_quantize(args) -> int:
     print(f"wrote {exported.path} (reloaded and checked: max difference {c.max_abs_diff:.2g}, "
           f"top-1 agreement {c.top1_agreement:.0%}) and {exported.recipe_path.name if exported.recipe_path else 'no recipe'}")
     return 0
+
+
+def _recipe_data_warnings(recipe, new_recipe_path) -> list[str]:
+    """Warn when the data a recipe is re-applied to is not the data it was made with."""
+    if new_recipe_path is None:
+        return []
+    old = (recipe.data or {}).get("calibration_fingerprint") or {}
+    new = json.loads(Path(new_recipe_path).read_text()).get("data", {}).get("calibration_fingerprint") or {}
+    if not old.get("sha256") or not new.get("sha256") or old.get("method") != new.get("method"):
+        return []
+    if old["sha256"] != new["sha256"]:
+        return ["the calibration samples differ from the recipe's (different files, contents or count): "
+                "the quantized model will not be identical to the recipe's"]
+    return []
 
 
 # --------------------------------------------------------------------------- main

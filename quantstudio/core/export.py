@@ -109,6 +109,7 @@ def export_model(
     ctx = ctx or NullContext()
     path = Path(path)
     fmt = export_format(result.engine, path)
+    check_writable(path)
     random_input = samples is None
     if samples is None:
         if not result.input_shape:
@@ -171,9 +172,37 @@ def export_model(
             recipe_path=recipe_path,
             notes=["checked on random input: give evaluation samples for a real check"] if random_input else [],
         )
+    except OSError as exc:  # the disk, not the model: full, read-only, removed under us
+        raise InputError(
+            f"the file could not be written ({exc.strerror or exc})",
+            path=path,
+            hint="Choose another folder (one you can write to, with free space) and export again.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
     finally:
         for t in temps:
             t.unlink(missing_ok=True)  # committed ones are gone already
+
+
+def check_writable(path: str | Path) -> None:
+    """InputError now, before any work, when ``path`` clearly cannot be written.
+
+    Missing folders are fine (they are created); a folder given as the file, a file in
+    the way of a folder, or a folder without write permission are not.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("this is a folder, not a file name", path=path,
+                         hint=f"Add a file name, e.g. {path / ('model_int8' + (path.suffix or '.onnx'))}.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError("cannot create the output folder: a file is in the way", path=folder,
+                         hint="Choose another output path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError("no permission to write in this folder", path=folder,
+                         hint="Choose a folder you can write to.")
 
 
 def compare_outputs(expected: np.ndarray, got: np.ndarray, how: str, random_input: bool = False) -> ExportCheck:

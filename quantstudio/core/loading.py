@@ -64,6 +64,11 @@ class LoadedModel:
     num_classes: int | None = None
     class_names: list[str] | None = None  # output index -> name, when the file says
     notes: list[str] = field(default_factory=list)
+    fixed_batch: int | None = None  # an ONNX input whose batch dimension is a fixed number
+
+    def batch_size_for(self, requested: int) -> int:
+        """The batch size to run this model with: its fixed batch when it has one."""
+        return self.fixed_batch or requested
 
     @property
     def framework(self) -> str:
@@ -467,7 +472,14 @@ def _load_onnx(path: Path, input_shape) -> LoadedModel:
         shape = (1,) + tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
     else:
         shape = None
-    model = LoadedModel(path=path, kind=KIND_ONNX, onnx_model=proto, input_shape=shape)
+    fixed = declared[0] if declared and declared[0] is not None else None
+    if shape is not None and fixed is not None:
+        shape = (fixed,) + tuple(shape[1:])
+    model = LoadedModel(path=path, kind=KIND_ONNX, onnx_model=proto, input_shape=shape, fixed_batch=fixed)
+    if fixed is not None:
+        model.notes.append(
+            f"the model's input has a fixed batch of {fixed} (exported without a dynamic batch axis): it is "
+            f"calibrated, evaluated and timed {fixed} sample{'s' if fixed != 1 else ''} at a time")
     out = proto.graph.output[0].type.tensor_type.shape.dim
     if len(out) == 2 and out[1].HasField("dim_value"):
         model.num_classes = out[1].dim_value

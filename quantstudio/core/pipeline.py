@@ -16,6 +16,8 @@ itself streams ``latency``/``throughput`` payloads.
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,7 @@ class QuantizeResult:
     data: Any = None
     preprocessing: Any = None
     calibration_indices: np.ndarray | None = None
+    batch_size: int | None = None  # samples per calibration/evaluation batch
 
     @property
     def latency_ms(self) -> dict[str, float]:
@@ -154,9 +157,27 @@ def run_quantize(
         weights.append(("memory", 1.0))
     stages = Stages(ctx, weights)
 
-    split = data.split(calibration=config.calib_samples, evaluation=eval_samples, seed=config.seed)
+    static = config.mode == "static"
+    split = data.split(calibration=config.calib_samples if static else 0, evaluation=eval_samples, seed=config.seed)
+    if not static:
+        # Dynamic INT8 and FP16 calibrate nothing: one batch of the evaluation samples
+        # serves as example input (tracing, FP16 checks) and none are held back.
+        example = split.evaluation if len(split.evaluation) else data.choose(None, seed=config.seed)
+        split = dataclasses.replace(split, calibration=np.asarray(example[:batch_size]))
     notes = list(split.notes)
-    warnings = list(getattr(data, "warnings", []))
+    warnings_ = _unmatched_rule_warnings(model, plan)
+    fixed = getattr(model, "fixed_batch", None)
+    if fixed:
+        # An input exported without a dynamic batch axis takes exactly ``fixed`` samples per
+        # run: every batch has that size, and the samples are cut to a multiple of it.
+        batch_size = fixed
+        batch_sizes = (fixed,)
+        split = dataclasses.replace(
+            split,
+            calibration=split.calibration[: max(len(split.calibration) // fixed, 1) * fixed],
+            evaluation=split.evaluation[: len(split.evaluation) // fixed * fixed],
+        )
+    warnings = list(getattr(data, "warnings", [])) + warnings_
     if data.is_random and RANDOM_NOTE not in warnings:
         warnings.insert(0, RANDOM_NOTE)
 
@@ -233,7 +254,7 @@ def run_quantize(
             notes.append(UNAVAILABLE_NOTE)
         ctx.check_cancelled()
 
-    check = np.concatenate(seen)[:CHECK_SAMPLES] if seen else None
+    check = np.concatenate(seen)[: fixed or CHECK_SAMPLES] if seen else None  # a fixed batch runs exactly that many
     sizes = model_sizes(model, qm)
     ctx.partial({"type": "size", **sizes})
 
@@ -270,22 +291,22 @@ def run_quantize(
         benchmark=bench,
         sizes=sizes,
         random_data=bool(data.is_random),
-        calibration_samples=int(len(split.calibration)),
+        calibration_samples=int(len(split.calibration)) if static else 0,
         evaluation_samples=int(quantized_metrics.n) if quantized_metrics is not None else 0,
         check_samples=check,
         model=model,
         data=data,
         preprocessing=preprocessing,
-        calibration_indices=np.asarray(split.calibration),
+        calibration_indices=np.asarray(split.calibration if static else [], dtype=np.int64),
+        batch_size=batch_size,
     )
 
 
-def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | None = None, *, data_spec: str | None = None):
-    """Export the quantized model (checked against the in-app outputs) plus its recipe."""
-    from quantstudio.core.export import export_model
+def result_recipe(result: QuantizeResult, data_spec: str | None = None):
+    """The recipe that reproduces ``result`` (written beside every export)."""
     from quantstudio.core.recipe import make_recipe
 
-    recipe = make_recipe(
+    return make_recipe(
         result.model,
         result.plan,
         result.config,
@@ -294,11 +315,34 @@ def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | No
         data_spec=data_spec,
         calibration_indices=result.calibration_indices,
         evaluation_samples=result.evaluation_samples,
+        batch_size=result.batch_size,
     )
+
+
+def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | None = None, *, data_spec: str | None = None):
+    """Export the quantized model (checked against the in-app outputs) plus its recipe."""
+    from quantstudio.core.export import export_model
+
+    recipe = result_recipe(result, data_spec)
     return export_model(result.quantized, path, samples=result.check_samples, recipe=recipe, ctx=ctx)
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def _unmatched_rule_warnings(model: Any, plan: PrecisionPlan) -> list[str]:
+    """One warning per plan rule that matches no layer (otherwise silently ignored)."""
+    if not plan.rules:
+        return []
+    from quantstudio.core.inventory import build_inventory
+
+    try:
+        tree = build_inventory(model)
+    except InputError:
+        return []  # the engine reports what is wrong with the model
+    prefix = {"exact": "", "glob": "", "regex": "re:", "type": "type:"}
+    return [f"precision rule '{prefix[r.kind]}{r.pattern}={r.precision.value}' matches no layer of this model; "
+            "check the layer names (quantstudio-cli inspect MODEL) or types" for r in plan.unmatched_rules(tree)]
 
 
 def layer_sqnr(model: Any, qm: QuantizedModel, batches: list[np.ndarray], ctx: JobContext | None = None) -> dict[str, float]:

@@ -47,8 +47,8 @@ class PlanRule:
     kind: str = "exact"  # exact | glob | regex | type (matches the layer's type name)
 
     def matches(self, name: str, type_name: str = "") -> bool:
-        if self.kind == "exact":
-            return name == self.pattern
+        if self.kind == "exact":  # a layer, or a block and every layer inside it
+            return name == self.pattern or name.startswith(self.pattern + ".")
         if self.kind == "glob":
             return fnmatch.fnmatchcase(name, self.pattern)
         if self.kind == "regex":
@@ -94,6 +94,11 @@ class PrecisionPlan:
             else:
                 out[node.name] = LayerDecision(req, req)
         return out
+
+    def unmatched_rules(self, tree: "LayerNode") -> list[PlanRule]:
+        """The rules that match no layer of ``tree`` (a typo, or a plan made for another model)."""
+        leaves = [(n.name, n.type) for n, _ in tree.walk() if not n.children]
+        return [r for r in self.rules if not any(r.matches(name, t) for name, t in leaves)]
 
     def counts(self, tree: "LayerNode") -> dict[Precision, int]:
         counts = {p: 0 for p in Precision}

@@ -3,8 +3,9 @@
 A recipe is written beside every export (``model.onnx`` → ``model.recipe.json``) and
 re-applied with ``quantstudio-cli quantize --recipe R.json``. It holds the precision
 plan, engine, mode and options, the preprocessing, the seed, where the model came from
-(path + sha256), a fingerprint of the calibration data (file names and sizes, or the
-tensor bytes), and the versions of the packages that made it.
+(path + sha256, architecture, input shape), the data (absolute path, batch size, sample
+counts) with a fingerprint of the calibration samples (each image file's bytes, or the
+tensor file's), and the versions of the packages that made it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def package_versions() -> dict[str, str | None]:
 def data_fingerprint(data: Any, indices: Sequence[int] | None) -> dict[str, Any]:
     """A sha256 over what the calibration samples are made of.
 
-    Image folders: each chosen file's path (relative to the folder) and size. Tensor
-    files: the file's sha256 and the chosen rows. Random data: seed, count and shape.
+    Image folders: each chosen file's path (relative to the folder) and sha256 of its
+    bytes (an edited image changes it, a moved folder does not). Tensor files: the file's
+    sha256 and the chosen rows. Random data: seed, count and shape.
     """
     import numpy as np
 
@@ -77,12 +79,12 @@ def data_fingerprint(data: Any, indices: Sequence[int] | None) -> dict[str, Any]
         h.update(sha256_file(root).encode())
         h.update(json.dumps(idx).encode())
     else:
-        method = "file names + sizes"
+        method = "file names + contents"
         for i in idx:
             p = data.sample_path(i)
-            size = Path(p).stat().st_size if p and Path(p).exists() else -1
+            digest = sha256_file(p) if p and Path(p).is_file() else "missing"
             rel = os.path.relpath(p, root) if p and root is not None else str(p)
-            h.update(f"{rel}\0{size}\n".encode())
+            h.update(f"{rel}\0{digest}\n".encode())
     return {"sha256": h.hexdigest(), "method": method, "samples": len(idx), "kind": kind}
 
 
@@ -192,6 +194,7 @@ def make_recipe(
     data_spec: str | None = None,
     calibration_indices: Sequence[int] | None = None,
     evaluation_samples: int | None = None,
+    batch_size: int | None = None,
 ) -> Recipe:
     """The recipe of one quantization run (model, plan, options, data fingerprint, versions)."""
     model_info: dict[str, Any] = {
@@ -208,12 +211,16 @@ def make_recipe(
         spec = data_spec
         if spec is None:
             spec = "random" if getattr(data, "is_random", False) else (str(data.path) if data.path is not None else None)
+        if spec and spec != "random" and Path(spec).exists():
+            spec = str(Path(spec).resolve())  # the recipe must work from any folder
+        calibrated = calibration_indices is None or len(calibration_indices) > 0
         data_info = {
             "spec": spec,
             "kind": getattr(data, "kind", None),
             "calibration_samples": len(calibration_indices) if calibration_indices is not None else len(data),
             "evaluation_samples": evaluation_samples,
-            "calibration_fingerprint": data_fingerprint(data, calibration_indices),
+            "batch_size": batch_size,  # calibration batches: entropy/percentile ranges depend on it
+            "calibration_fingerprint": data_fingerprint(data, calibration_indices) if calibrated else None,
         }
     cfg = config.to_dict()
     return Recipe(

@@ -154,11 +154,6 @@ def export_job(ctx, result: Any, path: str, data_spec: str | None, measure_memor
 
 
 def recipe_job(ctx, result: Any, path: str, data_spec: str | None) -> str:
-    from quantstudio.core.recipe import make_recipe
+    from quantstudio.core.pipeline import result_recipe
 
-    recipe = make_recipe(
-        result.model, result.plan, result.config,
-        preprocessing=result.preprocessing, data=result.data, data_spec=data_spec,
-        calibration_indices=result.calibration_indices, evaluation_samples=result.evaluation_samples,
-    )
-    return str(recipe.save(path))
+    return str(result_recipe(result, data_spec).save(path))

@@ -98,8 +98,9 @@ def test_failed_write_or_failed_check_leaves_nothing(quantized, tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(torch.jit, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="could not be written") as err:  # a plain message, not a traceback
         export_model(q, target, samples=xs[0])
+    assert err.value.path == target and "disk full" in err.value.details
     monkeypatch.undo()
     assert folder_files(tmp_path) == {"m.pth"} and target.read_bytes() == b"earlier export"
 

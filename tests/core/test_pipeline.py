@@ -135,3 +135,99 @@ def test_cli_quantize_human_output_and_bad_extension(model_file, tmp_path, capsy
     assert "random data" in text and "latency" in text and "wrote" in text and "SQNR" in text
     assert "most sensitive layers" in text and "conv1" in text.split("most sensitive layers")[1]
     assert Path(out).exists()
+
+
+def test_an_onnx_file_with_a_fixed_batch_of_one_quantizes_and_exports(model, labeled, tmp_path):
+    """What a plain torch.onnx.export writes (no dynamic axes): batch dimension fixed at 1."""
+    import warnings
+
+    from quantstudio.core.loading import load_model
+
+    path = tmp_path / "fixed.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.module, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17)
+    onnx_model = load_model(path)
+    assert onnx_model.fixed_batch == 1 and onnx_model.input_shape == (1, 3, 32, 32)
+    assert any("fixed batch of 1" in n for n in onnx_model.notes)
+    result = run_quantize(onnx_model, open_data(labeled, input_shape=onnx_model.input_shape), None, PrecisionPlan(),
+                          QuantConfig(calib_samples=16), RecordingContext(), eval_samples=20, batch_size=8,
+                          batch_sizes=(1, 8), benchmark_runs=2)
+    assert result.quantized_metrics.n == 20 and result.quantized_metrics.top1 > 0.8
+    assert list(result.benchmark.batch_sizes) == [1]
+    exported = export_result(result, tmp_path / "fixed_int8.onnx")
+    assert exported.check.passed and (tmp_path / "fixed_int8.onnx").is_file()
+
+
+DEMO = Path(__file__).resolve().parents[2] / "resources" / "demo"
+
+
+@pytest.mark.skipif(not (DEMO / "model.pth").exists(), reason="demo not generated")
+def test_a_recipe_alone_reproduces_the_file_from_any_folder(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import onnxruntime as ort
+
+    images = tmp_path / "images"
+    for c in ("0", "1", "2"):
+        (images / c).mkdir(parents=True)
+        for f in sorted((DEMO / "digits" / c).iterdir())[:8]:
+            shutil.copy(f, images / c / f.name)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)  # a relative --data, as people type it
+    shutil.copytree(images, work / "images")
+    assert main(["quantize", str(DEMO / "model.pth"), "--arch", "mobilenet_v2", "--input-shape", "1,3,64,64",
+                 "--data", "images", "--calibration", "entropy", "--batch-size", "5", "--calib-samples", "10",
+                 "--eval-samples", "6", "--no-benchmark", "--out", str(tmp_path / "a.onnx")]) == 0
+    recipe = Recipe.load(tmp_path / "a.recipe.json")
+    assert recipe.data["batch_size"] == 5 and Path(recipe.data["spec"]).is_absolute()
+    assert recipe.model["arch"] == "mobilenet_v2" and recipe.model["input_shape"] == [1, 3, 64, 64]
+    # Only the recipe, from another folder: same model, data, shape and batches → the same file.
+    monkeypatch.chdir(elsewhere)
+    assert main(["quantize", "--recipe", str(tmp_path / "a.recipe.json"), "--no-benchmark",
+                 "--out", str(tmp_path / "b.onnx")]) == 0
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    a, b = (ort.InferenceSession(str(tmp_path / n), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for n in ("a.onnx", "b.onnx"))
+    assert np.array_equal(a, b)
+    assert "calibration samples differ" not in capsys.readouterr().err
+    # Edited calibration images (same names) are noticed.
+    from PIL import Image
+
+    for f in (work / "images").rglob("*.png"):
+        img = Image.open(f).convert("L")
+        img.putpixel((0, 0), 255 - img.getpixel((0, 0)))
+        img.save(f)
+    main(["quantize", "--recipe", str(tmp_path / "a.recipe.json"), "--no-benchmark", "--out", str(tmp_path / "c.onnx")])
+    assert "calibration samples differ from the recipe's" in capsys.readouterr().err
+
+
+def test_cli_quantize_bad_output_places_fail_before_any_work(model_file, tmp_path, capsys):
+    common = [str(model_file), "--trust", "--input-shape", "1,3,32,32", "--data", "random"]
+    (tmp_path / "afile").write_text("x")
+    assert main(["quantize", *common, "--out", str(tmp_path / "afile" / "q.onnx")]) == 2
+    assert "a file is in the way" in capsys.readouterr().err
+    (tmp_path / "folder.onnx").mkdir()
+    assert main(["quantize", *common, "--out", str(tmp_path / "folder.onnx")]) == 2
+    assert "folder, not a file name" in capsys.readouterr().err
+    assert main(["quantize", "--data", "random", "--out", str(tmp_path / "q.onnx")]) == 2
+    assert "no model given" in capsys.readouterr().err
+
+
+def test_dynamic_and_fp16_hold_no_samples_back_for_calibration(model):
+    data = open_data("random", input_shape=model.input_shape, random_samples=24)
+    for mode in ("dynamic", "fp16"):
+        result = run_quantize(model, data, None, PrecisionPlan(), QuantConfig(mode=mode, calib_samples=16),
+                              RecordingContext(), eval_samples=None, batch_size=8, benchmark=False)
+        assert result.calibration_samples == 0 and result.evaluation_samples == 24, mode
+
+
+def test_a_precision_rule_that_matches_nothing_is_a_warning(model):
+    data = open_data("random", input_shape=model.input_shape, random_samples=16)
+    plan = PrecisionPlan()
+    plan.parse_assignment("fcc=fp32")  # a typo of fc
+    result = run_quantize(model, data, None, plan, QuantConfig(calib_samples=8), RecordingContext(),
+                          eval_samples=8, batch_size=8, benchmark=False)
+    assert any("'fcc=fp32' matches no layer" in w for w in result.warnings)

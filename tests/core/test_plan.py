@@ -132,3 +132,20 @@ def test_cli_assignments():
     assert plan.precision_for("conv3") is Precision.FP16
     plan.parse_assignment("*=fp16")
     assert plan.default is Precision.FP16
+
+
+def test_a_block_name_covers_its_layers_and_unmatched_rules_are_found():
+    from quantstudio.core.inventory import LayerNode
+
+    tree = LayerNode(name="", type="Net", children=[
+        LayerNode(name="features", type="Sequential", children=[
+            LayerNode(name="features.0", type="Conv2d"), LayerNode(name="features.1", type="ReLU")]),
+        LayerNode(name="features1", type="Linear"),
+    ])
+    plan = PrecisionPlan()
+    for a in ("features=fp32", "nosuchlayer=fp16", "type:LSTM=fp32", "re:fea.*1=fp16"):
+        plan.parse_assignment(a)
+    decisions = plan.resolve(tree)
+    assert decisions["features.0"].effective.value == "fp32" and decisions["features.1"].effective.value == "fp16"
+    assert decisions["features1"].effective.value == "fp16"  # "features" is not a prefix of "features1"
+    assert [(r.pattern, r.kind) for r in plan.unmatched_rules(tree)] == [("nosuchlayer", "exact"), ("LSTM", "type")]
