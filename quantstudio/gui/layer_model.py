@@ -354,6 +354,9 @@ class LayerTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.ForegroundRole:
             if not node.quantizable:
                 return QBrush(style.NOT_QUANTIZABLE_FOREGROUND)
+            if node.children and col in (COL_SQNR, COL_SENSITIVITY) and node.name not in (
+                    self._sqnr if col == COL_SQNR else self._sensitivity):
+                return QBrush(QColor(120, 120, 120))  # a block's worst layer, not its own figure
             if col == COL_PRECISION:
                 return QBrush(QColor(20, 20, 20))
             return None
@@ -401,15 +404,26 @@ class LayerTreeModel(QAbstractItemModel):
                 if d is not None and d.requested is not d.effective:
                     text += f" ({style.PRECISION_LABEL[d.requested]} asked)"
             return text
-        if col == COL_SQNR:
-            v = self._sqnr.get(node.name)
+        if col in (COL_SQNR, COL_SENSITIVITY):
+            values = self._sqnr if col == COL_SQNR else self._sensitivity
+            v, prefix = values.get(node.name), ""
+            if v is None and node.children:
+                worst = self._worst_inside(item, col)
+                v, prefix = (worst[1], "min " if col == COL_SQNR else "max ") if worst else (None, "")
             if v is None:
                 return ""
-            return "∞" if math.isinf(v) else f"{v:.1f}"
-        if col == COL_SENSITIVITY:
-            v = self._sensitivity.get(node.name)
-            return "" if v is None else f"{v:.2f}%"
+            if col == COL_SENSITIVITY:
+                return f"{prefix}{v:.2f}%"
+            return prefix + ("∞" if math.isinf(v) else f"{v:.1f}")
         return ""
+
+    def _worst_inside(self, item: _Item, col: int) -> tuple[str, float] | None:
+        """The layer inside a block with the lowest SQNR / highest sensitivity, and its value."""
+        values = self._sqnr if col == COL_SQNR else self._sensitivity
+        found = [(n, values[n]) for n in item.leaves if n in values]
+        if not found:
+            return None
+        return min(found, key=lambda kv: kv[1]) if col == COL_SQNR else max(found, key=lambda kv: kv[1])
 
     def _sort_value(self, item: _Item, col: int) -> Any:
         node = item.node
@@ -458,6 +472,12 @@ class LayerTreeModel(QAbstractItemModel):
         if col == COL_SENSITIVITY and node.name in self._sensitivity:
             lines.append(f"With only this layer in INT8, the model's output changes by {self._sensitivity[node.name]:.2f}%.\n"
                          "The most sensitive layers are the first to keep in FP32 (right-click ▸ Keep most sensitive in FP32).")
+        if col in (COL_SQNR, COL_SENSITIVITY) and node.children and node.name not in (
+                self._sqnr if col == COL_SQNR else self._sensitivity):
+            worst = self._worst_inside(item, col)
+            if worst:
+                what = "lowest SQNR" if col == COL_SQNR else "most sensitive layer"
+                lines.append(f"{what} inside: {worst[0]}")
         return "\n".join(lines)
 
 

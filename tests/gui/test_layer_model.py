@@ -168,6 +168,11 @@ def test_sorting_by_sensitivity_or_sqnr_ranks_a_block_by_its_worst_layer(qtbot, 
     assert top_level() == ["block", "fc", "conv1"]  # and the lowest SQNR (12 dB)
     proxy.sort(-1)
     assert top_level() == ["conv1", "block", "fc"]  # model order
+    # A collapsed block shows its worst layer's figure, greyed, and names it.
+    block_sens = model.index_for_name("block", COL_SENSITIVITY)
+    assert model.data(block_sens) == "max 3.25%" and model.data(model.index_for_name("block", COL_SQNR)) == "min 12.0"
+    assert "most sensitive layer inside: block.conv" in model.data(block_sens, Qt.ItemDataRole.ToolTipRole)
+    assert model.data(block_sens, Qt.ItemDataRole.ForegroundRole) is not None
 
 
 def test_delegate_commits_through_the_model(qtbot, model):
