@@ -257,6 +257,8 @@ def _write_torchscript(module: Any, example: np.ndarray, path: Path, *, backend:
     try:
         with quantized_engine(backend):
             scripted = to_torchscript(module, torch.from_numpy(example))
+    except InputError:
+        raise  # already says what is wrong and what to do (e.g. a branch on tensor values)
     except Exception as exc:  # noqa: BLE001
         raise InputError(
             "the quantized model could not be saved as TorchScript",

@@ -3,10 +3,12 @@
 * **static** INT8: ``prepare_fx`` (which also fuses conv+bn(+relu), linear+relu, ...)
   with a per-layer ``QConfigMapping`` built from the precision plan, a calibration loop,
   ``convert_fx``. FP32 layers get qconfig ``None``; FP16 layers stay float in the FX
-  model and then run in half precision (see :func:`run_in_half`).
+  model and then run in half precision, with casts in its graph (see
+  :func:`run_fp16_in_graph`).
 * **dynamic** INT8: ``quantize_dynamic`` of the Linear/LSTM/GRU layers the plan leaves
   INT8 (activations are quantized at run time, so no calibration).
-* **fp16**: every layer the plan leaves INT8 runs in half precision instead.
+* **fp16**: every layer the plan leaves INT8 runs in half precision instead (module
+  hooks cast at the boundaries, see :func:`run_in_half`).
 
 Only eager modules (state_dicts, trusted pickles) can be traced by FX; TorchScript and
 ``torch.export`` programs go to the ONNX Runtime engine. ``torch.ao.quantization`` warns
@@ -273,12 +275,15 @@ def _default_is_int8(effective: dict[str, Precision]) -> bool:
 
 
 def run_in_half(module) -> None:
-    """Make ``module`` compute in FP16 while taking and returning float32 tensors.
+    """Make an eager ``module`` compute in FP16 while taking and returning float32 tensors.
 
-    Why hooks on the module rather than a wrapper module: the qualified names stay the
-    same, so the layer tree, per-layer error hooks and the plan keep matching; and both
-    FX graph modules and torch.jit.trace run module hooks. On x86 CPUs PyTorch has no
-    fast half kernels: FP16 layers run slower than FP32 here (measured ~3x for conv).
+    For eager models (fp16 and dynamic modes); FX models get casts in their graph
+    instead (see :func:`run_fp16_in_graph`). Why hooks on the module rather than a
+    wrapper module: the qualified names stay the same, so the layer tree, per-layer
+    error hooks and the plan keep matching, and torch.jit.trace runs module hooks. Only
+    modules the forward really calls may carry them (see :func:`_half_targets`). On x86
+    CPUs PyTorch has no fast half kernels: FP16 layers run slower than FP32 here
+    (measured ~3x for conv).
     """
     import torch
 
@@ -305,13 +310,84 @@ def _get_submodule(root, name: str):
         return None
 
 
-def _half_targets(tree, effective: dict[str, Precision]) -> list[str]:
-    """The largest subtrees whose every layer is FP16 (fewer casts than per leaf)."""
+def _fp16_scopes(tree, effective: dict[str, Precision]) -> set[str]:
+    """Names of the tree nodes (containers and leaves, "" = the whole model) whose every layer is FP16."""
+    out: set[str] = set()
+
+    def visit(node) -> bool:
+        if node.children:
+            ok = all([visit(c) for c in node.children])  # a list: visit every child
+        else:
+            ok = effective.get(node.name) is Precision.FP16
+        if ok:
+            out.add(node.name)
+        return ok
+
+    visit(tree)
+    return out
+
+
+def _self_contained_modules(module, example) -> set[str] | None:
+    """Modules of an eager model whose whole subtree runs inside their own call.
+
+    Why: hooks on a container only cast what enters and leaves the container's own
+    call; a ModuleList is never called, and a parent may call a grandchild directly
+    (FX graph modules always do). One forward pass records, for every module call,
+    which modules were running around it. None when there is no example input.
+    """
+    if example is None:
+        return None
+    stack: list[str] = []
+    inside: dict[str, set[str]] = {}  # module -> modules running around every one of its calls
+    handles = []
+
+    def enter(name):
+        def hook(mod, args):
+            active = set(stack)
+            inside[name] = inside[name] & active if name in inside else active
+            stack.append(name)
+
+        return hook
+
+    def leave(name):
+        def hook(mod, args, out):
+            if stack and stack[-1] == name:
+                stack.pop()
+
+        return hook
+
+    try:
+        for name, m in module.named_modules():
+            handles.append(m.register_forward_pre_hook(enter(name)))
+            handles.append(m.register_forward_hook(leave(name)))
+        module(example)
+    except Exception:  # noqa: BLE001 - the model fails on its own example: keep every container
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    names = [n for n, _ in module.named_modules()]
+    out = set()
+    for name in inside:
+        prefix = name + "." if name else ""
+        if all(name in inside[d] for d in names if d != name and d.startswith(prefix) and d in inside):
+            out.add(name)
+    return out
+
+
+def _half_targets(tree, effective: dict[str, Precision], called: set[str] | None = None) -> list[str]:
+    """The largest subtrees whose every layer is FP16 (fewer casts than per leaf).
+
+    ``called``: the containers that run their whole subtree inside their own call (see
+    :func:`_self_contained_modules`); other all-FP16 containers are split into their
+    children. None: every container qualifies.
+    """
     out: list[str] = []
 
     def visit(node) -> None:
         leaves = [effective.get(n.name) for n in node.leaves()]
-        if leaves and all(p is Precision.FP16 for p in leaves):
+        usable = not node.children or called is None or node.name in called
+        if usable and leaves and all(p is Precision.FP16 for p in leaves):
             out.append(node.name)
             return
         for c in node.children:
@@ -319,6 +395,194 @@ def _half_targets(tree, effective: dict[str, Precision]) -> list[str]:
 
     visit(tree)
     return out
+
+
+def _eager_half(module, tree, effective: dict[str, Precision], example) -> set[str]:
+    """Put the FP16 layers of an eager model in half precision; return the hooked module names."""
+    targets = _half_targets(tree, effective, _self_contained_modules(module, example))
+    done = set()
+    for name in targets:
+        sub = module if name == "" else _get_submodule(module, name)
+        if sub is not None:
+            run_in_half(sub)
+            done.add(name)
+    return done
+
+
+def _eager_built(module, tree, effective: dict[str, Precision], hooked: set[str], dynamic: set[str]) -> dict[str, Precision]:
+    """What each leaf of an eager model became: dynamic INT8, half weights / inside a half scope → FP16, else FP32."""
+    import torch
+
+    out: dict[str, Precision] = {}
+    for leaf in tree.leaves():
+        name = leaf.name
+        if name in dynamic:
+            out[name] = Precision.INT8
+            continue
+        sub = _get_submodule(module, name) if name else module
+        params = [p for p in sub.parameters() if p.is_floating_point()] if sub is not None else []
+        in_half = any(h == "" or name == h or name.startswith(h + ".") for h in hooked)
+        if params:
+            out[name] = Precision.FP16 if all(p.dtype == torch.float16 for p in params) else Precision.FP32
+        else:
+            out[name] = Precision.FP16 if in_half else Precision.FP32
+    return out
+
+
+def _value_kind(value) -> str:
+    """'f32', 'f16', ... for a plain tensor, 'q' for a quantized one, '' for anything else."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return ""
+    if value.is_quantized:
+        return "q"
+    return {torch.float32: "f32", torch.float16: "f16"}.get(value.dtype, str(value.dtype))
+
+
+def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseException | None]:
+    """Run ``gm`` node by node on the inputs ``example``: each node's output kind, and where it failed."""
+    import torch
+
+    class Recorder(torch.fx.Interpreter):
+        def __init__(self, module) -> None:
+            super().__init__(module)
+            self.kinds: dict[str, str] = {}
+            self.current: str | None = None
+
+        def run_node(self, n):
+            self.current = n.name
+            out = super().run_node(n)
+            self.kinds[n.name] = _value_kind(out)
+            return out
+
+    rec = Recorder(gm)
+    try:
+        rec.run(*example)
+    except Exception as exc:  # noqa: BLE001 - reported back to the caller
+        return rec.kinds, rec.current, exc
+    return rec.kinds, None, None
+
+
+def _innermost_scope(node) -> str:
+    """The qualified name of the module whose forward made this FX node ("" = the model's own)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    key, value = list(stack.items())[-1]
+    return value[0] if isinstance(value, tuple) and isinstance(value[0], str) else str(key)
+
+
+# Tensor methods whose result dtype is chosen by the call, not by the input's dtype.
+_DTYPE_METHODS = ("to", "type", "float", "double", "half", "bfloat16", "int", "long", "short", "bool", "byte", "type_as")
+
+
+def _half_candidates(gm, kinds: dict[str, str], scopes: set[str]) -> set[str]:
+    """FX nodes that should compute in half: float32 in, float32 out, inside an FP16 layer or scope.
+
+    A module call is FP16 when its module is (a fused conv+bn+relu carries the name of
+    its conv); a functional op (residual add, flatten, the body of a parameterless
+    custom layer) when the module whose forward made it is FP16 throughout.
+    """
+    modules = dict(gm.named_modules())
+    out: set[str] = set()
+    for node in gm.graph.nodes:
+        if kinds.get(node.name) != "f32":
+            continue
+        inputs = [a for a in node.all_input_nodes if kinds.get(a.name)]
+        if any(kinds[a.name] == "q" for a in inputs):
+            continue
+        if node.op == "call_module":
+            mod = modules.get(node.target)
+            if mod is None or ".quantized" in type(mod).__module__ or node.target not in scopes:
+                continue
+        elif node.op in ("call_function", "call_method"):
+            if not any(kinds[a.name] == "f32" for a in inputs) or _innermost_scope(node) not in scopes:
+                continue
+            if node.op == "call_method" and node.target in _DTYPE_METHODS:
+                continue
+            if "dtype" in node.kwargs:
+                continue
+        else:
+            continue
+        out.add(node.name)
+    return _one_precision_per_module(gm, out)
+
+
+def _one_precision_per_module(gm, half: set[str]) -> set[str]:
+    """Drop the calls of a module that is also called from a float node: its weights have one dtype."""
+    float_calls = {n.target for n in gm.graph.nodes if n.op == "call_module" and n.name not in half}
+    return {n.name for n in gm.graph.nodes if n.name in half and not (n.op == "call_module" and n.target in float_calls)}
+
+
+def _cast_graph(gm, half: set[str], kinds: dict[str, str]) -> None:
+    """Run the ``half`` nodes of ``gm`` in FP16: their modules to half, casts where float meets half."""
+    import torch
+    from torch.fx.node import Node, map_arg
+
+    graph = gm.graph
+    for node in graph.nodes:
+        if node.name in half and node.op == "call_module":
+            gm.get_submodule(node.target).half()
+    to_half: dict[Node, Node] = {}
+    to_float: dict[Node, Node] = {}
+
+    def cast(src: Node, dtype, cache: dict) -> Node:
+        if src not in cache:
+            with graph.inserting_after(src):
+                cache[src] = graph.call_method("to", (src, dtype))
+        return cache[src]
+
+    def into_half(a):  # an input of a half node
+        if isinstance(a, Node) and a.name not in half and kinds.get(a.name) == "f32":
+            return cast(a, torch.float16, to_half)
+        return a
+
+    def into_float(a):  # an input of a float node (the graph's output included)
+        if isinstance(a, Node) and a.name in half:
+            return cast(a, torch.float32, to_float)
+        return a
+
+    for node in list(graph.nodes):
+        fix = into_half if node.name in half else into_float
+        node.args = map_arg(node.args, fix)
+        node.kwargs = map_arg(node.kwargs, fix)
+    graph.lint()
+    gm.recompile()
+
+
+def run_fp16_in_graph(gm, scopes: set[str], example):
+    """Return a copy of the converted FX model ``gm`` whose FP16 layers compute in half precision.
+
+    ``scopes``: the names of the layers and containers whose every layer is FP16 (see
+    :func:`_fp16_scopes`). Why in the graph and not with module hooks: the FX model calls
+    its leaf modules directly (``features.0.0``, never ``features.0``), so hooks on a
+    container never run and its half layers meet float32 input. Half nodes get
+    ``.to(torch.float16)`` on float32 inputs and their float users ``.to(torch.float32)``;
+    between two half nodes no cast is needed, so an FP16 block runs in half throughout,
+    residual adds included. The result is run once on ``example``: a node that does
+    not give a half tensor (an op choosing its own dtype, a kernel missing in half)
+    stays float32 and the rewrite is redone. Returns (model, names of the half nodes);
+    the model is ``gm`` itself, untouched, when nothing is FP16.
+    """
+    kinds, failed_at, exc = _node_kinds(gm, example)
+    if exc is not None:
+        raise exc
+    half = _half_candidates(gm, kinds, scopes)
+    while half:
+        trial = copy.deepcopy(gm)
+        _cast_graph(trial, half, kinds)
+        got, failed_at, exc = _node_kinds(trial, example)
+        wrong = {n for n in half if n in got and got[n] != "f16"}
+        if exc is not None and not wrong:
+            # A kernel without half support, or a node after it: give up on what did not run.
+            wrong = ({failed_at} & half) or {n for n in half if n not in got}
+        if not wrong:
+            if exc is not None:
+                raise exc
+            return trial, half
+        half = _one_precision_per_module(gm, half - wrong)
+    return gm, set()
 
 
 # --------------------------------------------------------------------------- FX analysis
@@ -529,14 +793,21 @@ class TorchEngine:
             guarded = guard_qnnpack_clamps(converted)
             if guarded:
                 notes.append(QNNPACK_CLAMP_NOTE.format(n=guarded))
-        for name in _half_targets(tree, effective):
-            sub = _get_submodule(converted, name) if name else None
-            if sub is not None:
-                run_in_half(sub)
+        scopes = _fp16_scopes(tree, effective)
+        half_nodes: set[str] = set()
+        if scopes:
+            ctx.report(0.94, "putting the FP16 layers in half precision")
+            with quantized_engine(backend):
+                converted, half_nodes = run_fp16_in_graph(converted, scopes, example)
         groups = fusion_groups(traced, converted)
         for g in groups:
             ctx.report(0.95, f"fused {' + '.join(g)}")
-        built = self._built_precisions(converted, tree, effective)
+        with quantized_engine(backend):
+            kinds, _, _ = _node_kinds(converted, example)
+        built = self._built_precisions(converted, tree, effective, groups, kinds, half_nodes)
+        for name, p in built.items():
+            if effective.get(name) is Precision.FP16 and p is not Precision.FP16:
+                notes.append(f"{name}: fp16 → {p.value} (it does not run in half precision in PyTorch here)")
         if any(p is Precision.FP16 for p in built.values()):
             notes.append(FP16_NOTE)
         for name, t in ((n.name, n.type) for n in tree.leaves()):
@@ -555,25 +826,50 @@ class TorchEngine:
         )
 
     @staticmethod
-    def _built_precisions(converted, tree, effective) -> dict[str, Precision]:
-        """What each leaf actually became: quantized module → INT8, half → FP16."""
+    def _built_precisions(converted, tree, effective, groups, kinds, half_nodes) -> dict[str, Precision]:
+        """What each leaf actually became, read off the converted model.
+
+        A quantized module → INT8; float weights → FP16 or FP32 by their dtype; a layer
+        without weights by what its calls compute on (quantized tensors → INT8, a half
+        node → FP16); a layer folded or fused away (BN, ReLU) → what its group's first
+        layer became. ``kinds``: each graph node's output kind (see :func:`_node_kinds`).
+        """
+        import torch
+
+        modules = dict(converted.named_modules())
+        head_of = {member: g[0] for g in groups for member in g[1:]}
+        calls: dict[str, list] = {}  # module name -> its call_module nodes
+        scoped: dict[str, list] = {}  # module name -> functional nodes its forward made
+        for node in converted.graph.nodes:
+            if node.op == "call_module":
+                calls.setdefault(node.target, []).append(node)
+            elif node.op in ("call_function", "call_method"):
+                scoped.setdefault(_innermost_scope(node), []).append(node)
+
+        def of_nodes(nodes) -> Precision:
+            if any(n.name in half_nodes for n in nodes):
+                return Precision.FP16
+            if any(kinds.get(n.name) == "q" for n in nodes):
+                return Precision.INT8
+            return Precision.FP32
+
+        def built(name: str) -> Precision | None:
+            mod = modules.get(name) if name else None
+            if mod is not None:
+                if ".quantized" in type(mod).__module__:
+                    return Precision.INT8
+                params = [p for p in mod.parameters() if p.is_floating_point()]
+                if params:
+                    return Precision.FP16 if all(p.dtype == torch.float16 for p in params) else Precision.FP32
+                return of_nodes(calls[name]) if name in calls else None
+            return of_nodes(scoped[name]) if name in scoped else None
+
         out: dict[str, Precision] = {}
-        types = {n: type(m) for n, m in converted.named_modules()}
         for leaf in tree.leaves():
-            want = effective.get(leaf.name, Precision.FP32)
-            t = types.get(leaf.name)
-            if t is None:  # folded into a fused module (BN) or traced through
-                out[leaf.name] = want
-                continue
-            mod = t.__module__
-            if ".quantized" in mod:
-                out[leaf.name] = Precision.INT8
-            elif want is Precision.FP16:
-                out[leaf.name] = Precision.FP16
-            elif want is Precision.INT8 and leaf.params > 0:
-                out[leaf.name] = Precision.FP32
-            else:
-                out[leaf.name] = want
+            got = built(leaf.name)
+            if got is None and leaf.name in head_of:
+                got = built(head_of[leaf.name])
+            out[leaf.name] = got if got is not None else effective.get(leaf.name, Precision.FP32)
         return out
 
     # ------------------------------------------------------------------ dynamic
@@ -594,19 +890,9 @@ class TorchEngine:
         ctx.check_cancelled()
         quantized = quantize_dynamic(module, qconfig_spec=spec, dtype=torch.qint8, inplace=False) if spec else module
         effective = dict(requested)
-        for name in _half_targets(tree, effective):
-            sub = quantized if name == "" else _get_submodule(quantized, name)
-            if sub is not None:
-                run_in_half(sub)
-        built = {}
-        for leaf in tree.leaves():
-            want = effective.get(leaf.name, Precision.FP32)
-            if leaf.name in spec:
-                built[leaf.name] = Precision.INT8
-            elif want is Precision.INT8:
-                built[leaf.name] = Precision.FP32
-            else:
-                built[leaf.name] = want
+        example = model.example_input() if model.input_shape else None
+        hooked = _eager_half(quantized, tree, effective, example)
+        built = _eager_built(quantized, tree, effective, hooked, set(spec))
         others = sum(1 for leaf in tree.leaves() if requested.get(leaf.name) is Precision.INT8 and leaf.name not in spec and leaf.params > 0)
         if spec and others:
             notes.append(f"{others} INT8 layers are not Linear/LSTM/GRU and stay FP32 in dynamic mode")
@@ -628,10 +914,9 @@ class TorchEngine:
         # In fp16 mode every layer the plan leaves INT8 runs FP16.
         effective = {k: (Precision.FP16 if v is Precision.INT8 else v) for k, v in requested.items()}
         module = copy.deepcopy(model.module).eval()
-        for name in _half_targets(tree, effective):
-            sub = module if name == "" else _get_submodule(module, name)
-            if sub is not None:
-                run_in_half(sub)
+        example = model.example_input() if model.input_shape else None
+        hooked = _eager_half(module, tree, effective, example)
+        built = _eager_built(module, tree, effective, hooked, set())
         ctx.check_cancelled()
         notes.append(FP16_NOTE)
         ctx.report(1.0, "converted to FP16")
@@ -639,7 +924,7 @@ class TorchEngine:
             engine=self.name,
             config=config,
             runner=_TorchRunner(module),
-            layer_precisions={k: v.value for k, v in effective.items()},
+            layer_precisions={k: v.value for k, v in built.items()},
             notes=notes,
             artifact=module,
             input_shape=tuple(model.input_shape) if model.input_shape else None,
@@ -671,13 +956,136 @@ class _TorchRunner:
         return out.detach().float().numpy()
 
 
-def to_torchscript(module, example):
-    """Trace and freeze a converted model: the form that loads back with only torch."""
+# Tensor → Python conversions: during tracing their result is recorded as a constant.
+_CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "__complex__", "item", "tolist")
+# Trace graph ops that read only a tensor's shape / dtype / device, never its values.
+_SHAPE_OPS = (
+    "aten::size", "aten::sizes", "aten::sym_size", "aten::dim", "aten::numel", "aten::len",
+    "prim::shape", "prim::device", "prim::dtype", "prim::layout",
+)
+
+
+def _reads_input_values(value) -> bool:
+    """Whether a traced value depends on the *values* of the traced function's inputs.
+
+    Walks the trace graph back from ``value``; shapes, constants and module attributes
+    (weights) are fixed for a given input shape, so they do not count.
+    """
     import torch
 
-    with quiet(), torch.inference_mode(False), torch.no_grad():
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
-        return torch.jit.freeze(traced.eval())
+    seen: set[int] = set()
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if v.unique() in seen:
+            continue
+        seen.add(v.unique())
+        node = v.node()
+        kind = node.kind()
+        if kind == "prim::Param":
+            if not isinstance(v.type(), torch.ClassType):  # the module itself is the first input
+                return True
+            continue
+        if kind in _SHAPE_OPS or kind in ("prim::Constant", "prim::TracedAttr", "prim::GetAttr"):
+            continue
+        todo.extend(node.inputs())
+    return False
+
+
+def _user_frame() -> tuple[str, int, str]:
+    """(file, line, source) of the innermost frame outside torch and this module."""
+    import torch
+
+    torch_dir = str(Path(torch.__file__).parent)
+    for fs in reversed(traceback.extract_stack()):
+        if fs.filename.startswith(torch_dir) or fs.filename == __file__ or "/warnings.py" in fs.filename:
+            continue
+        return fs.filename, fs.lineno or 0, (fs.line or "").strip()
+    return "", 0, ""
+
+
+def _watch_input_dependent_conversions():
+    """A TorchFunctionMode that notes every tensor → Python conversion reading input values.
+
+    Why not the TracerWarnings alone: torch warns alike for ``if x.mean() > 0`` (a
+    branch the trace freezes: wrong results on other inputs) and for shape checks such
+    as torchvision's ``torch._assert(h == self.image_size)`` (right for every input of
+    that shape). The mode sees the converted tensor, and its trace tells the two apart.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class Watch(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.found: list[tuple[str, int, str, str]] = []  # file, line, source, conversion
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in _CONVERSIONS and args and isinstance(args[0], torch.Tensor) and torch._C._is_tracing():
+                try:
+                    dependent = _reads_input_values(torch._C._get_value_trace(args[0]))
+                except Exception:  # noqa: BLE001 - a tensor the tracer does not know: a constant
+                    dependent = False
+                if dependent:
+                    self.found.append((*_user_frame(), name))
+            return func(*args, **(kwargs or {}))
+
+    return Watch()
+
+
+def _input_dependent_error(found, caught) -> InputError:
+    """The error for a trace that froze decisions taken on the example input's values."""
+    import torch
+
+    texts = {}
+    for w in caught:
+        if issubclass(w.category, torch.jit.TracerWarning) and str(w.message).startswith("Converting a tensor"):
+            texts.setdefault((w.filename, w.lineno), str(w.message))
+            texts.setdefault(("", 0), str(w.message))  # torch._assert warns from inside torch
+    lines = []
+    for filename, line, source, conversion in dict.fromkeys(found):
+        text = texts.get((filename, line)) or texts.get(("", 0)) or f"Tensor.{conversion} while tracing"
+        where = f"{filename}:{line}" + (f" `{source}`" if source else "")
+        lines.append(f"{where}: {text}")
+    filename, line, source, _ = found[0]
+    where = f"{Path(filename).name}:{line}" + (f" `{source}`" if source else "")
+    return InputError(
+        f"the model turns a tensor's values into a Python value while it runs ({where}), so the saved file "
+        "would always take the path the example input took and give wrong results on other inputs",
+        hint="Nothing was written. Replace that Python `if` / int() / .item() on tensor values with tensor "
+        "operations (for example torch.where), then quantize again.",
+        details="\n".join(lines)[-4000:],
+    )
+
+
+def _has_half_tensors(module) -> bool:
+    import torch
+
+    return any(t.dtype == torch.float16 for t in (*module.parameters(), *module.buffers()))
+
+
+def to_torchscript(module, example):
+    """Trace and freeze a converted model: the form that loads back with only torch.
+
+    Raises InputError when the forward turned input-dependent tensor values into Python
+    values (a branch on ``x.mean() > 0``, ``int(x.max())``): the trace would hold one
+    branch only, and the export check, run on samples that took that branch, would pass.
+    Models with half tensors are frozen without ``optimize_numerics``: its conv+bn and
+    conv+add/mul folding recomputes FP16 weights and moved the demo MobileNetV2's FP16
+    outputs by 0.015-0.02, beyond the export check's tolerance.
+    """
+    import torch
+
+    watch = _watch_input_dependent_conversions()
+    with quiet(), warnings.catch_warnings(record=True) as caught, torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", torch.jit.TracerWarning)  # quiet() hides them; the error quotes them
+        with watch:
+            traced = torch.jit.trace(module.eval(), example, check_trace=False)
+        if watch.found:
+            raise _input_dependent_error(watch.found, caught)
+        return torch.jit.freeze(traced.eval(), optimize_numerics=not _has_half_tensors(module))
 
 
 def torch_layer_sqnr(original, result: QuantizedModel, batches: list, ctx: JobContext | None = None) -> dict[str, float]:
