@@ -29,6 +29,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -43,13 +44,17 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 PERCENTILE = 99.99
-# Ops ORT's CPU provider runs in FP16 (others are left FP32 when the plan asks FP16).
+# Ops converted when the plan asks FP16 (others stay FP32). Their weights and outputs are
+# float16 in the file; ONNX Runtime 1.32's x86 CPU provider has FP16 kernels only for
+# LayerNormalization, Transpose, Concat, Flatten and Clip and runs the rest in float32
+# behind casts it inserts when the session is created.
 FP16_OPS = {
     "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "Add", "Sub", "Mul", "Div",
     "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool", "Sigmoid",
     "HardSigmoid", "HardSwish", "LeakyRelu", "Softmax", "LayerNormalization", "Tanh",
     "Erf", "Flatten", "Concat", "Transpose", "Gelu", "Clip",
 }
+FP16_SUFFIX = "__fp16"  # what convert_nodes_to_fp16 appends to a tensor's name for its FP16 twin
 # Inputs that must stay float32 (or keep their integer type) whatever the node's type.
 _KEEP_FLOAT32_INPUTS = {"Resize": {1, 2}, "Clip": set(), "LayerNormalization": set()}
 # Dynamic INT8: only ops ONNX Runtime runs faster that way. ConvInteger is slower than
@@ -168,38 +173,237 @@ def float_onnx(model: Any):
 
 # --------------------------------------------------------------------------- plan → nodes
 
+# PyTorch layer types that export to no ONNX node by design (eval mode): a plan rule
+# on them has nothing to change, and saying so would be noise.
+_NO_ONNX_FORM = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "Identity"}
 
-def plan_node_precisions(plan: PrecisionPlan, onnx_tree, torch_tree=None) -> dict[str, tuple[Precision, str]]:
-    """ONNX node name → (effective precision, layer name) from the plan.
 
-    For a model exported from PyTorch the plan speaks PyTorch layer names and types: an
-    ONNX layer maps to the PyTorch layer of the same name (``relu_1`` — a second call
-    of ``relu`` — to ``relu``) and takes its type; ops that belong to no PyTorch leaf
-    (residual adds) are matched by name, which glob rules on scopes cover.
+@dataclass(frozen=True)
+class NodeOrigin:
+    """The layer an ONNX node belongs to, as the plan and the reports name it."""
+
+    layer: str  # a PyTorch module's name, or (no module produced it) the ONNX tree's leaf name
+    candidates: tuple[tuple[str, str], ...]  # (name, type) pairs the plan's rules are matched against
+    quantizable: bool = True  # the ONNX operator has an INT8 form
+
+
+def onnx_node_origins(onnx_tree: Any, torch_tree: Any = None, graph: Any = None) -> dict[str, NodeOrigin]:
+    """ONNX node name → the layer it comes from.
+
+    Without a PyTorch tree (an ONNX source) a node belongs to its leaf of the ONNX tree.
+    For a model exported from PyTorch, the exporter names every node after the module
+    scope that produced it ("/classifier/classifier.1/Gemm", "/relu_1/Relu" for a second
+    call of ``relu``), so a node belongs to the deepest module of its scope when that is
+    a leaf of the PyTorch tree. Under a module with children, a node that reads a
+    child's parameter belongs to that child (MultiheadAttention's out_proj Gemm: the
+    module calls it as a function, so the exporter leaves no "out_proj" scope); one in a
+    module that owns parameters itself belongs to that module (MultiheadAttention's
+    in-projection and attention MatMuls). What is left (residual adds, reshapes between
+    modules) keeps its ONNX name, which glob rules on the enclosing scope cover.
     """
-    torch_types: dict[str, str] = {}
-    if torch_tree is not None:
-        torch_types = {n.name: n.type for n, _ in torch_tree.walk() if not n.children}
-    out: dict[str, tuple[Precision, str]] = {}
+    from quantstudio.core.inventory import _scope_of
+
+    protos = {n.name: n for n in graph.graph.node} if graph is not None else {}
+    modules = {n.name: n for n, _ in torch_tree.walk()} if torch_tree is not None else {}
+    owners = _parameter_owners(graph, modules) if graph is not None and modules else {}
+    out: dict[str, NodeOrigin] = {}
     for leaf in onnx_tree.leaves():
-        name, type_name = leaf.name, leaf.type
-        if torch_types:
-            for candidate in _torch_name_candidates(name):
-                if candidate in torch_types:
-                    name, type_name = candidate, torch_types[candidate]
-                    break
-        precision = plan.precision_for(name, type_name)
-        if precision is Precision.INT8 and not leaf.quantizable:
-            precision = Precision.FP32
-        for node in leaf.onnx_nodes:
-            out[node] = (precision, name)
+        own = ((leaf.name, leaf.type),)
+        for node_name in leaf.onnx_nodes:
+            origin = NodeOrigin(leaf.name, own, leaf.quantizable)
+            if modules:
+                proto = protos.get(node_name) or _NamedNode(node_name)
+                module = _deepest_module(_scope_of(proto), modules)
+                inputs = list(getattr(proto, "input", []))
+                if module is not None and not modules[module].children:
+                    origin = _module_origin(modules[module], leaf)
+                elif (owner := _child_owner(inputs, owners, module)) is not None:
+                    origin = _module_origin(modules[owner], leaf)
+                elif module and _owns_parameters(modules[module]):
+                    node = modules[module]
+                    origin = NodeOrigin(node.name, ((node.name, node.type),) + own, leaf.quantizable)
+            out[node_name] = origin
     return out
 
 
-def _torch_name_candidates(name: str) -> list[str]:
-    """PyTorch names an ONNX layer name may stand for: itself; ``relu_1`` (a second call
-    of ``relu``) → ``relu``."""
-    return [name, re.sub(r"_\d+$", "", name)]
+class _NamedNode:
+    """A node known by name only (no graph given): its scope comes from the name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.metadata_props: list[Any] = []
+
+
+def _module_origin(module, leaf) -> NodeOrigin:
+    return NodeOrigin(module.name, ((module.name, module.type),), leaf.quantizable)
+
+
+def _deepest_module(scope: list[str], modules: dict[str, Any]) -> str | None:
+    """The deepest PyTorch module along an exporter scope ("relu_1", a second call of
+    ``relu``, is ``relu``); None when even the outermost scope is no module."""
+    found = None
+    resolved = ""
+    previous = ""
+    for qualified in scope:
+        segment = qualified[len(previous) + 1:] if previous and qualified.startswith(previous + ".") else qualified
+        previous = qualified
+        for candidate_segment in dict.fromkeys((segment, re.sub(r"_\d+$", "", segment))):
+            candidate = f"{resolved}.{candidate_segment}" if resolved else candidate_segment
+            if candidate in modules:
+                resolved = found = candidate
+                break
+        else:
+            break
+    return found
+
+
+def _parameter_owners(graph, modules: dict[str, Any]) -> dict[str, str]:
+    """Tensor name → the leaf module whose parameter it is ("a.out_proj.weight" → "a.out_proj").
+
+    The exporter names initializers after the parameters and feeds a deduplicated copy
+    through an Identity whose output carries the copy's parameter name."""
+    names = {i.name for i in graph.graph.initializer}
+    names |= {n.output[0] for n in graph.graph.node if n.op_type == "Identity" and n.input and n.input[0] in names}
+    owners = {}
+    for name in names:
+        owner = name.rpartition(".")[0]
+        if owner in modules and not modules[owner].children:
+            owners[name] = owner
+    return owners
+
+
+def _child_owner(inputs: list[str], owners: dict[str, str], module: str | None) -> str | None:
+    """The leaf module inside ``module`` whose parameter a node reads, if any."""
+    for name in inputs:
+        owner = owners.get(name)
+        if owner is not None and (not module or owner.startswith(module + ".")):
+            return owner
+    return None
+
+
+def _owns_parameters(node) -> bool:
+    """A module with parameters of its own, beside its children's (MultiheadAttention's in_proj_weight)."""
+    return bool(node.name) and node.params > sum(c.params for c in node.children)
+
+
+def _rule_precision(plan: PrecisionPlan, candidates) -> tuple[Precision, Any]:
+    """The plan's precision for a node known by several (name, type) pairs, and the rule
+    that set it (None: the default); later rules win, as in :meth:`PrecisionPlan.precision_for`."""
+    precision, source = plan.default, None
+    for rule in plan.rules:
+        if any(rule.matches(name, type_name) for name, type_name in candidates):
+            precision, source = rule.precision, rule
+    return precision, source
+
+
+def plan_node_precisions(plan: PrecisionPlan, onnx_tree: Any, torch_tree: Any = None, graph: Any = None,
+                         origins: dict[str, NodeOrigin] | None = None) -> dict[str, tuple[Precision, str]]:
+    """ONNX node name → (effective precision, layer name) from the plan.
+
+    For a model exported from PyTorch the plan speaks PyTorch layer names and types;
+    :func:`onnx_node_origins` says which layer each node comes from (``graph``, the
+    exported model, lets parameters name their module where the scope cannot).
+    """
+    if origins is None:
+        origins = onnx_node_origins(onnx_tree, torch_tree, graph)
+    out: dict[str, tuple[Precision, str]] = {}
+    for node, origin in origins.items():
+        precision, _ = _rule_precision(plan, origin.candidates)
+        if precision is Precision.INT8 and not origin.quantizable:
+            precision = Precision.FP32
+        out[node] = (precision, origin.layer)
+    return out
+
+
+def plan_coverage_notes(plan: PrecisionPlan, origins: dict[str, NodeOrigin], torch_tree: Any = None) -> list[str]:
+    """A note naming the PyTorch layers a plan rule sets that no ONNX node comes from, so
+    the rule cannot silently change nothing. (Rules that match no layer at all are the
+    pipeline's warning.)"""
+    if torch_tree is None or not plan.rules:
+        return []
+    mapped = {o.layer for o in origins.values()}
+    lost = []
+    for leaf in torch_tree.leaves():
+        if leaf.name in mapped or leaf.type in _NO_ONNX_FORM:
+            continue
+        precision, rule = _rule_precision(plan, ((leaf.name, leaf.type),))
+        if rule is not None:
+            lost.append(f"{leaf.name} ({leaf.type}) → {precision.value}")
+    if not lost:
+        return []
+    return [
+        f"the plan sets {len(lost)} layer{'s' if len(lost) != 1 else ''} that no node of the exported ONNX "
+        f"model comes from, so {'those rules change' if len(lost) != 1 else 'that rule changes'} nothing there: "
+        + "; ".join(lost[:6]) + ("…" if len(lost) > 6 else "")
+    ]
+
+
+# The precision a built node really runs in, read from the graph.
+_INT8_OPS = {
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QGemm", "QAttention", "DynamicQuantizeLSTM",
+}
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM", "GRU", "Attention"}
+_WIDTH = {Precision.INT8: 0, Precision.FP16: 1, Precision.FP32: 2}
+
+
+def built_layer_precisions(model: Any, node_plan: dict[str, tuple[Precision, str]]) -> dict[str, str]:
+    """Layer → the precision its nodes run in, read from the built graph.
+
+    A node with weights is INT8 when they come through DequantizeLinear (QDQ) or it is
+    an integer operator (dynamic INT8), FP16 when they are float16, FP32 otherwise; a
+    layer is reported INT8 only if all its weighted nodes are. Weightless nodes count
+    only in layers without weights: FP16 when they write an FP16 tensor, INT8 when the
+    plan asks it and they read dequantized input. Layers whose nodes all left the graph
+    (a BatchNormalization folded into its Conv, a Relu the QDQ quantizer fused) keep
+    the plan's precision.
+    """
+    from onnx import TensorProto
+
+    kinds = {TensorProto.FLOAT16: Precision.FP16, TensorProto.FLOAT: Precision.FP32,
+             TensorProto.INT8: Precision.INT8, TensorProto.UINT8: Precision.INT8}
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def weight(name: str) -> Precision | None:
+        if name in inits:
+            return kinds.get(inits[name])
+        p = producer.get(name)
+        if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in inits:
+            return Precision.INT8
+        return None
+
+    weighted: dict[str, list[Precision]] = {}
+    other: dict[str, list[Precision]] = {}
+    for node in model.graph.node:
+        origin = node.name if node.name in node_plan else node.name.removesuffix("_quant")
+        if origin not in node_plan:
+            continue  # a Q/DQ or Cast node the tools added
+        planned, layer = node_plan[origin]
+        found = []
+        if node.op_type in _INT8_OPS:
+            found = [Precision.INT8]
+        elif node.op_type in _WEIGHT_OPS:
+            bias = 2 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else -1
+            found = [k for j, i in enumerate(node.input) if i and j != bias and (k := weight(i)) is not None]
+        if found:
+            weighted.setdefault(layer, []).append(max(found, key=_WIDTH.get))
+            continue
+        if any(o.endswith(FP16_SUFFIX) for o in node.output):
+            p = Precision.FP16
+        elif planned is Precision.INT8 and any(
+                producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in node.input):
+            p = Precision.INT8
+        else:
+            p = Precision.FP32
+        other.setdefault(layer, []).append(p)
+    out: dict[str, str] = {}
+    for node, (planned, layer) in node_plan.items():
+        if layer in out:
+            continue
+        seen = weighted.get(layer) or other.get(layer)
+        out[layer] = (max(seen, key=_WIDTH.get) if seen else planned).value
+    return out
 
 
 # --------------------------------------------------------------------------- calibration
@@ -259,10 +463,11 @@ _TOOL_COMMAND = "import sys; from quantstudio.core.engines.ort_engine import _to
 class ToolFailed(Exception):
     """ONNX Runtime's tool raised: ``str()`` is its message, ``details`` its traceback."""
 
-    def __init__(self, message: str, kind: str = "Exception", details: str = "") -> None:
+    def __init__(self, message: str, kind: str = "Exception", details: str = "", signal: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
         self.details = details
+        self.signal = signal  # the signal that killed the child ("Crash"), else 0
 
 
 def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0,
@@ -317,8 +522,11 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
             raise ToolFailed(result["error"], result["kind"], result["details"])
         if proc.returncode < 0:  # killed by a signal (a crash): running it here would crash the app
             stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
-            raise ToolFailed(f"ONNX Runtime's {job['tool']} tool crashed (signal {-proc.returncode})", "Crash", stderr)
+            raise ToolFailed(f"ONNX Runtime's {job['tool']} tool crashed (signal {-proc.returncode})", "Crash", stderr,
+                             signal=-proc.returncode)
         # The child could not even start its work (no importable quantstudio?): do it here.
+    if job.get("child_only"):  # a check that only means something out of process
+        return
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             _run_tool(job)
@@ -425,15 +633,102 @@ def _run_tool(job: dict[str, Any]) -> None:
             weight_type=QuantType.QInt8,
             nodes_to_exclude=job["exclude"],
         )
+    elif job["tool"] == "check":
+        session = make_session(job["src"])
+        if job.get("input"):
+            x = np.load(job["input"], allow_pickle=False)
+            session.run(None, {session.get_inputs()[0].name: x})
     else:
         raise ValueError(f"unknown tool {job['tool']!r}")
+
+
+def sample_input(model: Any, input_shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """A float32 batch for ``model``'s only input: its fixed dimensions, ``input_shape``'s
+    (else 1) for symbolic ones. None when the model takes several inputs, a non-float
+    one or one of unknown rank (a check then only creates the session)."""
+    from onnx import TensorProto
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        return None
+    dims = list(inputs[0].type.tensor_type.shape.dim)
+    if not dims:
+        return None
+    shape = list(input_shape) if input_shape and len(input_shape) == len(dims) else [1] * len(dims)
+    sizes = [int(d.dim_value) if d.HasField("dim_value") else int(v) for d, v in zip(dims, shape)]
+    return np.random.default_rng(0).standard_normal(sizes, dtype=np.float32)
+
+
+def check_in_child(model: Any, workdir: Path, ctx: JobContext, sample: np.ndarray | None = None,
+                   hint: str = "Keep more layers in FP32, or try another mode.", path: Any = None) -> None:
+    """Create an ONNX Runtime session for ``model`` and run ``sample`` in a child process.
+
+    ONNX Runtime can die natively on a graph it accepts (a segfault in a graph
+    optimizer); in this process that would end the app with it. A crash becomes an
+    :class:`InputError` naming the signal; a Python-level failure one with ONNX Runtime's
+    message. Costs one child start (~0.4 s) and one batch; where no child can be started
+    (a frozen build) it checks nothing.
+    """
+    import signal
+
+    import onnx
+
+    src = workdir / "check.onnx"
+    onnx.save(model, str(src))
+    job: dict[str, Any] = {"tool": "check", "src": str(src), "dst": str(workdir / "check.done"), "child_only": True}
+    if sample is not None:
+        np.save(workdir / "check-input.npy", sample, allow_pickle=False)
+        job["input"] = str(workdir / "check-input.npy")
+    try:
+        run_ort_tool(job, ctx)
+    except ToolFailed as exc:
+        if exc.kind == "Crash":
+            try:
+                name = signal.Signals(exc.signal).name
+            except ValueError:
+                name = f"signal {exc.signal}"
+            raise InputError(
+                f"ONNX Runtime crashed ({name}) creating a session for the quantized model "
+                "(in a separate process: nothing else was affected)",
+                path=path,
+                hint=hint,
+                details=(str(exc) + "\n\n" + exc.details)[-4000:],
+            ) from exc
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind
+        raise InputError(
+            f"ONNX Runtime cannot run the quantized model: {first}",
+            path=path,
+            hint=hint,
+            details=(str(exc) + "\n\n" + exc.details)[-4000:],
+        ) from exc
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def _crash_hint(mode: str, fp16_nodes: set[str]) -> str:
+    if fp16_nodes:
+        other = "static or dynamic INT8" if mode == "fp16" else "fewer FP16 layers"
+        return ("Keep the layers ONNX Runtime cannot run in FP16 in FP32 (--precision 'NAME=fp32' sets a layer "
+                f"or a whole block, e.g. an attention module), or use {other}.")
+    return "Keep the failing layers in FP32 (--precision 'PATTERN=fp32'), or try another mode."
 
 
 # --------------------------------------------------------------------------- FP16
 
 
-def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
+# Why a node the plan puts in FP16 stays FP32.
+NO_FP16_KERNEL = "ONNX Runtime has no FP16 form for them here"
+TRANSPOSE_INTO_MATMUL = (
+    "an FP16 Transpose feeding an FP16 MatMul/Gemm crashes ONNX Runtime's CPU optimizer, "
+    "so it stays FP32 and the MatMul reads a cast"
+)
+
+
+def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, dict[str, str]]:
     """Run ``nodes`` in FP16; the graph's inputs and outputs stay float32.
+
+    Returns the model and the nodes of ``nodes`` left FP32, with the reason.
 
     Written here rather than with ``onnxruntime.transformers.float16`` because, in ORT
     1.31, that converter with a ``node_block_list`` produced graphs ONNX's checker rejects
@@ -463,10 +758,24 @@ def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
 
-    def is_fp16(node) -> bool:
-        return node.name in nodes and node.op_type in FP16_OPS
+    skipped = {n.name: NO_FP16_KERNEL for n in m.graph.node if n.name in nodes and n.op_type not in FP16_OPS}
+    # ONNX Runtime 1.32 (CPU) fuses an FP16 Transpose that moves the batch axis into the
+    # FP16 MatMul it feeds (FusedMatMul, transBatchA: MultiheadAttention's (L, N, E) →
+    # (N, L, E) before its in-projection), has no FP16 kernel for the result, inserts
+    # casts to float32, folds the FP16 weight into a float32 copy, and its layout pass
+    # (NchwcTransformer) then segfaults while creating the session. Reproduced with a
+    # two-node graph; disabling any one of those passes avoids it. A Transpose feeding
+    # an FP16 MatMul/Gemm stays FP32 whatever its permutation: ORT runs that MatMul in
+    # float32 anyway, so nothing is lost.
+    for node in m.graph.node:
+        if node.op_type == "Transpose" and node.name in nodes and any(
+            c.op_type in ("MatMul", "Gemm") and c.name in nodes for c in consumers.get(node.output[0], [])
+        ):
+            skipped[node.name] = TRANSPOSE_INTO_MATMUL
 
-    skipped = sorted({n.name for n in m.graph.node if n.name in nodes and n.op_type not in FP16_OPS})
+    def is_fp16(node) -> bool:
+        return node.name in nodes and node.op_type in FP16_OPS and node.name not in skipped
+
     half_of: dict[str, str] = {}  # float32 tensor → its FP16 twin
     new_inits = []
     new_nodes = []
@@ -480,7 +789,7 @@ def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
             if not inp or j in keep or elem.get(inp) != TensorProto.FLOAT:
                 continue
             if inp not in half_of:
-                twin = f"{inp}__fp16"
+                twin = f"{inp}{FP16_SUFFIX}"
                 if inp in inits:
                     arr = numpy_helper.to_array(inits[inp]).astype(np.float16)
                     new_inits.append(numpy_helper.from_array(arr, twin))
@@ -494,7 +803,7 @@ def convert_nodes_to_fp16(model, nodes: set[str]) -> tuple[Any, list[str]]:
         for k, out in enumerate(outs):
             if elem.get(out, TensorProto.FLOAT) != TensorProto.FLOAT:
                 continue
-            twin = f"{out}__fp16"
+            twin = f"{out}{FP16_SUFFIX}"
             node.output[k] = twin
             half_of[out] = twin
             if out in graph_outputs or any(not is_fp16(c) for c in consumers.get(out, [])):
@@ -589,7 +898,9 @@ class OrtEngine:
             torch_tree = None
         ctx.check_cancelled()
         onnx_tree = onnx_inventory(fp32, model.input_shape)
-        node_plan = plan_node_precisions(plan, onnx_tree, torch_tree)
+        origins = onnx_node_origins(onnx_tree, torch_tree, fp32)
+        node_plan = plan_node_precisions(plan, onnx_tree, torch_tree, fp32, origins=origins)
+        notes.extend(plan_coverage_notes(plan, origins, torch_tree))
         if config.mode == "fp16":
             # fp16 mode: everything the plan leaves INT8 runs FP16.
             node_plan = {k: (Precision.FP16 if p is Precision.INT8 else p, n) for k, (p, n) in node_plan.items()}
@@ -626,12 +937,19 @@ class OrtEngine:
             ctx.partial({"type": "stage", "name": "convert"})
             quantized = onnx.load(str(out))
             reference = onnx.load(str(pre))
-        if fp16_nodes:
-            ctx.report(0.93, f"converting {len(fp16_nodes)} nodes to FP16")
-            quantized, skipped = convert_nodes_to_fp16(quantized, fp16_nodes)
-            if skipped:
-                notes.append(f"{len(skipped)} nodes stay FP32: ONNX Runtime has no FP16 form for them here ({', '.join(skipped[:3])}…)")
-        ctx.check_cancelled()
+            if fp16_nodes:
+                ctx.report(0.93, f"converting {len(fp16_nodes)} nodes to FP16")
+                quantized, skipped = convert_nodes_to_fp16(quantized, fp16_nodes)
+                for reason in dict.fromkeys(skipped.values()):
+                    names = [n for n, r in skipped.items() if r == reason]
+                    notes.append(f"{len(names)} {'nodes stay' if len(names) != 1 else 'node stays'} FP32: {reason} "
+                                 f"({', '.join(names[:3])}{'…' if len(names) > 3 else ''})")
+            ctx.check_cancelled()
+            # A graph ONNX Runtime crashes on (a segfault in its optimizer or a kernel)
+            # would take the whole app down: create the session in a child first.
+            ctx.report(0.95, "checking the model in a separate process")
+            check_in_child(quantized, tmpdir, ctx, sample_input(quantized, model.input_shape),
+                           hint=_crash_hint(config.mode, fp16_nodes), path=model.path)
         ctx.report(0.97, "creating the ONNX Runtime session")
         try:
             session = make_session(quantized)
@@ -642,10 +960,8 @@ class OrtEngine:
                 hint="Keep the layers named in the details in FP32, or try another mode.",
                 details=str(exc)[-4000:],
             ) from exc
-        built = {}
+        built = built_layer_precisions(quantized, node_plan)
         present = {n.name: n.op_type for n in quantized.graph.node}
-        for node, (p, layer) in node_plan.items():
-            built.setdefault(layer, p.value)
         ctx.report(1.0, "quantized")
         result = QuantizedModel(
             engine=self.name,
@@ -770,14 +1086,25 @@ def ort_layer_sqnr(result: QuantizedModel, batches: list[np.ndarray], ctx: JobCo
     if ref is None or not batches:
         return {}
     quant = result.artifact
-    ref_out = {n.name: n.output[0] for n in ref.graph.node if n.output}
+    compute = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+    q_out = {n.name: n.output[0] for n in quant.graph.node if n.output and n.op_type in compute}
+    q_tensors = {o for n in quant.graph.node for o in n.output}
     # (node, FP32 tensor, quantized tensor): the output of the same-named node in each
     # graph. Names may differ (the QDQ quantizer drops a Relu after a Conv and renames
     # the Conv's output; FP16 nodes write a "__fp16" twin); values are the same thing.
+    # Dynamic INT8 replaces the node (MatMulInteger and rescaling) but writes the same
+    # output tensor.
     pairs = []
-    for node in quant.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose") and node.name in ref_out:
-            pairs.append((node.name, ref_out[node.name], node.output[0]))
+    for node in ref.graph.node:
+        if node.op_type not in compute or not node.output:
+            continue
+        tensor = node.output[0]
+        if node.name in q_out:
+            pairs.append((node.name, tensor, q_out[node.name]))
+        elif tensor in q_tensors:
+            pairs.append((node.name, tensor, tensor))
+        elif tensor + FP16_SUFFIX in q_tensors:
+            pairs.append((node.name, tensor, tensor + FP16_SUFFIX))
     if not pairs:
         return {}
 
@@ -814,6 +1141,8 @@ def ort_layer_sqnr(result: QuantizedModel, batches: list[np.ndarray], ctx: JobCo
                 signal[node] += float(np.sum(a * a))
                 noise[node] += float(np.sum((a - b) ** 2))
     out: dict[str, float] = {}
+    # Pairs are in graph order: a layer of several products (MultiheadAttention: its
+    # in-projection, then the two attention MatMuls) reports its last, its output.
     for node, _, _ in pairs:
         if signal[node] == 0:
             continue
