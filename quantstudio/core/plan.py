@@ -97,8 +97,10 @@ class PrecisionPlan:
 
     def unmatched_rules(self, tree: "LayerNode") -> list[PlanRule]:
         """The rules that match no layer of ``tree`` (a typo, or a plan made for another model)."""
-        leaves = [(n.name, n.type) for n, _ in tree.walk() if not n.children]
-        return [r for r in self.rules if not any(r.matches(name, t) for name, t in leaves)]
+        # Every node, blocks included: an engine may apply a rule to a block as a whole
+        # (ONNX Runtime maps attention's nodes to its MultiheadAttention module).
+        nodes = [(n.name, n.type) for n, _ in tree.walk()]
+        return [r for r in self.rules if not any(r.matches(name, t) for name, t in nodes)]
 
     def counts(self, tree: "LayerNode") -> dict[Precision, int]:
         counts = {p: 0 for p in Precision}

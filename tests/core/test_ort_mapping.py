@@ -242,3 +242,29 @@ def test_ort_native_crash_is_an_input_error_not_a_dead_app():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["raised"] is not None and "ONNX Runtime crashed (SIGSEGV)" in result["raised"]
     assert "FP32" in result["hint"]
+
+
+def test_onnx_export_refuses_a_branch_on_tensor_values():
+    from quantstudio.core.errors import InputError
+    from tests.core.test_torch_mixed import SHAPE, Branchy
+
+    torch.manual_seed(0)
+    model = loaded(Branchy(), SHAPE)
+    with pytest.raises(InputError) as err:
+        OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), [], NullContext())
+    assert "if x.mean() > 0:" in err.value.message and "torch.where" in err.value.hint
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_takes_a_smaller_last_batch(method):
+    """12 calibration samples in batches of 5: 5, 5, 2 (ORT's histogram calibrators stack batches)."""
+    from quantstudio.core.jobs import RecordingContext
+    from tests.core.models import tiny_net
+
+    torch.manual_seed(0)
+    model = loaded(tiny_net().eval(), (1, 3, 32, 32))
+    x = np.random.default_rng(0).standard_normal((12, 3, 32, 32), dtype=np.float32)
+    ctx = RecordingContext()
+    q = OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(calibration=method), [x[:5], x[5:10], x[10:]], ctx)
+    assert q.runner(x).shape == (12, 5)
+    assert any(m == "calibrating on 12 batches" for _, m in ctx.reports)  # every sample kept, as batches of 1

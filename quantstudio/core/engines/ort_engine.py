@@ -128,6 +128,8 @@ def torch_to_onnx(model: Any, path: Path | None = None):
     import onnx
     import torch
 
+    from quantstudio.core.engines.torch_engine import refuse_value_dependent_trace
+
     example = model.example_input()
     module = model.module
     buf = io.BytesIO()
@@ -138,7 +140,7 @@ def torch_to_onnx(model: Any, path: Path | None = None):
     try:
         if fastpath is not None:
             fastpath.set_fastpath_enabled(False)
-        with quiet(), torch.inference_mode(False), torch.no_grad():
+        with quiet(), refuse_value_dependent_trace(), torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 module,
                 (example,),
@@ -150,6 +152,8 @@ def torch_to_onnx(model: Any, path: Path | None = None):
                 output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
+    except InputError:
+        raise  # a forward that branches on tensor values (refuse_value_dependent_trace)
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
@@ -563,6 +567,30 @@ def _tool_main(job_path: str) -> int:
         result = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "details": traceback.format_exc()[-8000:]}
     Path(job["result"]).write_text(json.dumps(result))
     return 0
+
+
+def _equal_batches(path: Path, sizes: list[int]) -> int:
+    """Rewrite the calibration file at ``path`` so every batch has the same size.
+
+    ONNX Runtime's histogram calibrators (Entropy, Percentile) stack the outputs of all
+    batches into one array and fail on a last batch that is smaller ("inhomogeneous
+    shape"), which happens whenever the calibration count is not a multiple of the batch
+    size. Splitting every batch into chunks of the sizes' greatest common divisor keeps
+    every sample and changes no statistic. Returns the number of batches in the file.
+    """
+    import math
+
+    chunk = math.gcd(*sizes)
+    if len(set(sizes)) <= 1:
+        return len(sizes)
+    fixed = path.with_name(path.stem + "-equal.npy")
+    with open(path, "rb") as src, open(fixed, "wb") as dst:
+        for _ in sizes:
+            x = np.load(src, allow_pickle=False)
+            for start in range(0, len(x), chunk):
+                np.save(dst, x[start:start + chunk], allow_pickle=False)
+    os.replace(fixed, path)
+    return sum(size // chunk for size in sizes)
 
 
 class _FileReader:
@@ -1000,19 +1028,22 @@ class OrtEngine:
         # The batches are read here (progress, cancel) into one file the tool reads back.
         reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.3, label="reading calibration data")
         calibration = Path(out).with_name("calibration.npy")
+        sizes: list[int] = []
         with open(calibration, "wb") as f:
             for item in reader:
                 np.save(f, item[input_name], allow_pickle=False)
+                sizes.append(len(item[input_name]))
         if reader.count == 0:
             raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+        batches = _equal_batches(calibration, sizes)
         job = {
             "tool": "static", "src": str(pre), "dst": str(out), "calibration": str(calibration),
             "input_name": input_name, "per_channel": bool(config.per_channel), "reduce_range": reduce_range,
             "activation_type": act, "exclude": list(excluded), "method": method, "extra": extra,
-            "batches": reader.count,
+            "batches": batches,
         }
         try:
-            run_ort_tool(job, ctx, f"calibrating on {reader.count} batch{'es' if reader.count != 1 else ''}", 0.3, until=0.85)
+            run_ort_tool(job, ctx, f"calibrating on {batches} batch{'es' if batches != 1 else ''}", 0.3, until=0.85)
         except ToolFailed as exc:
             raise InputError(
                 f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind}",

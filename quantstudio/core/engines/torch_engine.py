@@ -1034,6 +1034,21 @@ def _watch_input_dependent_conversions():
     return Watch()
 
 
+@contextlib.contextmanager
+def refuse_value_dependent_trace():
+    """Around a trace (``torch.jit.trace``, ``torch.onnx.export``): InputError afterwards
+    when the forward turned input-dependent tensor values into Python values."""
+    import torch
+
+    watch = _watch_input_dependent_conversions()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)  # quiet() hides them; the error quotes them
+        with watch:
+            yield
+    if watch.found:
+        raise _input_dependent_error(watch.found, caught)
+
+
 def _input_dependent_error(found, caught) -> InputError:
     """The error for a trace that froze decisions taken on the example input's values."""
     import torch
@@ -1077,14 +1092,9 @@ def to_torchscript(module, example):
     """
     import torch
 
-    watch = _watch_input_dependent_conversions()
-    with quiet(), warnings.catch_warnings(record=True) as caught, torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("always", torch.jit.TracerWarning)  # quiet() hides them; the error quotes them
-        with watch:
+    with quiet(), torch.inference_mode(False), torch.no_grad():
+        with refuse_value_dependent_trace():
             traced = torch.jit.trace(module.eval(), example, check_trace=False)
-        if watch.found:
-            raise _input_dependent_error(watch.found, caught)
         return torch.jit.freeze(traced.eval(), optimize_numerics=not _has_half_tensors(module))
 
 
