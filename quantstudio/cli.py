@@ -399,7 +399,10 @@ def _add_quantize(sub) -> None:
     p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], help="activation range method (default minmax)")
     p.add_argument("--calib-samples", type=int, help="samples to calibrate on (default 256)")
     p.add_argument("--eval-samples", type=int, help="samples to evaluate on, disjoint from calibration (default 1000)")
-    p.add_argument("--per-tensor", action="store_true", default=None, help="one weight scale per tensor instead of per channel")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--per-tensor", action="store_true", default=None, help="one weight scale per tensor instead of per channel")
+    weights.add_argument("--per-channel", action="store_true", default=None,
+                         help="one weight scale per output channel (the default; overrides a per-tensor recipe)")
     p.add_argument("--symmetric-activations", action="store_true", default=None, help="symmetric activation ranges")
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per batch (default 32, or the recipe's)")
@@ -457,6 +460,8 @@ def _quantize_settings(args):
             setattr(config, key, value)
     if args.per_tensor:
         config.per_channel = False
+    if args.per_channel:
+        config.per_channel = True
     if args.symmetric_activations:
         config.symmetric_activations = True
     config.validate()

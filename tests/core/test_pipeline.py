@@ -119,6 +119,13 @@ def test_cli_quantize_json_then_recipe(model_file, tmp_path, capsys):
     assert recipe.engine == "torch" and recipe.config["calibration"] == "percentile"
     assert recipe.precision_plan().precision_for("fc").value == "fp32"
     assert out2.exists()
+    # A per-tensor recipe, switched back to per-channel by a flag.
+    out3 = tmp_path / "t.onnx"
+    assert main(["quantize", *common, "--per-tensor", "--out", str(out3)]) == 0
+    assert Recipe.load(tmp_path / "t.recipe.json").config["per_channel"] is False
+    assert main(["quantize", *common, "--recipe", str(tmp_path / "t.recipe.json"), "--per-channel",
+                 "--out", str(tmp_path / "c.onnx")]) == 0
+    assert Recipe.load(tmp_path / "c.recipe.json").config["per_channel"] is True
 
 
 def test_cli_quantize_human_output_and_bad_extension(model_file, tmp_path, capsys):
