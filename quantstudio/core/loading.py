@@ -65,6 +65,7 @@ class LoadedModel:
     class_names: list[str] | None = None  # output index -> name, when the file says
     notes: list[str] = field(default_factory=list)
     fixed_batch: int | None = None  # an ONNX input whose batch dimension is a fixed number
+    input_shape_guessed: bool = False  # not given, not in the file: guessed from the first layer
 
     def batch_size_for(self, requested: int) -> int:
         """The batch size to run this model with: its fixed batch when it has one."""
@@ -355,9 +356,15 @@ def _load_pickled_module(path: Path, input_shape, source_dir) -> LoadedModel:
     model = LoadedModel(path=path, kind=KIND_PICKLED, module=module, input_shape=shape)
     model.arch = type(module).__name__
     model.num_classes = _num_classes_from_module(module)
-    if input_shape is None and shape is not None:
-        model.notes.append(f"input shape {format_shape(shape)} assumed from the first layer")
+    _note_guessed_shape(model, input_shape)
     return model
+
+
+def _note_guessed_shape(model: LoadedModel, requested) -> None:
+    if requested is None and model.input_shape is not None:
+        model.input_shape_guessed = True
+        model.notes.append(f"input shape {format_shape(model.input_shape)} assumed from the first layer; "
+                           "give the size the model was trained at if it differs")
 
 
 @contextlib.contextmanager
@@ -382,6 +389,7 @@ def _load_torchscript(path: Path, input_shape) -> LoadedModel:
     model = LoadedModel(path=path, kind=KIND_TORCHSCRIPT, module=module, input_shape=shape)
     model.arch = getattr(module, "original_name", None)
     model.num_classes = _num_classes_from_module(module)
+    _note_guessed_shape(model, input_shape)
     return model
 
 

@@ -4,7 +4,8 @@ It holds only widget state; the window reads it through :meth:`DataPanel.run_set
 when a run starts and saves it through :meth:`state` in projects. Scanning a folder
 runs on the worker (the window does it when ``scan_requested`` is emitted).
 
-Signals: ``scan_requested()`` when the data choice changed and needs a (re)scan.
+Signals: ``scan_requested()`` when the data choice changed and needs a (re)scan;
+``engine_note(str)`` when the engine had to change for the model (a line for the log).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -42,6 +44,13 @@ DATA_KINDS = (
 PRESETS = (("default", "Default (model's size, ImageNet mean/std)"), ("imagenet", "ImageNet (resize 256, crop 224)"), ("custom", "Custom…"))
 IMAGENET_MEAN = "0.485,0.456,0.406"
 IMAGENET_STD = "0.229,0.224,0.225"
+# The PyTorch engine quantizes eager modules (FX graph mode): a state_dict rebuilt into its
+# architecture, or a whole saved model. Other files hold no Python module to rewrite.
+TORCH_ENGINE_NEEDS = (
+    "The PyTorch engine needs the model's Python code (a state_dict or a whole saved model); "
+    "{what} is quantized with ONNX Runtime."
+)
+COMBO_MIN_CHARS = 14  # combo boxes shrink to this and elide longer items (full text in the popup)
 
 
 def _combo(items, tips: dict[str, str] | None = None) -> QComboBox:
@@ -50,6 +59,10 @@ def _combo(items, tips: dict[str, str] | None = None) -> QComboBox:
         c.addItem(label, value)
         if tips and value in tips:
             c.setItemData(c.count() - 1, tips[value], Qt.ItemDataRole.ToolTipRole)
+    # Sized by its longest item the panel would be wider than its dock and be cut off.
+    c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    c.setMinimumContentsLength(COMBO_MIN_CHARS)
+    c.view().setMinimumWidth(c.view().sizeHintForColumn(0) + 24)
     return c
 
 
@@ -61,6 +74,7 @@ def _select(combo: QComboBox, value: Any) -> None:
 
 class DataPanel(QScrollArea):
     scan_requested = Signal()
+    engine_note = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -83,6 +97,7 @@ class DataPanel(QScrollArea):
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("Choose a folder of images…")
         self.path_edit.setReadOnly(True)
+        self.path_edit.textChanged.connect(self.path_edit.setToolTip)  # the whole path; the box shows its end
         self.browse_button = QPushButton("Choose…")
         self.browse_button.clicked.connect(self._on_browse)
         row.addWidget(self.path_edit, 1)
@@ -92,6 +107,10 @@ class DataPanel(QScrollArea):
         self.summary_label.setWordWrap(True)
         self.summary_label.setTextFormat(Qt.TextFormat.RichText)
         form.addRow(self.summary_label)
+        self.counts_label = QLabel()
+        self.counts_label.setWordWrap(True)
+        self.counts_label.setVisible(False)
+        form.addRow(self.counts_label)
         self.thumb_model = ThumbnailModel(self)
         self.thumb_view = QListView()
         self.thumb_view.setViewMode(QListView.ViewMode.IconMode)
@@ -102,6 +121,11 @@ class DataPanel(QScrollArea):
         self.thumb_view.setUniformItemSizes(True)
         self.thumb_view.setModel(self.thumb_model)
         self.thumb_view.setMinimumHeight(150)
+        # As many columns as fit the dock (Adjust re-flows), never a horizontal scroll bar.
+        self.thumb_view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.thumb_view.setWrapping(True)
+        self.thumb_view.setMinimumWidth(2 * 64 + 8)
+        self.thumb_view.setVisible(False)
         self.thumb_view.setToolTip("A few of the images, with their class (sub-folder) name")
         form.addRow(self.thumb_view)
         self.skipped_label = QLabel()
@@ -158,6 +182,7 @@ class DataPanel(QScrollArea):
             (("minmax", "Min-max"), ("entropy", "Entropy (histogram)"), ("percentile", "Percentile")), style.CALIBRATION_METHOD_HELP
         )
         self.calib_combo.setToolTip(style.CALIBRATION_HELP + "\n\n" + "\n".join(style.CALIBRATION_METHOD_HELP.values()))
+        self._torch_reason = ""  # why the PyTorch engine cannot quantize the open model ("" when it can)
         self.per_channel_check = QCheckBox("Per-channel weights")
         self.per_channel_check.setToolTip(style.PER_CHANNEL_HELP)
         qform.addRow("Engine:", self.engine_combo)
@@ -189,12 +214,62 @@ class DataPanel(QScrollArea):
         col.addWidget(help_label)
         col.addStretch(1)
 
+        for combo in (self.kind_combo, self.preset_combo, self.engine_combo, self.mode_combo,
+                      self.backend_combo, self.calib_combo):
+            combo.currentIndexChanged.connect(self._on_combo_changed)
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.preset_combo.currentIndexChanged.connect(self._on_preset_changed)
+        self._base_tips = {c: c.toolTip() for c in (self.kind_combo, self.preset_combo, self.engine_combo,
+                                                     self.mode_combo, self.backend_combo, self.calib_combo)}
         self.load_settings()
         self._on_kind_changed()
         self._on_preset_changed()
+        self._refresh_tooltips()
         self.summary = None  # the last DataSummary
+
+    def minimumSizeHint(self) -> QSize:
+        """Overrides QScrollArea.minimumSizeHint: as wide as the form needs, so the dock
+        cannot be made narrower than its content (which would cut combo boxes off)."""
+        frame = 2 * self.frameWidth()
+        bar = self.verticalScrollBar().sizeHint().width()
+        return QSize(self.widget().minimumSizeHint().width() + bar + frame, 160)
+
+    @Slot()
+    def _on_combo_changed(self) -> None:
+        if isinstance(self.sender(), QComboBox):
+            self._show_current_in_tooltip(self.sender())
+
+    def _show_current_in_tooltip(self, combo: QComboBox) -> None:
+        # A narrow combo elides its text: its tooltip starts with the full current choice.
+        base = getattr(self, "_base_tips", {}).get(combo, "")
+        extra = f"\n\n{self._torch_reason}" if combo is self.engine_combo and self._torch_reason else ""
+        combo.setToolTip(f"<b>{combo.currentText()}</b><br>" + (base + extra).replace("\n", "<br>"))
+
+    # ------------------------------------------------------------------ the model
+    def set_model(self, model: Any) -> bool:
+        """Offer only the engines that can quantize ``model`` (a core LoadedModel, or None).
+
+        The PyTorch engine is greyed out, with the reason as its tooltip, for models it
+        cannot quantize; when it was chosen, ONNX Runtime is chosen instead and
+        ``engine_note`` says so. Returns True when the engine changed.
+        """
+        eager = model is None or bool(getattr(model, "is_eager", True))
+        what = getattr(model, "kind_label", "this model")
+        what = f"a{'n' if what[:1].lower() in 'aeiou' else ''} {what}" if model is not None else what
+        self._torch_reason = "" if eager else TORCH_ENGINE_NEEDS.format(what=what)
+        i = self.engine_combo.findData("torch")
+        combo_model = self.engine_combo.model()
+        if isinstance(combo_model, QStandardItemModel) and i >= 0:
+            item = combo_model.item(i)
+            item.setEnabled(eager)
+            item.setToolTip(style.ENGINE_HELP["torch"] if eager else self._torch_reason)
+        changed = False
+        if not eager and self.engine_combo.currentData() == "torch":
+            _select(self.engine_combo, "onnxruntime")
+            changed = True
+            self.engine_note.emit(f"Engine set to ONNX Runtime: {self._torch_reason}")
+        self._show_current_in_tooltip(self.engine_combo)
+        return changed
 
     # ------------------------------------------------------------------ data choice
     @property
@@ -215,6 +290,7 @@ class DataPanel(QScrollArea):
         self.kind_combo.blockSignals(False)
         self.path_edit.setText(path)
         self._update_kind_widgets()
+        self._refresh_tooltips()
         self.scan_requested.emit()
 
     @Slot()
@@ -249,18 +325,26 @@ class DataPanel(QScrollArea):
         """Show what a scan found (a tasks.DataSummary), or None to clear."""
         self.summary = summary
         self.skipped_label.clear()
+        self.counts_label.clear()
+        self.counts_label.setVisible(False)
         if summary is None:
             self.summary_label.setText("No data chosen yet.")
             self.thumb_model.set_items([])
+            self.thumb_view.setVisible(False)
             return
         lines = []
         if summary.is_random:
             lines.append(f"<b style='color:#a05000'>{style.RANDOM_DATA_LABEL}</b>")
-        lines.append(f"<b>{summary.description}</b>")
+            # The description repeats the warning in brackets: say only how much data.
+            lines.append(f"<b>{summary.description.split(' (')[0]}</b>")
+        else:
+            lines.append(f"<b>{summary.description}</b>")
         if summary.class_counts:
-            shown = ", ".join(f"{name}: {n}" for name, n in summary.class_counts[:20])
+            shown = ", ".join(f"{name}:\u00a0{n}" for name, n in summary.class_counts[:20])
             more = f" … (+{len(summary.class_counts) - 20} classes)" if len(summary.class_counts) > 20 else ""
-            lines.append(f"Per class — {shown}{more}")
+            self.counts_label.setText(f"Per class — {shown}{more}")
+            self.counts_label.setToolTip("\n".join(f"{name}: {n} images" for name, n in summary.class_counts))
+            self.counts_label.setVisible(True)
         for w in summary.warnings:
             if not (summary.is_random and "random" in w):
                 lines.append(f"<span style='color:#a02020'>⚠ {w}</span>")
@@ -270,11 +354,14 @@ class DataPanel(QScrollArea):
         self.thumb_model.set_items(
             [(path, label, arr, f"{label}\n{path}" if path else label) for path, label, arr in summary.thumbnails]
         )
+        self.thumb_view.setVisible(bool(summary.thumbnails))
 
     def set_error(self, message: str) -> None:
         self.summary = None
         self.summary_label.setText(f"<span style='color:#a02020'>{message}</span>")
+        self.counts_label.setVisible(False)
         self.thumb_model.set_items([])
+        self.thumb_view.setVisible(False)
 
     def set_skipped(self, skipped: list[tuple[str, str]]) -> None:
         """Files a run could not read (path, reason)."""
@@ -409,6 +496,14 @@ class DataPanel(QScrollArea):
             self.path_edit.setText(state["data_path"])
         self._update_kind_widgets()
         self.blockSignals(False)
+        if self._torch_reason and self.engine_combo.currentData() == "torch":
+            _select(self.engine_combo, "onnxruntime")  # a saved choice the open model cannot use
+            self.engine_note.emit(f"Engine set to ONNX Runtime: {self._torch_reason}")
+        self._refresh_tooltips()
+
+    def _refresh_tooltips(self) -> None:
+        for combo in getattr(self, "_base_tips", {}):
+            self._show_current_in_tooltip(combo)
 
     def load_settings(self) -> None:
         self.restore_state({key: SETTINGS[key] for key in self._keys()})

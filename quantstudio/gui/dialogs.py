@@ -1,12 +1,15 @@
-"""Dialogs: errors (plain message, expandable details) and the model import questions."""
+"""Dialogs: errors (plain message, expandable details), the model import questions, and the
+offline Getting-started guide."""
 
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QUrl
+from PySide6.QtGui import QImage, QTextDocument
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -21,6 +24,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -97,7 +101,9 @@ class ImportDialog(QDialog):
     """Asks what an import needs: architecture, input shape, or trust (only what applies).
 
     ``needs`` is a set of "arch", "shape", "trust". ``problem`` is shown on top when a
-    previous attempt failed (e.g. "the weights do not fit resnet18").
+    previous attempt failed (e.g. "the weights do not fit resnet18"). ``shape_note`` says
+    where a pre-filled input shape comes from ("Guessed: …", "Read from demo.json …"):
+    a guessed shape is shown for the user to confirm or correct.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class ImportDialog(QDialog):
         problem: str = "",
         trust_text: str = "",
         source_dir: str | None = None,
+        shape_note: str = "",
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle(f"Open {Path(path).name}")
@@ -159,8 +166,17 @@ class ImportDialog(QDialog):
         self.shape_edit.setToolTip("Batch, channels, height, width of one input, as the model was trained.")
         if input_shape:
             self.shape_edit.setText(",".join(str(d) for d in input_shape))
+        self.shape_label = QLabel(shape_note)
+        self.shape_label.setWordWrap(True)
+        if shape_note.startswith("Guessed"):
+            self.shape_label.setStyleSheet("color: #a05000")
         if "shape" in self.needs or "arch" in self.needs:
             form.addRow("Input shape:", self.shape_edit)
+            if shape_note:
+                form.addRow("", self.shape_label)
+            if "shape" in self.needs and shape_note.startswith("Guessed"):
+                self.shape_edit.setFocus()
+                self.shape_edit.selectAll()
 
         self.trust_check = QCheckBox("I trust this file and want to load it")
         self.source_edit = QLineEdit(source_dir or "")
@@ -243,3 +259,74 @@ class ImportDialog(QDialog):
     @property
     def source_dir(self) -> str | None:
         return self.source_edit.text().strip() or None
+
+
+# --------------------------------------------------------------------------- getting started
+
+GUIDE_START = "#### First time with QuantStudio"
+GUIDE_END = "\n## "
+GUIDE_IMAGE_WIDTH = 640
+
+
+def readme_path() -> Path:
+    """README.md at the root of a source checkout (beside the ``quantstudio`` package)."""
+    return Path(__file__).resolve().parents[2] / "README.md"
+
+
+def getting_started_markdown(readme: Path | None = None) -> str | None:
+    """The README's "First time with QuantStudio" walk-through, or None without a README."""
+    readme = readme or readme_path()
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    start = text.find(GUIDE_START)
+    if start < 0:
+        return text
+    end = text.find(GUIDE_END, start + len(GUIDE_START))
+    guide = text[start:end if end >= 0 else len(text)]
+    # The walk-through's heading is a level below its steps in the README; here it is the title.
+    return re.sub(r"^####\s+", "# ", guide, count=1)
+
+
+class _GuideBrowser(QTextBrowser):
+    """Shows the README's screenshots scaled to the window (they are 1200 px wide)."""
+
+    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 - Qt API
+        """Overrides QTextBrowser.loadResource: images at most GUIDE_IMAGE_WIDTH wide."""
+        resource = super().loadResource(kind, url)
+        if kind == QTextDocument.ResourceType.ImageResource.value and resource is not None:
+            image = resource if isinstance(resource, QImage) else QImage.fromData(resource)
+            if not image.isNull() and image.width() > GUIDE_IMAGE_WIDTH:
+                return image.scaledToWidth(GUIDE_IMAGE_WIDTH, Qt.TransformationMode.SmoothTransformation)
+            return image if not image.isNull() else resource
+        return resource
+
+
+class GettingStartedDialog(QDialog):
+    """Help ▸ Getting started: the README's walk-through, rendered offline."""
+
+    def __init__(self, parent: QWidget | None = None, readme: Path | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Getting started with QuantStudio")
+        self.resize(760, 680)
+        readme = readme or readme_path()
+        self.browser = _GuideBrowser()
+        self.browser.setOpenExternalLinks(True)
+        self.browser.setSearchPaths([str(readme.parent)])
+        guide = getting_started_markdown(readme)
+        if guide is None:
+            self.browser.setMarkdown(
+                "# Getting started\n\n"
+                f"The guide is the README of QuantStudio, which this installation does not include "
+                f"(looked for `{readme}`).\n\n"
+                "Read README.md in QuantStudio's source (section *First time with QuantStudio*), or open "
+                "the demo (File ▸ Open demo) and hover any option for an explanation."
+            )
+        else:
+            self.browser.setMarkdown(guide)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.browser, 1)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)

@@ -31,8 +31,8 @@ class Setting:
 
 _DECLARED = [
     # files and folders
-    Setting("recent_files", list, [], "models opened recently, newest first"),
-    Setting("recent_projects", list, [], "projects opened recently, newest first"),
+    Setting("recent_files", list, [], "models opened recently, newest first (File ▸ Open recent, welcome page)"),
+    Setting("recent_projects", list, [], "projects opened or saved recently, newest first (listed above the models)"),
     Setting("last_model_dir", str, "", "folder of the last model opened"),
     Setting("last_data_dir", str, "", "folder of the last data chosen"),
     Setting("last_export_dir", str, "", "folder of the last export"),

@@ -1,6 +1,7 @@
-"""Every run kept as a named variant: a table model, and a panel to compare, re-apply, delete.
+"""Every run kept as a named variant: a table model, and a panel to compare, re-apply, re-run, delete.
 
-Signals of :class:`VariantsPanel`: ``apply_plan_requested(int)``, ``variants_changed()``.
+Signals of :class:`VariantsPanel`: ``apply_plan_requested(int)``, ``rerun_requested(int)``,
+``variants_changed()``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal, Slot
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -17,6 +19,9 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSplitter,
+    QStyle,
+    QStyleOptionComboBox,
+    QStylePainter,
     QTableView,
     QTableWidget,
     QTableWidgetItem,
@@ -24,6 +29,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from quantstudio.core.errors import InputError
+from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui.style import human_bytes
 from quantstudio.gui.tasks import RunOutcome
 
@@ -107,8 +114,6 @@ class VariantTableModel(QAbstractTableModel):
             lines += [f"⚠ {w}" for w in run.warnings[:5]]
             return "\n".join(lines)
         if role == Qt.ItemDataRole.ForegroundRole and col == 7 and run.is_random:
-            from PySide6.QtGui import QColor
-
             return QColor(160, 80, 0)
         return None
 
@@ -150,28 +155,65 @@ class VariantTableModel(QAbstractTableModel):
         return [r.name for r in self.runs]
 
 
+def layer_counts(run: RunOutcome, tree: Any) -> dict[Precision, int] | None:
+    """INT8 / FP16 / FP32 layers of ``run``, counted like the summary under the layer tree.
+
+    The run's plan resolved on the model's layer tree (leaf layers, INT8 falling back to
+    FP32 where a layer cannot be quantized): the same count as the tree's summary and the
+    variant's name. ``run.layer_precisions`` is not counted: it is keyed by what the engine
+    built (ONNX Runtime also lists graph ops that are no layer of the tree, such as
+    residual adds, and drops layers the export removed, such as Dropout).
+    """
+    if tree is None or not run.plan:
+        return None
+    try:
+        return PrecisionPlan.from_dict(run.plan).counts(tree)
+    except (InputError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _count_text(counts: dict[Precision, int] | None) -> str:
+    if counts is None:
+        return "—"
+    return " / ".join(str(counts[p]) for p in (Precision.INT8, Precision.FP16, Precision.FP32))
+
+
+def _settings_text(run: RunOutcome) -> str:
+    c = run.config
+    return " / ".join(str(c.get(k, "?")) for k in ("engine", "mode", "calibration"))
+
+
+# (label, value of a run, kind, which way is better: +1 higher, -1 lower, 0 neither)
 COMPARE_ROWS = (
-    ("top-1", lambda r: quantized_metrics(r).get("top1"), "pct"),
-    ("top-5", lambda r: quantized_metrics(r).get("top5"), "pct"),
-    ("F1", lambda r: quantized_metrics(r).get("f1"), "pct"),
-    ("agreement with original", lambda r: quantized_metrics(r).get("agreement"), "pct"),
-    ("output SQNR (dB)", lambda r: quantized_metrics(r).get("sqnr_db"), "num"),
-    ("latency, batch 1 (ms)", lambda r: quantized_metrics(r).get("latency_ms"), "num"),
-    ("speed-up vs original", speedup, "x"),
-    ("file size", lambda r: quantized_metrics(r).get("size_bytes"), "bytes"),
-    ("engine", lambda r: r.config.get("engine"), "text"),
-    ("mode", lambda r: r.config.get("mode"), "text"),
-    ("calibration", lambda r: r.config.get("calibration"), "text"),
-    ("layers in INT8 / FP16 / FP32", lambda r: _count_text(r), "text"),
+    ("top-1", lambda r, t: quantized_metrics(r).get("top1"), "pct", +1),
+    ("top-5", lambda r, t: quantized_metrics(r).get("top5"), "pct", +1),
+    ("F1", lambda r, t: quantized_metrics(r).get("f1"), "pct", +1),
+    ("agreement", lambda r, t: quantized_metrics(r).get("agreement"), "pct", +1),
+    ("output SQNR", lambda r, t: quantized_metrics(r).get("sqnr_db"), "db", +1),
+    ("latency (batch 1)", lambda r, t: quantized_metrics(r).get("latency_ms"), "ms", -1),
+    ("speed-up", lambda r, t: speedup(r), "x", +1),
+    ("file size", lambda r, t: quantized_metrics(r).get("size_bytes"), "bytes", -1),
+    ("settings", lambda r, t: _settings_text(r), "text", 0),
+    ("layers INT8/FP16/FP32", lambda r, t: _count_text(layer_counts(r, t)), "text", 0),
 )
+COMPARE_TIPS = {
+    "agreement": "How often the quantized model predicts what the original model predicts",
+    "output SQNR": "Signal-to-quantization-noise ratio of the model's output (higher is better)",
+    "latency (batch 1)": "Median time of one batch of 1 on this computer",
+    "speed-up": "Against the original FP32 model, timed in the same runtime when the run did so",
+    "settings": "Engine / mode / calibration method",
+    "layers INT8/FP16/FP32": "Leaf layers of the model in each precision, counted like the summary under the layer tree",
+}
+UNITS = {"ms": " ms", "db": " dB", "x": "×"}
+MINUS = "\u2212"
 
 
-def _count_text(run: RunOutcome) -> str:
-    counts = {"int8": 0, "fp16": 0, "fp32": 0}
-    for p in run.layer_precisions.values():
-        if p in counts:
-            counts[p] += 1
-    return " / ".join(str(counts[k]) for k in ("int8", "fp16", "fp32")) if run.layer_precisions else "—"
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _fmt(value: Any, kind: str) -> str:
@@ -179,22 +221,87 @@ def _fmt(value: Any, kind: str) -> str:
         return "—"
     if kind == "pct":
         return f"{100 * float(value):.2f}%"
-    if kind == "num":
+    if kind in UNITS:
         v = float(value)
-        return "∞" if math.isinf(v) else f"{v:.2f}"
-    if kind == "x":
-        return f"{float(value):.2f}×"
+        return "∞" if math.isinf(v) else f"{v:.2f}{UNITS[kind]}"
     if kind == "bytes":
         return human_bytes(value)
     return str(value)
 
 
+def _signed(number: float, text: str) -> str:
+    """``text`` (the magnitude) with an explicit sign: +1.20 ms, −2.5 KB, ±0.00 pt."""
+    if not any(ch in "123456789" for ch in text):  # rounds to zero
+        return "±" + text
+    return ("+" if number > 0 else MINUS) + text
+
+
+def format_delta(a: Any, b: Any, kind: str) -> str:
+    """B − A with an explicit sign, in the unit the two values are shown in ("" when not numeric)."""
+    va, vb = _finite(a), _finite(b)
+    if kind == "text" or a is None or b is None:
+        return ""
+    if va is None or vb is None:  # an infinite SQNR: no meaningful difference
+        return "—"
+    d = vb - va
+    if kind == "pct":
+        return _signed(d, f"{abs(100 * d):.2f} pt")
+    if kind in UNITS:
+        return _signed(d, f"{abs(d):.2f}{UNITS[kind]}")
+    if kind == "bytes":
+        return _signed(d, human_bytes(abs(d)))
+    return ""
+
+
+class ElidedComboBox(QComboBox):
+    """A combo box that elides its current text in the middle ("#1 onnxr…(136 INT8)"),
+    where the distinguishing number and the counts stay visible; the popup and the
+    tooltip show the full names."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(8)
+        self.currentIndexChanged.connect(self._update_tooltip)
+
+    @Slot()
+    def _update_tooltip(self) -> None:
+        self.setToolTip(self.currentText())
+
+    def set_names(self, names: list[str], current: int) -> None:
+        self.blockSignals(True)
+        self.clear()
+        for i, name in enumerate(names):
+            self.addItem(name)
+            self.setItemData(i, name, Qt.ItemDataRole.ToolTipRole)
+        self.setCurrentIndex(current)
+        self.blockSignals(False)
+        self._update_tooltip()
+        # The popup is as wide as the longest name, not as the (narrower) box.
+        width = max((self.fontMetrics().horizontalAdvance(n) for n in names), default=0) + 40
+        self.view().setMinimumWidth(width)
+
+    def paintEvent(self, event) -> None:
+        """Overrides QComboBox.paintEvent: draw the current text elided in the middle."""
+        painter = QStylePainter(self)
+        opt = QStyleOptionComboBox()
+        self.initStyleOption(opt)
+        painter.drawComplexControl(QStyle.ComplexControl.CC_ComboBox, opt)
+        field = self.style().subControlRect(QStyle.ComplexControl.CC_ComboBox, opt,
+                                            QStyle.SubControl.SC_ComboBoxEditField, self)
+        opt.currentText = self.fontMetrics().elidedText(opt.currentText, Qt.TextElideMode.ElideMiddle, field.width())
+        painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, opt)
+
+
 class VariantsPanel(QWidget):
     apply_plan_requested = Signal(int)
+    rerun_requested = Signal(int)
     variants_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.tree = None  # the model's LayerNode tree: layer counts are resolved on it
+        self.rerun_allowed = True  # False while a job runs or no model is open
         self.model = VariantTableModel(self)
         self.table = QTableView()
         self.table.setModel(self.model)
@@ -203,46 +310,97 @@ class VariantsPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.verticalHeader().setVisible(False)
+        self._compact_rows(self.table)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked | QAbstractItemView.EditTrigger.EditKeyPressed)
 
         buttons = QHBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
         self.apply_button = QPushButton("Re-apply plan to tree")
         self.apply_button.setToolTip("Set every layer's precision as in this variant (Ctrl+Z undoes it)")
+        self.rerun_button = QPushButton("Re-run")
+        self.rerun_button.setToolTip(
+            "Apply this variant's plan (undoable) and quantization settings, then quantize again "
+            "with the data chosen in the Data panel: a variant from a reopened project can then be exported"
+        )
         self.delete_button = QPushButton("Delete")
         self.apply_button.clicked.connect(self._on_apply)
+        self.rerun_button.clicked.connect(self._on_rerun)
         self.delete_button.clicked.connect(self._on_delete)
         buttons.addWidget(self.apply_button)
+        buttons.addWidget(self.rerun_button)
         buttons.addWidget(self.delete_button)
         buttons.addStretch(1)
-        buttons.addWidget(QLabel("Compare:"))
-        self.a_combo = QComboBox()
-        self.b_combo = QComboBox()
+        left = QWidget()
+        left_col = QVBoxLayout(left)
+        left_col.setContentsMargins(0, 0, 0, 0)
+        left_col.setSpacing(2)
+        left_col.addLayout(buttons)
+        left_col.addWidget(self.table, 1)
+
+        pick = QHBoxLayout()
+        pick.setContentsMargins(0, 0, 0, 0)
+        self.a_combo = ElidedComboBox()
+        self.b_combo = ElidedComboBox()
         self.a_combo.currentIndexChanged.connect(self.update_comparison)
         self.b_combo.currentIndexChanged.connect(self.update_comparison)
-        buttons.addWidget(self.a_combo)
-        buttons.addWidget(QLabel("vs"))
-        buttons.addWidget(self.b_combo)
-
+        pick.addWidget(QLabel("A:"))
+        pick.addWidget(self.a_combo, 1)
+        pick.addWidget(QLabel("B:"))
+        pick.addWidget(self.b_combo, 1)
         self.compare = QTableWidget(0, 4)
         self.compare.setHorizontalHeaderLabels(["", "A", "B", "B − A"])
+        self.compare.horizontalHeaderItem(3).setToolTip(
+            "B minus A, in the unit of the values (percentages: percentage points, pt). Green: B is better."
+        )
         self.compare.verticalHeader().setVisible(False)
-        self.compare.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        self.compare.horizontalHeader().setStretchLastSection(True)
+        self._compact_rows(self.compare)
+        self._size_compare_columns()
         self.compare.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        right = QWidget()
+        right_col = QVBoxLayout(right)
+        right_col.setContentsMargins(0, 0, 0, 0)
+        right_col.setSpacing(2)
+        right_col.addLayout(pick)
+        right_col.addWidget(self.compare, 1)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.table)
-        split.addWidget(self.compare)
-        split.setSizes([600, 350])
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([500, 500])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
-        layout.addLayout(buttons)
-        layout.addWidget(split, 1)
-        self.model.rowsInserted.connect(self._refresh_combos)
+        layout.addWidget(self.splitter, 1)
+        self.model.rowsInserted.connect(self._on_rows_inserted)
         self.model.rowsRemoved.connect(self._refresh_combos)
         self.model.modelReset.connect(self._refresh_combos)
         self.model.dataChanged.connect(self._refresh_combos)
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
+        self._update_buttons()
+
+    def _size_compare_columns(self) -> None:
+        # Labels and B − A as wide as their text; A and B share the rest (long text elides,
+        # its tooltip has it whole): no horizontal scrolling to reach B − A.
+        header = self.compare.horizontalHeader()
+        header.setStretchLastSection(False)
+        for col, mode in enumerate((QHeaderView.ResizeMode.ResizeToContents, QHeaderView.ResizeMode.Stretch,
+                                    QHeaderView.ResizeMode.Stretch, QHeaderView.ResizeMode.ResizeToContents)):
+            header.setSectionResizeMode(col, mode)
+
+    @staticmethod
+    def _compact_rows(table: QTableView) -> None:
+        # One line of text per row: the comparison's 10 rows fit a dock of ~280 px.
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+        table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+
+    def set_tree(self, tree: Any) -> None:
+        """The model's layer tree: the comparison counts the layers of a variant's plan on it."""
+        self.tree = tree
+        self.update_comparison()
+
+    def set_rerun_allowed(self, allowed: bool) -> None:
+        self.rerun_allowed = allowed
         self._update_buttons()
 
     def selected_rows(self) -> list[int]:
@@ -251,6 +409,7 @@ class VariantsPanel(QWidget):
     def _update_buttons(self) -> None:
         rows = self.selected_rows()
         self.apply_button.setEnabled(len(rows) == 1)
+        self.rerun_button.setEnabled(len(rows) == 1 and self.rerun_allowed)
         self.delete_button.setEnabled(bool(rows))
 
     @Slot()
@@ -268,23 +427,36 @@ class VariantsPanel(QWidget):
             self.apply_plan_requested.emit(rows[0])
 
     @Slot()
+    def _on_rerun(self) -> None:
+        rows = self.selected_rows()
+        if len(rows) == 1:
+            self.rerun_requested.emit(rows[0])
+
+    @Slot()
     def _on_delete(self) -> None:
         for row in reversed(self.selected_rows()):
             self.model.remove(row)
         self.variants_changed.emit()
 
     @Slot()
-    def _refresh_combos(self) -> None:
+    def _on_rows_inserted(self) -> None:
+        self._refresh_combos(newest=True)
+
+    @Slot()
+    def _refresh_combos(self, newest: bool = False) -> None:
+        """Fill A and B with the variants' names, keeping their choice; after a new run,
+        B is the new run and A the one before (what was just changed is compared)."""
         names = self.model.names()
         for combo, default in ((self.a_combo, max(len(names) - 2, 0)), (self.b_combo, len(names) - 1)):
             current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            combo.setCurrentIndex(names.index(current) if current in names else default)
-            combo.blockSignals(False)
+            keep = current in names and not newest
+            combo.set_names(names, names.index(current) if keep else default)
         self._update_buttons()
         self.update_comparison()
+
+    def comparison(self) -> list[tuple[str, str, str, str]]:
+        """The comparison as shown: (label, A, B, B − A) per row."""
+        return [tuple(self.compare.item(i, j).text() for j in range(4)) for i in range(self.compare.rowCount())]
 
     @Slot()
     def update_comparison(self) -> None:
@@ -298,17 +470,21 @@ class VariantsPanel(QWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         try:
             self.compare.setRowCount(len(COMPARE_ROWS))
-            for i, (label, get, kind) in enumerate(COMPARE_ROWS):
-                va = get(a) if a else None
-                vb = get(b) if b else None
-                delta = ""
-                if kind in ("pct", "num", "x", "bytes") and va is not None and vb is not None:
-                    try:
-                        d = float(vb) - float(va)
-                        delta = _fmt(d, kind) if kind != "pct" else f"{100 * d:+.2f} pt"
-                    except (TypeError, ValueError):
-                        delta = ""
+            for i, (label, get, kind, better) in enumerate(COMPARE_ROWS):
+                va = get(a, self.tree) if a else None
+                vb = get(b, self.tree) if b else None
+                delta = format_delta(va, vb, kind)
                 for j, text in enumerate((label, _fmt(va, kind), _fmt(vb, kind), delta)):
-                    self.compare.setItem(i, j, QTableWidgetItem(text))
+                    item = QTableWidgetItem(text)
+                    if j and kind != "text":
+                        item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+                    if j == 0 and label in COMPARE_TIPS:
+                        item.setToolTip(COMPARE_TIPS[label])
+                    elif j in (1, 2):
+                        item.setToolTip(text)
+                    if j == 3 and better and delta[:1] in ("+", MINUS):
+                        good = (delta[0] == "+") == (better > 0)
+                        item.setForeground(QColor(40, 130, 60) if good else QColor(170, 40, 40))
+                    self.compare.setItem(i, j, item)
         finally:
-            header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+            self._size_compare_columns()

@@ -274,3 +274,12 @@ def test_checkpoint_metadata_gives_arch_shape_and_class_names(tmp_path, squeeze_
     assert model.input_shape == (1, 3, 96, 96)
     assert model.class_names == list("abcdefg")
     assert load_model(path, input_shape=(1, 3, 64, 64)).input_shape == (1, 3, 64, 64)
+
+
+def test_a_torchscript_shape_is_only_a_guess_and_says_so(tiny_forms):
+    paths, _, _ = tiny_forms
+    guessed = load_model(paths["torchscript"])
+    assert guessed.input_shape_guessed and any("assumed from the first layer" in n for n in guessed.notes)
+    given = load_model(paths["torchscript"], input_shape=(1, 3, 32, 32))
+    assert not given.input_shape_guessed and not given.notes
+    assert not load_model(paths["onnx"]).input_shape_guessed  # ONNX files record their shape

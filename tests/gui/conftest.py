@@ -47,9 +47,15 @@ def no_dialogs(monkeypatch):
 
 
 @pytest.fixture
-def window(qtbot, no_dialogs):
+def window(qtbot, no_dialogs, monkeypatch):
+    from PySide6.QtWidgets import QDialog
+
+    from quantstudio.gui.dialogs import ImportDialog
     from quantstudio.gui.main_window import MainWindow
 
+    # Import questions (a guessed input shape to confirm) take their pre-filled answers;
+    # tests about a question patch ImportDialog.exec themselves.
+    monkeypatch.setattr(ImportDialog, "exec", lambda dlg: QDialog.DialogCode.Accepted)
     w = MainWindow()
     qtbot.addWidget(w)
     w.show()

@@ -16,7 +16,7 @@ tmp = tempfile.mkdtemp(prefix="qs-shots-")
 os.environ["QUANTSTUDIO_SETTINGS"] = str(Path(tmp) / "settings.ini")
 os.environ["QUANTSTUDIO_DATA_DIR"] = str(Path(tmp) / "data")
 
-from PySide6.QtCore import QEventLoop, Qt  # noqa: E402
+from PySide6.QtCore import QEvent, QEventLoop, Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from quantstudio.gui.app import make_application  # noqa: E402
@@ -29,6 +29,9 @@ def pump(app, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        # processEvents outside an event loop leaves deleteLater() undone (Qt retires
+        # replaced dock tab bars that way); app.exec() would have deleted them.
+        app.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
         time.sleep(0.01)
 
 
