@@ -1,12 +1,15 @@
 """Export dialog: the quantized model (.onnx or .pth, by engine), its recipe, an HTML report.
 
 The model export runs on the window's worker (it reloads and checks the file); the
-report is painted here (plots to PNG) and written atomically. Nothing is overwritten
-without asking.
+report is painted here (plots of the exported run, drawn off screen) and written
+atomically. Nothing is overwritten without asking. Every failure ends in the app's
+error box (plain message, a hint, the details folded away); the dialog keeps a
+one-line summary.
 """
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Slot
@@ -25,7 +28,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from quantstudio.gui.dialogs import ask_yes_no, error_texts
+from quantstudio.gui.dialogs import ask_yes_no, error_texts, show_error
 from quantstudio.gui.settings import SETTINGS
 from quantstudio.gui.worker import Job
 
@@ -199,7 +202,9 @@ class ExportDialog(QDialog):
         if summary.get("peak_rss_bytes"):
             lines.append(f"Peak memory running it: {summary['peak_rss_bytes'] / 1e6:.0f} MB.")
             self.run.metrics.setdefault(self.run.quantized, {})["peak_rss_bytes"] = summary["peak_rss_bytes"]
-            self.window_.size_panel.show_run(self.run, [])
+            size_panel = self.window_.size_panel
+            if getattr(size_panel, "shown_run", None) is self.run:  # only when the window shows this run
+                size_panel.show_run(self.run, self.runs)
         self.result_label.setText("<br>".join(lines))
         self._finish()
 
@@ -209,37 +214,55 @@ class ExportDialog(QDialog):
         self._finish()
 
     def _finish(self) -> None:
+        self._set_running(False)
         if "report" in self._targets:
             self._write_report()
-        self._set_running(False)
 
     def _write_report(self) -> None:
         from quantstudio.core.export import atomic_write_text
-        from quantstudio.gui.report import build_report, plot_png
+        from quantstudio.gui.report import build_report, render_plots
 
         w = self.window_
-        plots = {}
-        for panel in w.plot_panels:
-            try:
-                plots[panel.title] = plot_png(panel)
-            except Exception as exc:  # noqa: BLE001 - a plot that cannot paint must not stop the report
-                plots[f"{panel.title} (could not be drawn: {exc})"] = b""
-        html = build_report(self.run, w.model_label.text().replace("<b>", "").replace("</b>", ""),
-                            {k: v for k, v in plots.items() if v}, self.export_summary)
         path = self._targets["report"]
         try:
-            atomic_write_text(path, html)
-        except OSError as exc:
-            self.result_label.setText(self.result_label.text() + f"<br>✘ The report could not be written: {exc}")
+            # The exported run's own plots, drawn by off-screen panels: not what the window shows now.
+            plots = render_plots(self.run, self.runs)
+            html_text = build_report(self.run, w.model_label.text().replace("<b>", "").replace("</b>", ""),
+                                     plots, self.export_summary)
+            atomic_write_text(path, html_text)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none is silent
+            message, hint, details = self.failure_texts(exc, path)
+            if self.written:
+                hint += " The files listed above were written and checked."
+            self._append_result(f"<span style='color:#a02020'>✘ The report was not written: {html.escape(message)}</span>")
+            show_error(self, "Report not written", message=message, hint=hint, details=details)
             return
         self.written.append(path)
-        self.result_label.setText((self.result_label.text() + "<br>" if self.result_label.text() else "")
-                                  + f"✔ Wrote <b>{path.name}</b>.")
+        self._append_result(f"✔ Wrote <b>{html.escape(path.name)}</b>.")
+
+    def _append_result(self, line: str) -> None:
+        text = self.result_label.text()
+        self.result_label.setText(f"{text}<br>{line}" if text else line)
+
+    @staticmethod
+    def failure_texts(exc: BaseException, target: Path | None = None) -> tuple[str, str, str]:
+        """(message, hint, details) for a failed export, in plain words."""
+        message, hint, details = error_texts(exc, "exporting")
+        if isinstance(exc, OSError):
+            where = Path(exc.filename) if getattr(exc, "filename", None) else (target.parent if target else None)
+            reason = exc.strerror or str(exc)
+            message = f"Could not write to {where}: {reason}." if where else f"Could not write the files: {reason}."
+            hint = "Choose a folder that exists and that you can write to, then export again."
+        return message, hint, details
 
     def _on_failed(self, exc: BaseException) -> None:
-        message, hint, _ = error_texts(exc, "exporting")
-        self.result_label.setText(f"<span style='color:#a02020'>✘ {message}</span><br>{hint}<br>Nothing was overwritten.")
+        target = next(iter(self._targets.values()), None)
+        message, hint, details = self.failure_texts(exc, target)
+        hint = f"{hint} Nothing was overwritten."
+        self.result_label.setText(
+            f"<span style='color:#a02020'>✘ Export failed: {html.escape(message)}</span><br>Nothing was overwritten.")
         self._set_running(False)
+        show_error(self, "Export failed", message=message, hint=hint, details=details)
 
     def _on_cancelled(self) -> None:
         self.result_label.setText("Export cancelled; no file was written or changed.")

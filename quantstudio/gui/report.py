@@ -1,4 +1,8 @@
-"""The HTML report of a run: metrics, settings, warnings and the plots embedded as PNG (base64)."""
+"""The HTML report of a run: metrics, settings, warnings and the plots embedded as PNG (base64).
+
+The plots are drawn by fresh, never-shown panels fed with the exported run only
+(``render_plots``), so a report never shows what the window happens to display.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,14 @@ import datetime
 import html
 from typing import Any
 
-from PySide6.QtCore import QBuffer, QIODevice
+from PySide6.QtCore import QBuffer, QEvent, QIODevice, Qt
+from PySide6.QtWidgets import QApplication
 
 from quantstudio import __version__
+
+# Size the off-screen panels are laid out at (the PNG is then scaled to PNG_WIDTH).
+PANEL_SIZE = (900, 440)
+PNG_WIDTH = 900
 
 
 def plot_png(panel: Any) -> bytes:
@@ -17,12 +26,61 @@ def plot_png(panel: Any) -> bytes:
     import pyqtgraph.exporters as exporters
 
     exporter = exporters.ImageExporter(panel.export_target())
-    exporter.parameters()["width"] = 900
+    exporter.parameters()["width"] = PNG_WIDTH
     image = exporter.export(toBytes=True)
     buf = QBuffer()
     buf.open(QIODevice.OpenModeFlag.WriteOnly)
     image.save(buf, "PNG")
     return bytes(buf.data())
+
+
+def report_panels(run: Any, runs: list[Any]) -> list[Any]:
+    """New plot panels, laid out off screen, showing ``run`` (and ``runs`` in the trade-off plot).
+
+    The caller owns them: call ``dispose_panels`` when done (GUI thread).
+    """
+    from quantstudio.gui import plots
+
+    panels = [plots.LatencyPanel(), plots.AccuracyPanel(), plots.SizePanel(), plots.LayerErrorPanel(),
+              plots.ConfusionPanel(), plots.TradeoffPanel()]
+    for panel in panels:
+        panel.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
+        panel.resize(*PANEL_SIZE)
+        panel.show()
+    # Let the layouts settle before the data arrives: label placement needs real geometry.
+    # Only layout requests: other posted events (a job's queued signals) must not run in here.
+    QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+    for panel in panels:
+        panel.show_run(run, runs)
+        if isinstance(panel, plots.TradeoffPanel):
+            panel.show_variants(runs)
+    QApplication.sendPostedEvents(None, QEvent.Type.LayoutRequest)
+    for panel in panels:
+        panel.redraw()
+    return panels
+
+
+def dispose_panels(panels: list[Any]) -> None:
+    for panel in panels:
+        panel.hide()
+        panel.deleteLater()
+
+
+def render_plots(run: Any, runs: list[Any]) -> dict[str, bytes]:
+    """Caption → PNG of every plot of ``run``; a plot that cannot paint gets a caption saying so."""
+    panels = report_panels(run, runs)
+    plots: dict[str, bytes] = {}
+    try:
+        for panel in panels:
+            note = panel.note_label.text().strip()
+            caption = f"{panel.title} — {note}" if note else panel.title
+            try:
+                plots[caption] = plot_png(panel)
+            except Exception as exc:  # noqa: BLE001 - a plot that cannot paint must not stop the report
+                plots[f"{panel.title} (could not be drawn: {exc})"] = b""
+    finally:
+        dispose_panels(panels)
+    return plots
 
 
 def _pct(v: Any) -> str:
@@ -62,6 +120,7 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
     warn = "".join(f"<li>{e(w)}</li>" for w in run.warnings)
     notes = "".join(f"<li>{e(n)}</li>" for n in run.notes)
     imgs = "".join(
+        f"<p class='warn'>{e(title)}</p>" if not png else
         f"<figure><img alt='{e(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         f"<figcaption>{e(title)}</figcaption></figure>"
         for title, png in plots.items()
