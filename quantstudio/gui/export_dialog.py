@@ -110,8 +110,8 @@ class ExportDialog(QDialog):
         self.pth_check.setEnabled(can_model and engine == "torch")
         self.onnx_check.setChecked(self.onnx_check.isEnabled())
         self.pth_check.setChecked(self.pth_check.isEnabled())
-        self.recipe_check.setEnabled(can_model)
-        self.recipe_check.setChecked(can_model)
+        self.recipe_check.setEnabled(True)  # a reopened variant's stored plan and settings make one too
+        self.recipe_check.setChecked(True)
         self.memory_check.setEnabled(can_model)
         tip = "The ONNX Runtime engine writes .onnx; the PyTorch engine writes .pth. Change the engine and quantize again for the other."
         self.onnx_check.setToolTip(tip)
@@ -163,8 +163,16 @@ class ExportDialog(QDialog):
             job = Job("Exporting", pipeline_adapter.export_job,
                       (run.raw, str(targets["model"]), data_spec, self.memory_check.isChecked()),
                       on_done=self._on_model_exported, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
-        elif "recipe" in targets:
+        elif "recipe" in targets and run.raw is not None:
             job = Job("Writing the recipe", pipeline_adapter.recipe_job, (run.raw, str(targets["recipe"]), data_spec),
+                      on_done=self._on_recipe_written, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
+        elif "recipe" in targets:
+            try:
+                prep = self.window_.data_panel.preprocessing_dict()
+            except ValueError:
+                prep = None
+            job = Job("Writing the recipe", pipeline_adapter.stored_recipe_job,
+                      (self.window_.loaded, run.plan, run.config, prep, data_spec, str(targets["recipe"])),
                       on_done=self._on_recipe_written, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
         else:
             self._write_report()

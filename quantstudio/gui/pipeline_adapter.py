@@ -153,6 +153,26 @@ def export_job(ctx, result: Any, path: str, data_spec: str | None, measure_memor
     return out
 
 
+def stored_recipe_job(ctx, model: Any, plan: dict, config: dict, preprocessing: dict | None,
+                      data_spec: str | None, path: str) -> str:
+    """A recipe from a variant's stored plan and settings (a reopened project: no model in memory).
+
+    It reproduces the variant with ``quantstudio-cli quantize --recipe``; without the run
+    in memory there is no fingerprint of its calibration images to check against.
+    """
+    from quantstudio.core.data import Preprocessing
+    from quantstudio.core.engines.base import QuantConfig
+    from quantstudio.core.plan import PrecisionPlan
+    from quantstudio.core.recipe import make_recipe
+
+    recipe = make_recipe(model, PrecisionPlan.from_dict(plan), QuantConfig.from_dict(config),
+                         preprocessing=Preprocessing.from_dict(preprocessing) if preprocessing else None)
+    if data_spec:
+        spec = data_spec if data_spec == "random" or not Path(data_spec).exists() else str(Path(data_spec).resolve())
+        recipe.data = {"spec": spec, "calibration_samples": recipe.config.get("calib_samples")}
+    return str(recipe.save(path))
+
+
 def recipe_job(ctx, result: Any, path: str, data_spec: str | None) -> str:
     from quantstudio.core.pipeline import result_recipe
 

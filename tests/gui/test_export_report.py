@@ -101,3 +101,24 @@ def test_an_unwritable_report_ends_in_the_error_box(window, two_runs, tmp_path):
     assert box["title"] == "Report not written"
     assert box["text"] and box["hint"] and box["details"]
     assert "report was not written" in dlg.result_label.text()
+
+
+def test_a_variant_without_its_model_in_memory_still_exports_its_recipe(qtbot, window, two_runs, tmp_path):
+    """A reopened project: the variant's results only, no quantized model; its plan and settings make a recipe."""
+    from quantstudio.core.plan import PrecisionPlan
+    from quantstudio.core.recipe import Recipe
+
+    r1, _ = two_runs
+    plan = PrecisionPlan()
+    plan.parse_assignment("fc=fp32")
+    r1.plan = plan.to_dict()
+    assert r1.raw is None
+    window.data_panel.set_data("random")
+    dlg = _dialog(window, tmp_path, 0, report_check=False)
+    assert dlg.targets().keys() == {"recipe"} and not dlg.onnx_check.isEnabled()
+    assert dlg.start_export()
+    wait_idle(qtbot, window)
+    recipe = Recipe.load(next(tmp_path.glob("*.recipe.json")))
+    assert recipe.precision_plan().precision_for("fc").value == "fp32"
+    assert recipe.engine == "torch" and recipe.data["spec"] == "random"
+    assert not window.shown_errors
