@@ -22,26 +22,14 @@ from quantstudio.core.export import compare_outputs, export_model
 from quantstudio.core.jobs import NullContext, RecordingContext
 from quantstudio.core.loading import LoadedModel
 from quantstudio.core.plan import PrecisionPlan
+from tests.core.test_engines import batches as engine_batches
+from tests.core.test_engines import bn_ready
 
 SHAPE = (1, 3, 16, 16)
 
 
 def batches(n=2, shape=(4, 3, 16, 16), seed=0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(n)]
-
-
-def bn_ready(module: nn.Module, xs: list[np.ndarray]) -> nn.Module:
-    """BatchNorm statistics from the inputs, as training would have left them."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    module.train()
-    with torch.no_grad():
-        for x in xs:
-            module(torch.from_numpy(x))
-    return module.eval()
+    return engine_batches(n, shape, seed)
 
 
 def loaded(module: nn.Module, shape=SHAPE) -> LoadedModel:

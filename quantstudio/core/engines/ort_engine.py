@@ -413,7 +413,26 @@ def built_layer_precisions(model: Any, node_plan: dict[str, tuple[Precision, str
 # --------------------------------------------------------------------------- calibration
 
 
-class ProgressReader:
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader interface over ``get_next`` (also iterable)."""
+
+    def get_next(self):  # pragma: no cover - every reader defines it
+        raise NotImplementedError
+
+    def rewind(self):  # part of ORT's reader interface; calibration reads once
+        pass
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+class ProgressReader(_Reader):
     """A CalibrationDataReader that reports progress and honours cancellation."""
 
     def __init__(self, batches: Iterable[Any], input_name: str, ctx: JobContext, lo: float, hi: float,
@@ -438,17 +457,6 @@ class ProgressReader:
         x = np.ascontiguousarray(getattr(batch, "x", batch), dtype=np.float32)
         return {self.input_name: x}
 
-    def rewind(self):  # part of ORT's reader interface; calibration reads once
-        pass
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
 
 
 # --------------------------------------------------------------------------- ORT's tools, out of process
@@ -593,7 +601,7 @@ def _equal_batches(path: Path, sizes: list[int]) -> int:
     return sum(size // chunk for size in sizes)
 
 
-class _FileReader:
+class _FileReader(_Reader):
     """Calibration batches from the file :meth:`OrtEngine._static` wrote (one np.save each)."""
 
     def __init__(self, path: str, input_name: str, progress: str | None = None) -> None:
@@ -615,17 +623,6 @@ class _FileReader:
             self._progress.write_text(str(self.count))
         return {self.input_name: x}
 
-    def rewind(self):  # part of ORT's reader interface; calibration reads once
-        pass
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
 
 
 def _run_tool(job: dict[str, Any]) -> None:
