@@ -365,37 +365,48 @@ def measure_memory(path: Path, input_shape: Sequence[int], threads: int | None =
 
 
 def measure_memory_many(files: dict[str, Path], input_shape: Sequence[int], threads: int | None = None,
-                        ctx: Any = None, timeout: float = 300.0) -> dict[str, dict[str, int]]:
+                        ctx: Any = None, timeout: float = 300.0,
+                        errors: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
     """:func:`measure_memory` for several files at once (one fresh process each, side by
     side: memory does not depend on the neighbour's timing), honouring cancel.
 
     Returns name → {peak_rss_bytes, model_peak_bytes, growth_bytes}; a file that could
-    not be run is left out.
+    not be run is left out, with the last line its process printed in ``errors``.
     """
-    procs = {
-        name: subprocess.Popen(_memory_command(p, input_shape, threads), stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
-        for name, p in files.items()
-    }
+    import tempfile
+
+    procs: dict[str, tuple[subprocess.Popen, Any]] = {}
     out: dict[str, dict[str, int]] = {}
     deadline = time.monotonic() + timeout
     try:
-        for name, proc in procs.items():
+        for name, p in files.items():
+            err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child never blocks
+            procs[name] = (subprocess.Popen(_memory_command(p, input_shape, threads), stdout=subprocess.PIPE,
+                                            stderr=err, text=True), err)
+        for name, (proc, err) in procs.items():
             while proc.poll() is None:
                 if ctx is not None:
                     ctx.check_cancelled()
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
+            reason = "timed out" if proc.returncode is None else ""
             if proc.returncode == 0:
                 try:
                     out[name] = _parse_memory(proc.stdout.read())
                 except (ValueError, KeyError, IndexError):
-                    pass
+                    reason = "its output could not be read"
+            elif proc.returncode is not None:
+                err.seek(0)
+                lines = [line.strip() for line in err.read().splitlines() if line.strip()]
+                reason = lines[-1][:300] if lines else f"exit code {proc.returncode}"
+            if reason and errors is not None:
+                errors[name] = reason
     finally:
-        for proc in procs.values():
+        for proc, err in procs.values():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
+            err.close()
     return out

@@ -157,6 +157,12 @@ def run_quantize(
         weights.append(("memory", 1.0))
     stages = Stages(ctx, weights)
 
+    fixed = getattr(model, "fixed_batch", None)
+    if fixed:
+        # An input exported without a dynamic batch axis takes exactly ``fixed`` samples per
+        # run: every batch has that size, and the samples are cut to a multiple of it.
+        batch_size = fixed
+        batch_sizes = (fixed,)
     static = config.mode == "static"
     split = data.split(calibration=config.calib_samples if static else 0, evaluation=eval_samples, seed=config.seed)
     if not static:
@@ -164,19 +170,18 @@ def run_quantize(
         # serves as example input (tracing, FP16 checks) and none are held back.
         example = split.evaluation if len(split.evaluation) else data.choose(None, seed=config.seed)
         split = dataclasses.replace(split, calibration=np.asarray(example[:batch_size]))
-    notes = list(split.notes)
-    warnings_ = _unmatched_rule_warnings(model, plan)
-    fixed = getattr(model, "fixed_batch", None)
     if fixed:
-        # An input exported without a dynamic batch axis takes exactly ``fixed`` samples per
-        # run: every batch has that size, and the samples are cut to a multiple of it.
-        batch_size = fixed
-        batch_sizes = (fixed,)
+        if len(split.calibration) < fixed:
+            raise InputError(
+                f"the model takes exactly {fixed} samples per run, and only {len(split.calibration)} are there to calibrate on",
+                path=data.path, hint=f"Give {fixed} or more calibration samples.")
         split = dataclasses.replace(
             split,
-            calibration=split.calibration[: max(len(split.calibration) // fixed, 1) * fixed],
+            calibration=split.calibration[: len(split.calibration) // fixed * fixed],
             evaluation=split.evaluation[: len(split.evaluation) // fixed * fixed],
         )
+    notes = list(split.notes)
+    warnings_ = _unmatched_rule_warnings(model, plan)
     warnings = list(getattr(data, "warnings", [])) + warnings_
     if data.is_random and RANDOM_NOTE not in warnings:
         warnings.insert(0, RANDOM_NOTE)
@@ -270,11 +275,11 @@ def run_quantize(
     if measure_memory:
         st = stages.stage("memory")
         ctx.partial({"type": "stage", "name": "memory"})
-        memory = _memory(model, qm, st)
+        memory, failed = _memory(model, qm, st)
         for name, m in memory.items():
             ctx.partial({"type": "memory", "variant": name, **m})
-        if len(memory) < 2:
-            notes.append("peak memory could not be measured for every model (see the log)")
+        for name, reason in failed.items():
+            notes.append(f"peak memory of the {name} model could not be measured: {reason}")
     ctx.report(1.0, "done")
     return QuantizeResult(
         quantized=qm,
@@ -394,18 +399,20 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
 
 
-def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> dict[str, dict[str, int]]:
+def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
     """Peak memory of the original and the quantized model, each run in a fresh process.
 
     Both run in the quantized model's runtime (the FP32 ONNX for the ONNX Runtime
     engine, a TorchScript trace for the PyTorch one), so the bars compare models, not
-    runtimes. The files go to a temporary folder that is removed afterwards.
+    runtimes. The files go to a temporary folder that is removed afterwards. Returns the
+    measurements and, per model that could not be measured, why.
     """
     import tempfile
 
     from quantstudio.core.benchmark import measure_memory_many
 
     shape = tuple(model.input_shape)
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="quantstudio-memory-") as tmp:
         files: dict[str, Path] = {}
         ctx.report(0.0, "writing temporary copies to measure memory")
@@ -427,11 +434,12 @@ def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> dict[str, dict[s
                 files[name] = Path(tmp) / f"{name}.pth"
                 try:
                     _write_torchscript(module, example, files[name], backend=engine)
-                except InputError:
+                except InputError as exc:
                     files.pop(name)  # a model TorchScript cannot trace: no bar, not a failed run
+                    failed[name] = exc.message
         ctx.check_cancelled()
         ctx.report(0.3, "measuring memory in fresh processes")
-        return measure_memory_many(files, shape, ctx=ctx)
+        return measure_memory_many(files, shape, ctx=ctx, errors=failed), failed
 
 
 def _speed_notes(bench, qm: QuantizedModel) -> list[str]:

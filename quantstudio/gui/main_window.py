@@ -1069,7 +1069,9 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def show_getting_started(self) -> None:
-        GettingStartedDialog(self).exec()
+        dlg = GettingStartedDialog(self)
+        dlg.exec()
+        dlg.deleteLater()  # parented to the window: without this every F1 would keep one
 
     @Slot()
     def show_about(self) -> None:

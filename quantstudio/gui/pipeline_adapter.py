@@ -145,11 +145,13 @@ def export_job(ctx, result: Any, path: str, data_spec: str | None, measure_memor
     exported = export_result(result, path, ctx, data_spec=data_spec)
     out = exported.to_dict()
     if measure_memory:
-        from quantstudio.core.benchmark import measure_memory as measure
+        from quantstudio.core.benchmark import measure_memory_many
 
         ctx.report(0.97, "measuring memory of the exported model")
-        mem = measure(Path(exported.path), tuple(result.model.input_shape))
-        out["peak_rss_bytes"] = mem[0] if mem else None
+        mem = measure_memory_many({"exported": Path(exported.path)}, tuple(result.model.input_shape), ctx=ctx)
+        m = mem.get("exported") or {}
+        out["peak_rss_bytes"] = m.get("peak_rss_bytes")  # the whole process
+        out["model_peak_bytes"] = m.get("model_peak_bytes")  # what the model adds (the Size panel's bar)
     return out
 
 

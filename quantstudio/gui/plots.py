@@ -38,11 +38,6 @@ pg.setConfigOptions(antialias=True, background="w", foreground="k")
 REDRAW_MS = 120
 
 
-def variant_colour(index: int, alpha: int = 255) -> QColor:
-    r, g, b = style.VARIANT_COLOURS[index % len(style.VARIANT_COLOURS)]
-    return QColor(r, g, b, alpha)
-
-
 def export_widget(target: Any, path: str | Path) -> Path:
     """Save a pyqtgraph scene item (PlotItem / GraphicsLayout) as .png or .svg."""
     import pyqtgraph.exporters as exporters
@@ -725,7 +720,8 @@ class SizePanel(_BarsPanel):
             m = run.metrics.get(name) or {}
             self.set_values(name, {"model size": _mb(m.get("size_bytes")), "memory running it": _mb(_memory_of(m))})
         has_memory = any(_memory_of(run.metrics.get(n) or {}) for n in (run.reference, run.quantized))
-        self.set_note("" if has_memory else "Memory was not measured: tick 'Peak memory' in the Data panel and run again.")
+        self.set_note("" if has_memory else "Memory was not measured (ticked 'Peak memory' in the Data panel? "
+                                            "If it was, the log says why).")
         self.redraw()
 
     def feed(self, payload: dict) -> None:
@@ -737,8 +733,9 @@ class SizePanel(_BarsPanel):
 
 
 def _memory_of(m: dict) -> Any:
-    """What running the model adds to a fresh process; the whole process's peak when only that is known."""
-    return m.get("model_peak_bytes") or m.get("peak_rss_bytes")
+    """What running the model adds to a fresh process (the bar; never the whole process's
+    peak, which is mostly the runtime libraries and would compare unlike with like)."""
+    return m.get("model_peak_bytes")
 
 
 def _mb(v: Any) -> float | None:

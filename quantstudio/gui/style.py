@@ -22,17 +22,6 @@ PRECISION_COLOUR = {
 MIXED_BACKGROUND = QColor(235, 235, 235)
 NOT_QUANTIZABLE_FOREGROUND = QColor(140, 140, 140)
 
-# One colour per variant in plots, in order of appearance.
-VARIANT_COLOURS = [
-    (90, 90, 90),  # original: grey
-    (60, 160, 70),
-    (60, 120, 200),
-    (210, 110, 40),
-    (150, 80, 180),
-    (200, 60, 80),
-    (40, 160, 160),
-]
-
 PRECISION_LABEL = {Precision.INT8: "INT8", Precision.FP16: "FP16", Precision.FP32: "FP32"}
 
 PRECISION_HELP = {

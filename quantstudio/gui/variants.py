@@ -373,9 +373,11 @@ class VariantsPanel(QWidget):
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.splitter, 1)
         self.model.rowsInserted.connect(self._on_rows_inserted)
-        self.model.rowsRemoved.connect(self._refresh_combos)
-        self.model.modelReset.connect(self._refresh_combos)
-        self.model.dataChanged.connect(self._refresh_combos)
+        # Through lambdas: these signals pass a QModelIndex first, which would land in
+        # ``newest`` (always true) and reset the A/B choice on every rename or delete.
+        self.model.rowsRemoved.connect(lambda *_: self._refresh_combos())
+        self.model.modelReset.connect(lambda *_: self._refresh_combos())
+        self.model.dataChanged.connect(lambda *_: self._refresh_combos())
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         self._update_buttons()
 

@@ -27,7 +27,6 @@ import ctypes
 import gc
 import importlib
 import importlib.abc
-import importlib.util
 import logging
 import os
 import sys

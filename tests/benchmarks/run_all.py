@@ -332,11 +332,13 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs and one batch size (a smoke run)")
-    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--out", help="where to write the results (default RESULTS.md; with --only, RESULTS.partial.md)")
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only these sections (repeatable); default: all")
     args = parser.parse_args(argv)
     only = set(args.only or SECTIONS)
+    if args.out is None:  # a partial run never replaces the full RESULTS.md
+        args.out = str(HERE / ("RESULTS.partial.md" if args.only else "RESULTS.md"))
     warnings.simplefilter("ignore")
     started = time.time()
     runs = 10 if args.quick else 30

@@ -122,8 +122,11 @@ def test_memory_is_the_child_process_not_the_app(tmp_path):
     """A big app must not inflate the figure (Linux's ru_maxrss starts at the parent's size)."""
     paths = save_all_forms(tiny_net(), torch.zeros(1, 3, 32, 32), tmp_path, "tiny")
     ballast = np.ones(1_500_000_000 // 8)  # 1.5 GB held by this process while the child runs
-    got = measure_memory_many({"tiny": Path(paths["onnx"]), "missing": tmp_path / "nope.onnx"}, (1, 3, 32, 32))
-    assert set(got) == {"tiny"}  # a file that cannot run is left out, not an error
+    errors: dict[str, str] = {}
+    got = measure_memory_many({"tiny": Path(paths["onnx"]), "missing": tmp_path / "nope.onnx"}, (1, 3, 32, 32),
+                              errors=errors)
+    assert set(got) == {"tiny"}  # a file that cannot run is left out, not an error…
+    assert set(errors) == {"missing"} and errors["missing"]  # …with the reason its process gave
     assert got["tiny"]["peak_rss_bytes"] < ballast.nbytes
     del ballast
 

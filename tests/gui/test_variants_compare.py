@@ -117,6 +117,14 @@ def test_b_minus_a_has_sign_and_the_unit_of_the_values(qtbot, tiny_window):
     assert rows["settings"][2] == ""
     # Combos keep the full name for their tooltip (the box elides it in the middle).
     assert panel.b_combo.toolTip() == "slow"
+    # A chosen pair survives renaming or deleting another variant.
+    panel.a_combo.setCurrentIndex(0)
+    panel.b_combo.setCurrentIndex(2)
+    model = panel.model
+    assert model.setData(model.index(1, 0), "renamed")
+    assert (panel.a_combo.currentIndex(), panel.b_combo.currentText()) == (0, "slow")
+    model.remove(1)
+    assert (panel.a_combo.currentText(), panel.b_combo.currentText()) == (model.names()[0], "slow")
 
 
 def test_format_delta():

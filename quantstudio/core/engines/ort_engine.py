@@ -26,7 +26,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import warnings
 from dataclasses import dataclass
