@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from quantstudio.core.errors import InputError
+from quantstudio.gui.paths import readme_path
 
 log = logging.getLogger("quantstudio.gui")
 
@@ -266,11 +267,6 @@ class ImportDialog(QDialog):
 GUIDE_START = "#### First time with QuantStudio"
 GUIDE_END = "\n## "
 GUIDE_IMAGE_WIDTH = 640
-
-
-def readme_path() -> Path:
-    """README.md at the root of a source checkout (beside the ``quantstudio`` package)."""
-    return Path(__file__).resolve().parents[2] / "README.md"
 
 
 def getting_started_markdown(readme: Path | None = None) -> str | None:
