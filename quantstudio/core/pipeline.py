@@ -181,8 +181,7 @@ def run_quantize(
             evaluation=split.evaluation[: len(split.evaluation) // fixed * fixed],
         )
     notes = list(split.notes)
-    warnings_ = _unmatched_rule_warnings(model, plan)
-    warnings = list(getattr(data, "warnings", [])) + warnings_
+    warnings = list(getattr(data, "warnings", [])) + _unmatched_rule_warnings(model, plan)
     if data.is_random and RANDOM_NOTE not in warnings:
         warnings.insert(0, RANDOM_NOTE)
 

@@ -293,6 +293,17 @@ class ElidedComboBox(QComboBox):
         painter.drawControl(QStyle.ControlElement.CE_ComboBoxLabel, opt)
 
 
+def _column(top: QHBoxLayout, body: QWidget) -> QWidget:
+    """A row of controls above a widget that takes the rest of the height."""
+    column = QWidget()
+    layout = QVBoxLayout(column)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(2)
+    layout.addLayout(top)
+    layout.addWidget(body, 1)
+    return column
+
+
 class VariantsPanel(QWidget):
     apply_plan_requested = Signal(int)
     rerun_requested = Signal(int)
@@ -330,12 +341,7 @@ class VariantsPanel(QWidget):
         buttons.addWidget(self.rerun_button)
         buttons.addWidget(self.delete_button)
         buttons.addStretch(1)
-        left = QWidget()
-        left_col = QVBoxLayout(left)
-        left_col.setContentsMargins(0, 0, 0, 0)
-        left_col.setSpacing(2)
-        left_col.addLayout(buttons)
-        left_col.addWidget(self.table, 1)
+        left = _column(buttons, self.table)
 
         pick = QHBoxLayout()
         pick.setContentsMargins(0, 0, 0, 0)
@@ -356,12 +362,7 @@ class VariantsPanel(QWidget):
         self._compact_rows(self.compare)
         self._size_compare_columns()
         self.compare.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        right = QWidget()
-        right_col = QVBoxLayout(right)
-        right_col.setContentsMargins(0, 0, 0, 0)
-        right_col.setSpacing(2)
-        right_col.addLayout(pick)
-        right_col.addWidget(self.compare, 1)
+        right = _column(pick, self.compare)
 
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)

@@ -246,7 +246,8 @@ def test_ort_native_crash_is_an_input_error_not_a_dead_app():
 
 def test_onnx_export_refuses_a_branch_on_tensor_values():
     from quantstudio.core.errors import InputError
-    from tests.core.test_torch_mixed import SHAPE, Branchy
+    from tests.core.test_engines import Branchy
+    from tests.core.test_torch_mixed import SHAPE
 
     torch.manual_seed(0)
     model = loaded(Branchy(), SHAPE)

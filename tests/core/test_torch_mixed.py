@@ -23,7 +23,7 @@ from quantstudio.core.jobs import NullContext, RecordingContext
 from quantstudio.core.loading import LoadedModel
 from quantstudio.core.plan import PrecisionPlan
 from tests.core.test_engines import batches as engine_batches
-from tests.core.test_engines import bn_ready
+from tests.core.test_engines import Branchy, bn_ready
 
 SHAPE = (1, 3, 16, 16)
 
@@ -217,25 +217,6 @@ def test_mixed_int8_fp16_model_exports_and_reloads(blocks, tmp_path):
     assert np.allclose(_reload(tmp_path / "mixed.pth", xs[1]), q.runner(xs[1]), atol=1e-4 * np.abs(q.runner(xs[1])).max())
 
 
-class Gate(nn.Module):
-    def forward(self, x):
-        torch._assert(x.shape[1] == 4, "4 channels")  # a shape check: right for every input of this shape
-        if x.mean() > 0:  # a branch on the values: a trace keeps one side only
-            return x * 2
-        return x - 1
-
-
-class Branchy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.gate = Gate()
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.fc(self.gate(self.conv(x)).mean((2, 3)))
-
-
 class ShapeChecked(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -258,7 +239,7 @@ def test_export_refuses_a_branch_on_tensor_values(tmp_path):
     e = err.value
     assert "if x.mean() > 0:" in e.message and "wrong results on other inputs" in e.message
     assert "torch.where" in e.hint
-    assert "test_torch_mixed.py:" in e.details and "Converting a tensor to a Python boolean" in e.details
+    assert "test_engines.py:" in e.details and "Converting a tensor to a Python boolean" in e.details
     # the export checks on samples that all take one branch, and still writes nothing
     with pytest.raises(InputError) as err:
         export_model(q, tmp_path / "branchy.pth", samples=np.ones((2, *SHAPE[1:]), np.float32))
