@@ -128,7 +128,8 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         if not isinstance(d, dict):
             raise InputError("the preprocessing settings are not a JSON object", hint="Fix or remove them in the recipe.")
-        unknown = set(d) - {"preset", "resize", "crop", "mean", "std", "channel_order"}
+        # "steps" is written for people (what ran), derived from the rest: not read back.
+        unknown = set(d) - {"preset", "resize", "crop", "mean", "std", "channel_order", "steps"}
         if unknown:
             raise InputError(
                 f"unknown preprocessing settings: {', '.join(sorted(unknown))}",
