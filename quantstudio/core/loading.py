@@ -30,6 +30,8 @@ KIND_TORCHSCRIPT = "torchscript"
 KIND_EXPORTED = "exported_program"
 KIND_ONNX = "onnx"
 
+DEFAULT_IMAGE_SIDE = 224  # torchvision's usual size, where nothing says otherwise
+
 KIND_LABELS = {
     KIND_STATE_DICT: "PyTorch state_dict",
     KIND_PICKLED: "pickled PyTorch model",
@@ -494,10 +496,20 @@ def _load_onnx(path: Path, input_shape) -> LoadedModel:
         shape = (1,) + tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
     else:
         shape = None
+    guessed = False
+    if shape is None and input_shape is None and len(declared) == 4 and declared[1] is not None:
+        # An image model exported with a free height and width: a starting size that the
+        # preprocessing or the images replace (core.geometry.resolve_input_shape).
+        shape = (1, int(declared[1]), DEFAULT_IMAGE_SIDE, DEFAULT_IMAGE_SIDE)
+        guessed = True
     fixed = declared[0] if declared and declared[0] is not None else None
     if shape is not None and fixed is not None:
         shape = (fixed,) + tuple(shape[1:])
-    model = LoadedModel(path=path, kind=KIND_ONNX, onnx_model=proto, input_shape=shape, fixed_batch=fixed)
+    model = LoadedModel(path=path, kind=KIND_ONNX, onnx_model=proto, input_shape=shape, fixed_batch=fixed,
+                        input_shape_guessed=guessed)
+    if guessed:
+        model.notes.append(f"the model takes images of any height and width; {DEFAULT_IMAGE_SIDE}x{DEFAULT_IMAGE_SIDE} "
+                           "is assumed unless the preprocessing, the images or --input-shape say otherwise")
     if fixed is not None:
         model.notes.append(
             f"the model's input has a fixed batch of {fixed} (exported without a dynamic batch axis): it is "

@@ -413,24 +413,29 @@ class DataPanel(QScrollArea):
             self.thumb_view.setVisible(False)
             self._update_split_label()
             return
+        from html import escape  # paths and messages are shown as rich text
+
         lines = []
         if summary.is_random:
             lines.append(f"<b style='color:#a05000'>{style.RANDOM_DATA_LABEL}</b>")
             # The description repeats the warning in brackets: say only how much data.
             lines.append(f"<b>{summary.description.split(' (')[0]}</b>")
         else:
-            lines.append(f"<b>{summary.description}</b>")
+            lines.append(f"<b>{escape(summary.description)}</b>")
         if summary.class_counts:
             shown = ", ".join(f"{name}:\u00a0{n}" for name, n in summary.class_counts[:20])
             more = f" … (+{len(summary.class_counts) - 20} classes)" if len(summary.class_counts) > 20 else ""
             self.counts_label.setText(f"Per class — {shown}{more}")
             self.counts_label.setToolTip("\n".join(f"{name}: {n} images" for name, n in summary.class_counts))
             self.counts_label.setVisible(True)
+        steps = getattr(summary, "steps", None)
+        if steps and not summary.is_random:
+            lines.append(f"<span style='color:#444'>Preprocessing: {escape(', '.join(steps))}</span>")
         for w in summary.warnings:
             if not (summary.is_random and "random" in w):
-                lines.append(f"<span style='color:#a02020'>⚠ {w}</span>")
+                lines.append(f"<span style='color:#a02020'>⚠ {escape(w)}</span>")
         for n in summary.notes:
-            lines.append(f"<span style='color:#666'>{n}</span>")
+            lines.append(f"<span style='color:#666'>{escape(n)}</span>")
         self.summary_label.setText("<br>".join(lines))
         self._update_split_label()
         self.thumb_model.set_items(
@@ -441,7 +446,9 @@ class DataPanel(QScrollArea):
     def set_error(self, message: str) -> None:
         self.summary = None
         self._update_split_label()
-        self.summary_label.setText(f"<span style='color:#a02020'>{message}</span>")
+        from html import escape
+
+        self.summary_label.setText(f"<span style='color:#a02020'>{escape(message)}</span>")
         self.counts_label.setVisible(False)
         self.thumb_model.set_items([])
         self.thumb_view.setVisible(False)

@@ -265,7 +265,7 @@ def _titled_plot(title: str, left: str, bottom: str, legend_columns: int | None 
     """A GraphicsLayoutWidget holding a title, an optional legend row under it, and one PlotItem."""
     widget = pg.GraphicsLayoutWidget()
     widget.setMinimumSize(QSize(260, 180))
-    widget.ci.addLabel(title, row=0, col=0, size="10pt")
+    widget.title_label = widget.ci.addLabel(title, row=0, col=0, size="10pt")  # panels may retitle it
     legend = None
     if legend_columns:
         legend = _OutsideLegend(legend_columns)
@@ -689,8 +689,8 @@ class AccuracyPanel(_BarsPanel):
 
     def set_sample_count(self, n: int | None, where: str = "") -> None:
         """Every accuracy figure says how many samples it was measured on (and which)."""
-        title = f"Accuracy (%) on n={n} samples" if n else "Accuracy (%)"
-        self.plot.setTitle(title)
+        heading = f"Accuracy (%) on n={n} samples" if n else "Accuracy (%)"
+        self.plot_widget.title_label.setText(heading, size="10pt")
         self.plot_widget.setToolTip(f"Measured on {where}" if where else (f"Measured on {n} samples" if n else ""))
 
     def clear(self) -> None:

@@ -119,6 +119,7 @@ class DataSummary:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     eval_count: int | None = None  # samples in a separate evaluation data set (None: held out of this one)
+    steps: list[str] = field(default_factory=list)  # the preprocessing every sample goes through
     unreadable: int = 0  # files whose image header could not be read
 
 
@@ -140,6 +141,7 @@ def scan_data_job(
     import numpy as np
 
     from quantstudio.core.data import Preprocessing, image_sizes, model_fit_warnings, open_data
+    from quantstudio.core.geometry import MIN_IMAGE_SIDE
 
     ctx.report(0.05, "Reading the data")
     prep = Preprocessing.from_dict(preprocessing) if preprocessing else None
@@ -157,11 +159,18 @@ def scan_data_job(
             warnings.append(f"the evaluation data's classes ({len(ev.class_names)}) are not the calibration data's "
                             f"({len(src.class_names)}): check that both folders hold the same class sub-folders")
     unreadable = 0
+    notes = list(src.notes)
     for source in sources:
         files = getattr(source, "files", None)
         if files:
             found = image_sizes(files, ctx)
             unreadable += len(found.unreadable)
+            common = found.common
+            if (common is not None and min(common) >= MIN_IMAGE_SIDE and input_shape and len(input_shape) == 4
+                    and tuple(common) != tuple(input_shape[2:])):
+                notes.append(f"every image in {source.path} is {common[0]}×{common[1]}; the model runs at "
+                             f"{input_shape[2]}×{input_shape[3]}, so each image is resized. If the model was trained "
+                             "at the images' size, open it again and give that input shape.")
             if found.unreadable:
                 warnings.append(f"{len(found.unreadable)} of {found.checked} images in {source.path} cannot be read "
                                 f"(e.g. {Path(found.unreadable[0].path).name}: {found.unreadable[0].reason}); they will be skipped")
@@ -177,10 +186,11 @@ def scan_data_job(
         labeled=src.labeled,
         is_random=src.is_random,
         class_counts=counts,
-        notes=list(src.notes),
+        notes=notes,
         warnings=warnings,
         eval_count=eval_count,
         unreadable=unreadable,
+        steps=src.preprocessing_steps(),
     )
     if src.is_random:
         return summary

@@ -148,3 +148,25 @@ def test_images_of_one_size_give_the_input_size_and_tiny_ones_do_not(tmp_path):
     assert small.input_shape == (1, 3, 224, 224) and "too small" in notes[0]
     given = load_model(MODEL, arch="mobilenet_v2", input_shape=(1, 3, 64, 64))
     assert resolve_input_shape(given, Preprocessing(resize=32), None) == [] and given.input_shape == (1, 3, 64, 64)
+
+
+def test_onnx_with_free_height_and_width_follows_the_preprocessing(tmp_path):
+    import warnings
+
+    import torch
+
+    from quantstudio.core.data import Preprocessing
+    from quantstudio.core.geometry import resolve_input_shape
+    from quantstudio.core.loading import load_model
+    from tests.core.models import tiny_net
+
+    path = tmp_path / "free.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tiny_net(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    model = load_model(path)
+    assert model.input_shape == (1, 3, 224, 224) and model.input_shape_guessed
+    notes = resolve_input_shape(model, Preprocessing(resize=48), None)
+    assert model.input_shape == (1, 3, 48, 48) and "follows the resize" in notes[0]
+    assert load_model(path, input_shape=(1, 3, 40, 40)).input_shape == (1, 3, 40, 40)

@@ -81,7 +81,7 @@ def test_run_warnings_show_in_a_banner_and_timings_are_marked(qtbot, window, tin
             calib_samples=1, eval_samples=1), "#1 x")
     assert window.warning_banner.isVisibleTo(window)
     assert "near chance" in window.warning_banner.label.text()
-    assert "n=40" in window.accuracy_panel.plot.titleLabel.text
+    assert "n=40" in window.accuracy_panel.plot_widget.title_label.text
     assert "unreliable" in window.latency_panel.note_label.text()
     model = window.variants_panel.model
     row = model.rowCount() - 1
