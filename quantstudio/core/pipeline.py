@@ -66,6 +66,7 @@ class QuantizeResult:
     check_samples: np.ndarray | None = None
     model: Any = None
     data: Any = None
+    eval_data: Any = None  # the separate evaluation DataSource, when there was one
     preprocessing: Any = None
     calibration_indices: np.ndarray | None = None
     batch_size: int | None = None  # samples per calibration/evaluation batch
@@ -329,6 +330,7 @@ def run_quantize(
         check_samples=check,
         model=model,
         data=data,
+        eval_data=eval_data,
         preprocessing=preprocessing,
         calibration_indices=np.asarray(split.calibration if static else [], dtype=np.int64),
         batch_size=batch_size,
@@ -352,6 +354,8 @@ def result_recipe(result: QuantizeResult, data_spec: str | None = None, eval_dat
     )
     if recipe.preprocessing is not None:
         recipe.preprocessing["steps"] = list(result.preprocessing_steps)  # what ran; derived, ignored when read
+    if eval_data_spec is None and result.eval_data is not None and result.eval_data.path is not None:
+        eval_data_spec = str(result.eval_data.path)
     if eval_data_spec:
         spec = eval_data_spec
         recipe.data["evaluation_spec"] = str(Path(spec).resolve()) if Path(spec).exists() else spec
