@@ -203,6 +203,9 @@ class _Scaled:
     def report(self, fraction: float, message: str = "") -> None:
         self._ctx.report(self._start + self._span * fraction, message)
 
+    def partial(self, payload: Any) -> None:
+        self._ctx.partial(payload)
+
     def check_cancelled(self) -> None:
         self._ctx.check_cancelled()
 

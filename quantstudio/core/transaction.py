@@ -164,6 +164,7 @@ class ExportTransaction:
         remember_export_folder(self.folder)
         self._entries: dict[Path, _Entry] = {}
         self.committed = False
+        self._journaled = False
 
     def __enter__(self) -> "ExportTransaction":
         return self
@@ -191,8 +192,8 @@ class ExportTransaction:
 
     def discard(self) -> None:
         """Delete what was not committed (temporaries; after a commit, nothing is left)."""
-        if self.committed:
-            return
+        if self.committed or self._journaled:
+            return  # the journal owns the files now: what is left of them, the next start needs
         for e in self._entries.values():
             e.temp.unlink(missing_ok=True)
             if e.backup is not None:
@@ -213,6 +214,7 @@ class ExportTransaction:
                 e.backup = _backup(e.target)
         journal = self.folder / f".quantstudio-{uuid.uuid4().hex[:12]}.export-journal.json"
         _write_journal(journal, entries)  # step 3: the commit point
+        self._journaled = True
         try:
             for e in entries:  # step 4
                 os.replace(e.temp, e.target)
@@ -291,6 +293,9 @@ def _roll_back(entries: list[_Entry]) -> bool:
         for e in entries:
             if e.backup is not None and e.backup.exists():
                 os.replace(e.backup, e.target)
+                # rename() between two links of one file does nothing (POSIX): the target
+                # was never replaced, and the backup name is still there.
+                e.backup.unlink(missing_ok=True)
             elif not e.existed and e.target.is_file() and e.sha256 and sha256_of(e.target) == e.sha256:
                 e.target.unlink()
             e.temp.unlink(missing_ok=True)
