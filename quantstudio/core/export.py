@@ -76,6 +76,9 @@ class ExportResult:
     check: ExportCheck
     recipe_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # The checked temporary, until the commit renames it: what ``export_set``'s ``extra``
+    # may read (e.g. to measure the file's memory before it is committed).
+    temp: Path | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,7 +170,7 @@ def export_set(
     with txn:  # leaving without commit deletes the temporaries
         try:
             for n, (item, fmt) in enumerate(zip(items, fmts)):
-                results.append(_write_and_check(item, fmt, txn, _Scaled(ctx, n / len(items), 0.9 / len(items))))
+                results.append(_write_and_check(item, fmt, txn, ScaledContext(ctx, n / len(items), 0.9 / len(items))))
             ctx.check_cancelled()
             if recipe is not None:
                 doc = recipe.to_dict()
@@ -194,7 +197,7 @@ def export_set(
     return results
 
 
-class _Scaled:
+class ScaledContext:
     """A job context whose report() maps 0..1 into [start, start + span] of the caller's."""
 
     def __init__(self, ctx: JobContext, start: float, span: float) -> None:
@@ -263,6 +266,7 @@ def _write_and_check(item: ExportItem, fmt: str, txn: ExportTransaction, ctx: An
         format=fmt,
         size_bytes=tmp.stat().st_size,
         check=check,
+        temp=tmp,
         notes=["checked on random input: give evaluation samples for a real check"] if random_input else [],
     )
 
