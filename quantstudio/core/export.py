@@ -200,14 +200,15 @@ def export_set(
 class ScaledContext:
     """A job context whose report() maps 0..1 into [start, start + span] of the caller's."""
 
-    def __init__(self, ctx: JobContext, start: float, span: float) -> None:
-        self._ctx, self._start, self._span = ctx, start, span
+    def __init__(self, ctx: JobContext, start: float, span: float, *, partials: bool = True) -> None:
+        self._ctx, self._start, self._span, self._partials = ctx, start, span, partials
 
     def report(self, fraction: float, message: str = "") -> None:
         self._ctx.report(self._start + self._span * fraction, message)
 
     def partial(self, payload: Any) -> None:
-        self._ctx.partial(payload)
+        if self._partials:  # off where live results of a side job would overwrite the shown ones
+            self._ctx.partial(payload)
 
     def check_cancelled(self) -> None:
         self._ctx.check_cancelled()

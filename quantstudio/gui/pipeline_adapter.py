@@ -160,7 +160,8 @@ def export_job(ctx, result: Any, path: str | list[str], data_spec: str | None, m
     if other:
         engine = _engine_writing(other[0].suffix)
         export_format(engine, other[0])  # InputError naming the file if no engine writes it
-        built = _quantize_with(ScaledContext(ctx, 0.0, 0.6), result, engine)
+        # Its live results (plots, layer errors) are not the variant's: the window keeps showing the variant.
+        built = _quantize_with(ScaledContext(ctx, 0.0, 0.6, partials=False), result, engine)
         runs += [(built, p) for p in other]
     ectx = ScaledContext(ctx, 0.6, 0.4) if other else ctx
     recipe = result_recipe(runs[0][0], data_spec) if with_recipe else None
