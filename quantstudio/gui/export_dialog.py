@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -35,7 +36,6 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QVBoxLayout,
-    QApplication,
 )
 
 from quantstudio.gui.dialogs import ask_yes_no, error_texts, show_error
@@ -108,6 +108,16 @@ class ExportDialog(QDialog):
         self._signal_tick.setInterval(200)
         self._signal_tick.timeout.connect(self._tick)
         self._on_variant_changed()
+        self._repair_recent_exports()
+
+    def _repair_recent_exports(self) -> None:
+        """Finish exports a kill interrupted in recently used folders (a listing each: quick)."""
+        import logging
+
+        from quantstudio.core.transaction import recover_recent
+
+        for note in recover_recent():
+            logging.getLogger("quantstudio.gui").info("%s", note)
 
     # ------------------------------------------------------------------ choices
     @property

@@ -174,12 +174,6 @@ from quantstudio.core import transaction  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def private_state(tmp_path_factory, monkeypatch):
-    """The list of export folders (repaired at start) is the test's own."""
-    monkeypatch.setenv("QUANTSTUDIO_DATA_DIR", str(tmp_path_factory.mktemp("state")))
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -296,8 +290,7 @@ def test_stale_temporaries_are_swept_young_ones_kept(quantized, tmp_path):
 CHILD = r"""
 import os, sys, time
 from pathlib import Path
-out = Path(sys.argv[1])
-mode = sys.argv[2]
+out, mode, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 real_replace = os.replace
 if mode == "kill-in-commit":
     renamed = []
@@ -318,15 +311,24 @@ else:
         time.sleep(3)
     export._write_onnx = write
 from quantstudio.cli import main
-sys.exit(main(["quantize", str(Path("resources/demo/model.pth")), "--arch", "mobilenet_v2",
-               "--input-shape", "1,3,64,64", "--data", "resources/demo/digits", "--calib-samples", "4",
-               "--eval-samples", "4", "--no-benchmark", "--out", str(out)]))
+sys.exit(main(["quantize", model, "--data", "random", "--calib-samples", "4", "--eval-samples", "4",
+               "--no-benchmark", "--out", str(out)]))
 """
 
 
-def run_child_until(out: Path, mode: str, marker: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "QT_QPA_PLATFORM": "offscreen"}  # private_state's data dir
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(out), mode], cwd=REPO, env=env,
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    """A small ONNX model: the child CLI takes seconds, not tens of seconds."""
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    torch.onnx.export(tiny_net().eval(), (torch.randn(1, 3, 32, 32),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    return path
+
+
+def run_child_until(out: Path, mode: str, marker: str, model: Path) -> subprocess.Popen:
+    """The CLI exporting to ``out`` in a child process, once it printed ``marker`` (a test-only patch)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QT_QPA_PLATFORM": "offscreen"}  # tests/core/conftest.py's data dir
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(out), mode, str(model)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     for line in child.stderr:
@@ -339,10 +341,10 @@ def run_child_until(out: Path, mode: str, marker: str) -> subprocess.Popen:
     pytest.fail(f"the child never reached '{marker}' (exit {child.returncode})")
 
 
-def test_kill_9_in_the_commit_then_the_next_start_shows_one_whole_set(tmp_path):
+def test_kill_9_in_the_commit_then_the_next_start_shows_one_whole_set(tmp_path, tiny_onnx):
     folder = tmp_path / "out"
     old = old_set(folder)
-    child = run_child_until(folder / "m.onnx", "kill-in-commit", "in the commit")
+    child = run_child_until(folder / "m.onnx", "kill-in-commit", "in the commit", tiny_onnx)
     child.send_signal(signal.SIGKILL)
     child.wait()
     child.stderr.close()
@@ -356,10 +358,10 @@ def test_kill_9_in_the_commit_then_the_next_start_shows_one_whole_set(tmp_path):
     assert doc["exports"]["m.onnx"]["sha256"] == sha(folder / "m.onnx")  # the new model with its own recipe
 
 
-def test_sigterm_while_writing_cancels_and_removes_the_temporaries(tmp_path):
+def test_sigterm_while_writing_cancels_and_removes_the_temporaries(tmp_path, tiny_onnx):
     folder = tmp_path / "out"
     old = old_set(folder)
-    child = run_child_until(folder / "m.onnx", "write", "QS-TEST: writing")
+    child = run_child_until(folder / "m.onnx", "write", "QS-TEST: writing", tiny_onnx)
     assert any(transaction.TEMP_RE.match(p.name) for p in folder.iterdir())  # the model is being written
     child.send_signal(signal.SIGTERM)
     rest = child.stderr.read()
