@@ -50,6 +50,7 @@ JOURNAL_RE = re.compile(r"^\.quantstudio-[0-9a-f]{12}\.export-journal\.json$")
 STALE_TEMP_SECONDS = 60.0  # younger temporaries may belong to an export in progress
 LIVE_JOURNAL_SECONDS = 600.0  # an older journal is dead even if its pid was reused
 RECENT_FOLDERS = 20
+_COMMITTING: set[Path] = set()  # journals this process is committing right now (another thread may look)
 
 
 # --------------------------------------------------------------------------- names
@@ -213,6 +214,7 @@ class ExportTransaction:
                 e.existed = True
                 e.backup = _backup(e.target)
         journal = self.folder / f".quantstudio-{uuid.uuid4().hex[:12]}.export-journal.json"
+        _COMMITTING.add(journal.resolve())
         _write_journal(journal, entries)  # step 3: the commit point
         self._journaled = True
         try:
@@ -220,12 +222,14 @@ class ExportTransaction:
                 os.replace(e.temp, e.target)
             fsync_dir(self.folder)
         except OSError:
+            _COMMITTING.discard(journal.resolve())
             # The disk refused a rename (e.g. a file locked on Windows): the user gets
             # the old set back and an error, not a half-replaced one.
             if _roll_back(entries):
                 journal.unlink(missing_ok=True)
             raise
         except BaseException:
+            _COMMITTING.discard(journal.resolve())
             # Interrupted (a second Ctrl+C, SIGTERM turned into KeyboardInterrupt): the
             # new set is complete on disk, finishing is the short way to a whole set.
             if _roll_forward(entries) or _roll_back(entries):
@@ -233,6 +237,7 @@ class ExportTransaction:
             raise
         self.committed = True
         journal.unlink(missing_ok=True)
+        _COMMITTING.discard(journal.resolve())
         fsync_dir(self.folder)
         for e in entries:
             if e.backup is not None:
@@ -319,7 +324,7 @@ def _journal_is_live(doc: dict, journal: Path) -> bool:
         return False
     pid = int(doc.get("pid") or 0)
     if pid == os.getpid():
-        return False  # this process committed it and is not committing now (one export at a time)
+        return journal.resolve() in _COMMITTING  # else left over from a commit of ours that could not finish
     return _pid_alive(pid)
 
 

@@ -240,6 +240,17 @@ def _fail_on_second_target_rename(monkeypatch, folder: Path, exc: BaseException)
     return renamed
 
 
+def _die_after_the_first_rename(monkeypatch, folder: Path) -> type:
+    """The process 'dies' right after the first target rename: nothing of it runs afterwards."""
+    class Killed(BaseException):
+        pass
+
+    _fail_on_second_target_rename(monkeypatch, folder, Killed())
+    monkeypatch.setattr(transaction, "_roll_forward", lambda entries: False)
+    monkeypatch.setattr(transaction, "_roll_back", lambda entries: False)
+    return Killed
+
+
 def test_a_failure_between_the_renames_restores_the_old_set(quantized, tmp_path, monkeypatch):
     q = quantized["onnxruntime"]
     old = old_set(tmp_path)
@@ -252,16 +263,10 @@ def test_a_failure_between_the_renames_restores_the_old_set(quantized, tmp_path,
 
 
 def test_a_death_between_the_renames_is_rolled_forward_next_time(quantized, tmp_path, monkeypatch):
-    class Killed(BaseException):
-        pass
-
     q = quantized["onnxruntime"]
     old = old_set(tmp_path)
-    _fail_on_second_target_rename(monkeypatch, tmp_path, Killed())
-    # The process "dies" at the failing rename: nothing of it runs afterwards.
-    monkeypatch.setattr(transaction, "_roll_forward", lambda entries: False)
-    monkeypatch.setattr(transaction, "_roll_back", lambda entries: False)
-    with pytest.raises(Killed):
+    killed = _die_after_the_first_rename(monkeypatch, tmp_path)
+    with pytest.raises(killed):
         export_model(q, tmp_path / "m.onnx", samples=quantized["xs"][0],
                      recipe=make_recipe(quantized["model"], PrecisionPlan(), q.config), ctx=RecordingContext())
     monkeypatch.undo()
@@ -382,3 +387,45 @@ def test_the_recipe_being_read_is_never_overwritten(quantized, tmp_path, capsys)
     assert rc == 2 and "overwrite the recipe being read" in err and str(recipe_file) in err
     assert "valid_2.onnx" in err  # what to do instead
     assert recipe_file.read_bytes() == before and sorted(p.name for p in recipe_file.parent.iterdir()) == ["valid.recipe.json"]
+
+
+def test_a_lost_new_file_rolls_the_set_back_to_the_earlier_one(tmp_path, monkeypatch):
+    old = old_set(tmp_path)
+    killed = _die_after_the_first_rename(monkeypatch, tmp_path)
+    with pytest.raises(killed):
+        with transaction.ExportTransaction([tmp_path / "m.onnx", tmp_path / "m.recipe.json"]) as txn:
+            txn.write_bytes(tmp_path / "m.onnx", b"new model")
+            txn.write_bytes(tmp_path / "m.recipe.json", b"new recipe")
+            txn.commit()
+    monkeypatch.undo()
+    assert (tmp_path / "m.onnx").read_bytes() == b"new model"
+    for p in tmp_path.glob(".m.recipe.json.*.tmp"):
+        if p.read_bytes() == b"new recipe":
+            p.unlink()  # the new recipe is lost (a disk error, a person cleaning up)
+    notes = transaction.recover_folder(tmp_path)
+    assert notes and "undid an interrupted export" in notes[0]
+    assert on_disk(tmp_path) == old  # the earlier set, whole
+
+
+def test_a_journal_of_a_running_export_is_left_alone(tmp_path, monkeypatch):
+    old_set(tmp_path)
+    killed = _die_after_the_first_rename(monkeypatch, tmp_path)
+    with pytest.raises(killed):
+        with transaction.ExportTransaction([tmp_path / "m.onnx", tmp_path / "m.recipe.json"]) as txn:
+            txn.write_bytes(tmp_path / "m.onnx", b"new model")
+            txn.write_bytes(tmp_path / "m.recipe.json", b"new recipe")
+            txn.commit()
+    monkeypatch.undo()
+    [journal] = [p for p in tmp_path.iterdir() if transaction.JOURNAL_RE.match(p.name)]
+    doc = json.loads(journal.read_text())
+    doc["pid"] = os.getppid()  # a process that is alive: its export is committing right now
+    journal.write_text(json.dumps(doc))
+    for p in tmp_path.iterdir():  # even its temporaries look stale
+        os.utime(p, (time.time() - 120, time.time() - 120))
+    os.utime(journal, None)
+    before = on_disk(tmp_path)
+    assert transaction.recover_folder(tmp_path) == [] and on_disk(tmp_path) == before
+    doc["pid"] = 0  # gone: now it is repaired
+    journal.write_text(json.dumps(doc))
+    assert "finished" in transaction.recover_folder(tmp_path)[0]
+    assert on_disk(tmp_path) == {"m.onnx": b"new model", "m.recipe.json": b"new recipe"}
