@@ -135,7 +135,8 @@ def _cmd_inspect(args) -> int:
     for node, depth in tree.walk():
         if args.depth is not None and depth > args.depth:
             continue
-        name = "  " * depth + (node.name.rsplit(".", 1)[-1] if node.name else "(model)")
+        # The full dotted name: the exact string --precision patterns match.
+        name = "  " * depth + (node.name or "(model)")
         shape = "x".join(str(d) for d in node.output_shape) if node.output_shape else "-"
         q = "yes" if node.quantizable else f"no: {node.reason}"
         rows.append((name, node.type, shape, human(node.params), human(node.macs), q))
@@ -192,9 +193,11 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args) -> int:
     import dataclasses
 
-    from quantstudio.core.data import Preprocessing, open_data
+    from quantstudio.core.data import Preprocessing, model_fit_warnings, open_data
     from quantstudio.core.errors import InputError
     from quantstudio.core.evaluation import evaluate
+    from quantstudio.core.geometry import resolve_input_shape
+    from quantstudio.core.pipeline import near_chance_warnings
 
     if args.batch_size <= 0:
         raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
@@ -203,6 +206,7 @@ def _cmd_evaluate(args) -> int:
     prep = dataclasses.replace(Preprocessing.from_preset(args.preset), **preprocessing_overrides(args))
 
     model = load_model_from_args(args)
+    model.notes.extend(resolve_input_shape(model, prep, args.data))
     data = open_data(
         args.data,
         input_shape=model.input_shape,
@@ -211,6 +215,9 @@ def _cmd_evaluate(args) -> int:
         seed=args.seed,
     )
     indices = data.choose(args.samples, seed=args.seed)
+    if not args.json:
+        for w in model_fit_warnings(data, model.num_classes):
+            print(f"warning: {w}", file=sys.stderr)
     progress = CliProgress(quiet=args.json)
     result = evaluate({"model": model}, data, indices, batch_size=model.batch_size_for(args.batch_size), ctx=progress)["model"]
     d = result.to_dict()
@@ -220,7 +227,8 @@ def _cmd_evaluate(args) -> int:
             "model": str(model.path),
             "data": str(data.path) if data.path is not None else "random",
             "data_kind": data.kind,
-            "preprocessing": prep.to_dict(),
+            "preprocessing": {**prep.to_dict(), "steps": data.preprocessing_steps()},
+            "input_shape": list(model.input_shape) if model.input_shape else None,
             "n": d["n"],
             "top1": d["top1"],
             "top5": d["top5"],
@@ -234,7 +242,7 @@ def _cmd_evaluate(args) -> int:
             "confusion": d["confusion"],
             "confusion_labels": d["confusion_labels"],
             "skipped": d["skipped"],
-            "warnings": d["warnings"],
+            "warnings": d["warnings"] + near_chance_warnings(result, data, model),
             "notes": model.notes + d["notes"],
         }
         _print_json(out)
@@ -248,7 +256,9 @@ def _cmd_evaluate(args) -> int:
     elif result.top1 is None:
         print(f"evaluated {result.n} samples: no labels, so no accuracy (use one sub-folder per class)")
     else:
-        print(f"{model.path.name} on {data.path}: {data.describe()}; preprocessing: {prep.describe()}")
+        print(f"{model.path.name} on {data.path}: {data.describe()}")
+        shape = "x".join(str(d) for d in model.input_shape) if model.input_shape else "?"
+        print(f"model input {shape}; preprocessing: {', '.join(data.preprocessing_steps())}")
         top5 = f"   top-5 {result.top5:.2%}" if result.top5 is not None else ""
         print(
             f"top-1 {result.top1:.2%}{top5}   precision {result.precision:.3f}   "
@@ -261,7 +271,7 @@ def _cmd_evaluate(args) -> int:
         shown = ", ".join(s.path for s in result.skipped[:3])
         more = f" and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
         print(f"skipped {len(result.skipped)} unreadable file(s): {shown}{more}")
-    for w in result.warnings:
+    for w in result.warnings + near_chance_warnings(result, data, model):
         # The skipped line and the random-data line above already say these.
         if not (w.endswith("skipped") or (result.is_random and "random data" in w)):
             print(f"warning: {w}")
@@ -345,6 +355,8 @@ def _cmd_bench(args) -> int:
     for v in result.variants:
         for note in v.notes:
             print(f"note ({v.name}): {note}")
+    for w in result.warnings:
+        print(f"warning: {w}")
     for name, fs in findings.items():
         print(f"\nDoctor on {name}:")
         for f in fs:
@@ -380,6 +392,8 @@ def _add_quantize(sub) -> None:
     )
     _add_model_args(p, optional=True)
     p.add_argument("--data", help="calibration/evaluation data: folder of images, .npy/.npz/.pt file, or 'random' (speed only)")
+    p.add_argument("--eval-data", help="evaluate on this data instead of samples held back from --data "
+                   "(e.g. --data images/train --eval-data images/val)")
     p.add_argument("--preset", choices=["default", "imagenet"], help="preprocessing preset (options below override it)")
     p.add_argument("--resize", help="resize to N (shorter side) or H,W")
     p.add_argument("--crop", help="center crop N or H,W")
@@ -398,7 +412,8 @@ def _add_quantize(sub) -> None:
     )
     p.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], help="activation range method (default minmax)")
     p.add_argument("--calib-samples", type=int, help="samples to calibrate on (default 256)")
-    p.add_argument("--eval-samples", type=int, help="samples to evaluate on, disjoint from calibration (default 1000)")
+    p.add_argument("--eval-samples", type=int, help="samples to evaluate on: held back from --data (disjoint from "
+                   "calibration), or taken from --eval-data (default 1000)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--per-tensor", action="store_true", default=None, help="one weight scale per tensor instead of per channel")
     weights.add_argument("--per-channel", action="store_true", default=None,
@@ -475,6 +490,8 @@ def _quantize_settings(args):
     data_spec = args.data or (recipe.data.get("spec") if recipe else None)
     if not data_spec:
         raise InputError("no data given", hint="Give --data FOLDER, a .npy/.pt file, or --data random (speed only).")
+    if args.eval_data is None and recipe is not None and recipe.data.get("evaluation_spec"):
+        args.eval_data = str(recipe.data["evaluation_spec"])
     eval_samples = args.eval_samples
     if eval_samples is None:
         eval_samples = (recipe.data.get("evaluation_samples") if recipe else None) or 1000
@@ -505,9 +522,10 @@ def _apply_recipe_model(args, recipe) -> None:
 def _cmd_quantize(args) -> int:
     import signal
 
-    from quantstudio.core.data import open_data
+    from quantstudio.core.data import model_fit_warnings, open_data
     from quantstudio.core.errors import InputError
     from quantstudio.core.export import check_writable, export_format
+    from quantstudio.core.geometry import resolve_input_shape
     from quantstudio.core.pipeline import export_result, run_quantize
     from quantstudio.core.recipe import sha256_file
 
@@ -518,6 +536,7 @@ def _cmd_quantize(args) -> int:
     if args.batch_size <= 0:
         raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
     model = load_model_from_args(args)
+    model.notes.extend(resolve_input_shape(model, prep, data_spec))
     notes = list(model.notes)
     if recipe and recipe.model.get("sha256") and model.path.is_file() and sha256_file(model.path) != recipe.model["sha256"]:
         notes.append("the model file differs from the one the recipe was made with (sha256 mismatch)")
@@ -528,6 +547,14 @@ def _cmd_quantize(args) -> int:
         random_samples=config.calib_samples + eval_samples,
         seed=config.seed,
     )
+    eval_data = None
+    if args.eval_data and Path(args.eval_data).resolve() != Path(data_spec).resolve():
+        eval_data = open_data(args.eval_data, input_shape=model.input_shape, preprocessing=prep,
+                              random_samples=eval_samples or 64, seed=config.seed + 1)
+    if not args.json:
+        for source in (data, eval_data):
+            for w in model_fit_warnings(source, model.num_classes) if source is not None else []:
+                print(f"warning: {w}", file=sys.stderr)
     progress = _CancellableProgress(quiet=args.json)
     previous = signal.getsignal(signal.SIGINT)
     previous_term = signal.getsignal(signal.SIGTERM)
@@ -542,9 +569,10 @@ def _cmd_quantize(args) -> int:
         result = run_quantize(
             model, data, prep, plan, config, progress,
             eval_samples=eval_samples, benchmark=not args.no_benchmark, batch_size=args.batch_size,
-            sensitivity=args.sensitivity, measure_memory=args.memory,
+            sensitivity=args.sensitivity, measure_memory=args.memory, eval_data=eval_data,
         )
-        exported = export_result(result, args.out, progress, data_spec=data_spec)
+        exported = export_result(result, args.out, progress, data_spec=data_spec,
+                                 eval_data_spec=args.eval_data if eval_data is not None else None)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -565,6 +593,10 @@ def _cmd_quantize(args) -> int:
     calibration = (f"{result.calibration_samples} calibration samples ({config.calibration})" if config.mode == "static"
                    else "no calibration (weights only)" if config.mode == "dynamic" else "no calibration")
     print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, {calibration}")
+    shape = "x".join(str(d) for d in model.input_shape) if model.input_shape else "?"
+    print(f"model input {shape}; preprocessing: {', '.join(result.preprocessing_steps)}")
+    if result.evaluation_data:
+        print(f"accuracy measured on {result.evaluation_data}")
     for label, m in (("original", result.original_metrics), ("quantized", result.quantized_metrics)):
         if m is None:
             continue

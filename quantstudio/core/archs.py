@@ -212,6 +212,9 @@ def build_from_state_dict(path: Path, state_dict: dict, arch: str | None, input_
         num_classes=num_classes or 1000,
     )
     model.expected_shape = expected  # type: ignore[attr-defined]
+    # A state_dict records no input size: the published size is only a starting point,
+    # which the preprocessing or the images replace (core.geometry.resolve_input_shape).
+    model.input_shape_guessed = input_shape is None
     if input_shape is not None and (len(input_shape) != 4 or input_shape[1] != expected[1]):
         raise InputError(
             f"wrong input shape {format_shape(input_shape)}; {arch} expects {format_shape(expected)}",

@@ -100,6 +100,90 @@ class VariantResult:
         return d
 
 
+# A timing is flagged when repeated runs of one variant spread this widely, or when other
+# programs kept this much of a core busy while it was measured. On a quiet 2-core machine
+# p90/p50 stays below 1.25; with other CPU-bound programs the same FP32 model read 7 ms
+# and 459 ms in two runs.
+MAX_P90_OVER_P50 = 1.5
+MAX_OTHER_CORES = 0.5
+
+
+@dataclass
+class CpuLoad:
+    """CPU time used by other programs while a benchmark ran (Linux /proc; None elsewhere)."""
+
+    other_cores: float | None  # average cores busy with other processes
+    cores: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"other_cores": self.other_cores, "cores": self.cores}
+
+
+class CpuLoadMeter:
+    """Measures how busy *other* programs keep the CPU between :meth:`start` and :meth:`stop`.
+
+    /proc/stat counts every CPU's busy time; /proc/self/stat this process's. What other
+    programs used is the difference, so the benchmark's own threads do not count.
+    """
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float, float] | None = None
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [float(v) for v in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                own = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # minus idle and iowait
+        mine = float(own[11]) + float(own[12])  # utime + stime of this process, in clock ticks
+        return time.monotonic(), busy, mine
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> CpuLoad:
+        cores = os.cpu_count() or 1
+        end = self._read()
+        if self._start is None or end is None:
+            return CpuLoad(None, cores)
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        seconds = end[0] - self._start[0]
+        if seconds <= 0:
+            return CpuLoad(None, cores)
+        other = ((end[1] - self._start[1]) - (end[2] - self._start[2])) / ticks / seconds
+        return CpuLoad(max(0.0, other), cores)
+
+
+def timing_warnings(variants: list[VariantResult], load: CpuLoad | None) -> list[str]:
+    """Why these timings should not be trusted, if they should not (empty when they look steady)."""
+    out = []
+    busy = load is not None and load.other_cores is not None and load.other_cores > MAX_OTHER_CORES
+    for v in variants:
+        for batch, st in sorted(v.latency.items()):
+            # p90 over the median, not the standard deviation: one slow first run (a cache
+            # warming) inflates the deviation of a steady series, the percentiles not.
+            spread = st.p90_ms / st.p50_ms if st.p50_ms > 0 else 1.0
+            if spread > MAX_P90_OVER_P50:
+                out.append(
+                    f"timing of {v.name} at batch {batch} is unreliable: repeated runs spread widely "
+                    f"(p90 is {spread:.1f}x the median)"
+                )
+                break
+    if busy:
+        assert load is not None and load.other_cores is not None
+        out.append(
+            f"the computer was busy: other programs used {load.other_cores:.1f} of {load.cores} CPU cores while "
+            "timing, so the speed figures are unreliable; close them and measure again"
+        )
+    elif out:
+        out.append("timings spread widely: other programs were probably using the CPU; close them and measure again")
+    return out
+
+
 @dataclass
 class BenchmarkResult:
     variants: list[VariantResult]
@@ -107,6 +191,12 @@ class BenchmarkResult:
     batch_sizes: list[int]
     runs: int
     cpu: str = ""
+    load: CpuLoad | None = None
+    warnings: list[str] = field(default_factory=list)  # why the timings are unreliable, if they are
+
+    @property
+    def reliable(self) -> bool:
+        return not self.warnings
 
     def by_name(self, name: str) -> VariantResult:
         return next(v for v in self.variants if v.name == name)
@@ -121,6 +211,9 @@ class BenchmarkResult:
             "batch_sizes": self.batch_sizes,
             "runs": self.runs,
             "cpu": self.cpu,
+            "load": self.load.to_dict() if self.load is not None else None,
+            "reliable": self.reliable,
+            "warnings": list(self.warnings),
             "variants": [v.to_dict() for v in self.variants],
         }
 
@@ -149,6 +242,8 @@ def run_benchmark(
     order_rng = random.Random(0)
     total_steps = max(1, len(batch_sizes) * (warmup + runs))
     step = 0
+    meter = CpuLoadMeter()
+    meter.start()
     for batch in batch_sizes:
         shape = (batch, *input_shape[1:])
         if 4 * math.prod(shape) > MAX_BATCH_BYTES:
@@ -184,6 +279,7 @@ def run_benchmark(
             r.latency[batch] = stats
             r.throughput[batch] = batch / (stats.p50_ms / 1000.0) if stats.p50_ms > 0 else float("inf")
             ctx.partial({"type": "throughput", "variant": v.name, "batch": batch, "value": r.throughput[batch]})
+    load = meter.stop()
     for v in variants:
         r = results[v.name]
         if v.file is not None and Path(v.file).exists():
@@ -203,6 +299,8 @@ def run_benchmark(
         batch_sizes=list(batch_sizes),
         runs=runs,
         cpu=cpu_name(),
+        load=load,
+        warnings=timing_warnings(list(results.values()), load),
     )
 
 

@@ -128,7 +128,8 @@ class Preprocessing:
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         if not isinstance(d, dict):
             raise InputError("the preprocessing settings are not a JSON object", hint="Fix or remove them in the recipe.")
-        unknown = set(d) - {"preset", "resize", "crop", "mean", "std", "channel_order"}
+        # "steps" is written for people (what ran), derived from the rest: not read back.
+        unknown = set(d) - {"preset", "resize", "crop", "mean", "std", "channel_order", "steps"}
         if unknown:
             raise InputError(
                 f"unknown preprocessing settings: {', '.join(sorted(unknown))}",
@@ -143,21 +144,38 @@ class Preprocessing:
             channel_order=d.get("channel_order", base.channel_order),
         )
 
-    def describe(self) -> str:
-        parts = []
-        if self.resize is None:
-            parts.append("resize to the model's input")
+    def describe(self, model_hw: tuple[int, int] | None = None) -> str:
+        """Every step applied, in order (see :meth:`steps`), as one line."""
+        return ", ".join(self.steps(model_hw))
+
+    def steps(self, model_hw: tuple[int, int] | None = None) -> list[str]:
+        """The steps images really go through for a model of input ``model_hw``.
+
+        The same geometry as :meth:`image_transform` (one code path), so what a summary
+        says is what runs: e.g. ``["resize shorter side to 64", "center crop 64x64",
+        "scale pixels to 0..1", "normalize with ImageNet mean/std"]``.
+        """
+        try:
+            resize, crop = self._geometry(model_hw)
+        except InputError:
+            resize, crop = self.resize, self.crop
+        out = []
+        if resize is None:
+            out.append("resize to the model's input size")
+        elif isinstance(resize, int):
+            out.append(f"resize shorter side to {resize}")
         else:
-            parts.append(f"resize {_fmt_size(self.resize)}")
-        if self.crop is not None:
-            parts.append(f"center crop {_fmt_size(self.crop)}")
-        if (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD):
-            parts.append("ImageNet mean/std")
-        else:
-            parts.append(f"mean {list(self.mean)} std {list(self.std)}")
+            out.append(f"resize to {_fmt_size(resize)}")
+        if crop is not None:
+            out.append(f"center crop {_fmt_size(_pair(crop))}")
+        out.append("scale pixels to 0..1")
         if self.channel_order == "BGR":
-            parts.append("BGR")
-        return ", ".join(parts)
+            out.append("swap RGB to BGR")
+        if (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD):
+            out.append("normalize with ImageNet mean/std")
+        else:
+            out.append(f"normalize with mean {list(self.mean)} std {list(self.std)}")
+        return out
 
     # -- building the transforms
 
@@ -172,13 +190,18 @@ class Preprocessing:
     def _geometry(self, model_hw: tuple[int, int] | None) -> tuple[Any, Any]:
         resize = self.resize if self.resize is not None else model_hw
         crop = self.crop
+        implicit_crop = False
         if isinstance(resize, int) and crop is None:
-            crop = model_hw
+            # Images of other aspect ratios would come out in different sizes: crop to
+            # the model's input, or to a square of the resized side when it is unknown.
+            crop = model_hw if model_hw is not None else (resize, resize)
+            implicit_crop = True
         if resize is None and crop is None:
             raise InputError(
                 "the image size to feed the model is unknown",
                 hint="Give the model's input shape (--input-shape 1,3,H,W) or a size (--resize H,W).",
             )
+        _check_crop_fits(resize, crop, implicit_crop)
         return resize, crop
 
     def mean_std(self, channels: int) -> tuple[list[float], list[float]]:
@@ -227,6 +250,38 @@ class Preprocessing:
             steps.append(T.Lambda(_flip_channels))
         steps.append(T.Normalize(mean, std))
         return T.Compose(steps)
+
+
+def _check_crop_fits(resize: Any, crop: Any, implicit: bool) -> None:
+    """Refuse a center crop larger than the resized image.
+
+    Why: torchvision's CenterCrop pads a too-small image with zeros instead of failing,
+    so a 64-pixel image cropped to 224 reaches the model as a small picture in a black
+    frame and scores near chance with no error anywhere (found with a digits ResNet-18:
+    11.6 % instead of 95.2 % top-1).
+    """
+    if resize is None or crop is None:
+        return
+    ch, cw = _pair(crop)
+    if isinstance(resize, int):
+        too_big = max(ch, cw) > resize
+        resized = f"shorter side {resize}"
+    else:
+        too_big = ch > resize[0] or cw > resize[1]
+        resized = _fmt_size(resize)
+    if not too_big:
+        return
+    if implicit:
+        raise InputError(
+            f"resizing the images ({resized}) and then center-cropping them to the model's input {ch}x{cw} "
+            "would pad them with zeros",
+            hint=f"Give a resize of at least {max(ch, cw)} (--resize), or the size the model was trained at "
+            f"(--input-shape 1,C,H,W).",
+        )
+    raise InputError(
+        f"the center crop {ch}x{cw} is larger than the resized image ({resized}); it would be padded with zeros",
+        hint="Give a crop no larger than the resize (--crop), or a larger --resize.",
+    )
 
 
 def _flip_channels(t):
@@ -428,6 +483,10 @@ class DataSource:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def preprocessing_steps(self) -> list[str]:
+        """What each sample goes through before the model sees it, step by step."""
+        return self.preprocessing.steps(self.model_hw)
+
     def _check_output_size(self) -> None:
         size = self.preprocessing.output_size(self.model_hw)
         if size is not None and self.model_hw is not None and tuple(size) != tuple(self.model_hw):
@@ -478,8 +537,6 @@ class ImageFolderSource(DataSource):
         return f"{len(self.files)} unlabeled images"
 
     def _scan(self, root: Path) -> None:
-        from torchvision.datasets.folder import make_dataset
-
         subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _hidden(e.name))
         top_images = sorted(
             e.path for e in os.scandir(root) if e.is_file() and not _hidden(e.name) and _is_image_name(e.name)
@@ -496,19 +553,30 @@ class ImageFolderSource(DataSource):
             return False
 
         samples: list[tuple[str, int]] = []
-        if subdirs:
-            class_to_idx = {name: i for i, name in enumerate(subdirs)}
-            samples = make_dataset(str(root), class_to_idx, is_valid_file=is_valid_file, allow_empty=True)
+        loops: list[str] = []
+        seen = {_inode(root)} | {_inode(root / name) for name in subdirs}
+        for i, name in enumerate(subdirs):
+            for path in _walk_files(root / name, seen, loops):
+                if is_valid_file(path):
+                    samples.append((path, i))
+        if loops:
+            self.warnings.append(
+                f"{len(loops)} symbolic link{'s' if len(loops) > 1 else ''} inside {root} lead{'' if len(loops) > 1 else 's'} "
+                f"back into folders already read (e.g. {loops[0]}) and {'were' if len(loops) > 1 else 'was'} not followed, "
+                "so no image is counted twice"
+            )
         if samples:
+            _refuse_split_folders(root, subdirs)
             counts = np.bincount([c for _, c in samples], minlength=len(subdirs))
             empty = [subdirs[i] for i in np.flatnonzero(counts == 0)]
             if empty:
+                # Kept as classes: dropping one would renumber the folders after it, and
+                # every later class would be scored against the wrong model output.
                 shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-                raise InputError(
-                    f"class folder{'s' if len(empty) > 1 else ''} {shown} hold{'' if len(empty) > 1 else 's'} no images",
-                    path=root,
-                    hint=f"Add images ({_EXTS_TEXT}) to {'them' if len(empty) > 1 else 'it'} or remove "
-                    f"{'them' if len(empty) > 1 else 'it'}: every sub-folder is a class.",
+                self.warnings.append(
+                    f"class folder{'s' if len(empty) > 1 else ''} {shown} in {root} hold{'' if len(empty) > 1 else 's'} "
+                    "no images and {} skipped; {} still counted as a class so the other folders keep their numbers".format(
+                        "were" if len(empty) > 1 else "was", "they are" if len(empty) > 1 else "it is")
                 )
             self.kind = KIND_CLASS_FOLDERS
             self.folder_names = subdirs
@@ -565,6 +633,57 @@ class ImageFolderSource(DataSource):
         if not tensors:
             return _empty_batch(self.channels), np.zeros(0, np.int64), skipped
         return np.stack(tensors).astype(np.float32, copy=False), np.asarray(kept, np.int64), skipped
+
+
+def _walk_files(folder: Path, seen: set[tuple[int, int]], loops: list[str]) -> list[str]:
+    """Files under ``folder`` in sorted order, following symbolic links once.
+
+    Written here rather than with torchvision's ``make_dataset`` because that follows
+    links without remembering where it has been: a link back to a parent folder
+    (``4/loop -> ..``) made 30 images count as 1,230. A folder already in ``seen`` (device
+    and inode: the data root, every class folder, every folder walked) is not entered
+    again, and its path is reported in ``loops``.
+    """
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            try:
+                sd = os.stat(full)
+            except OSError:  # a dangling link
+                continue
+            if (sd.st_dev, sd.st_ino) in seen:
+                loops.append(full)
+            else:
+                seen.add((sd.st_dev, sd.st_ino))
+                keep.append(d)
+        dirnames[:] = keep
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+    return out
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing", "eval", "evaluation", "calib",
+               "calibration", "dev"}
+
+
+def _refuse_split_folders(root: Path, subdirs: list[str]) -> None:
+    """Sub-folders that are all dataset splits (train/, val/) are not classes."""
+    if subdirs and all(name.lower() in SPLIT_NAMES for name in subdirs):
+        names = ", ".join(f"{n}/" for n in subdirs)
+        first = root / subdirs[0]
+        raise InputError(
+            f"the sub-folders {names} look like dataset splits, not classes (each sub-folder would be "
+            f"scored as one class, {len(subdirs)} in all)",
+            path=root,
+            hint=f"Choose the split itself, e.g. {first} (its sub-folders are the classes); with the CLI, "
+            "calibrate on one split (--data) and evaluate on another (--eval-data).",
+        )
 
 
 def _hidden(name: str) -> bool:
@@ -655,6 +774,7 @@ class TensorFileSource(DataSource):
                 hint=f"Save the images with {channels} channels.",
             )
         hw = images.shape[1:3] if self.layout == "NHWC" else images.shape[-2:]
+        self._file_hw = (int(hw[0]), int(hw[1]))
         if self.is_pixels:
             preprocessing._geometry(model_hw or tuple(int(d) for d in hw))
             self._check_output_size()
@@ -670,6 +790,11 @@ class TensorFileSource(DataSource):
 
     def __len__(self) -> int:
         return int(self._images.shape[0])
+
+    def preprocessing_steps(self) -> list[str]:
+        if not self.is_pixels:
+            return ["float tensors fed to the model as they are (no resize or normalization)"]
+        return self.preprocessing.steps(self.model_hw or self._file_hw)
 
     def describe(self) -> str:
         kind = "pixel" if self.is_pixels else "tensor"
@@ -888,12 +1013,91 @@ class RandomSource(DataSource):
     def describe(self) -> str:
         return f"{self.n} random samples ({RANDOM_DATA_NOTE})"
 
+    def preprocessing_steps(self) -> list[str]:
+        return ["standard-normal random tensors (no preprocessing)"]
+
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[SkippedFile]]:
         indices = np.asarray(indices, np.int64)
         x = np.empty((len(indices), *self.shape), np.float32)
         for row, i in enumerate(indices):
             x[row] = np.random.default_rng((self.seed, int(i))).standard_normal(self.shape, dtype=np.float32)
         return x, indices, []
+
+
+def model_fit_warnings(data: DataSource, num_outputs: int | None) -> list[str]:
+    """What makes labeled ``data`` unfit for a model with ``num_outputs`` outputs.
+
+    Checked when the data is chosen (data panel, CLI), before any run, so a wrong folder
+    is seen before the run reports a near-chance accuracy.
+    """
+    if not data.labeled or not num_outputs:
+        return []
+    out = []
+    where = f" in {data.path}" if data.path is not None else ""
+    n_classes = len(data.class_names)
+    if n_classes != num_outputs:
+        out.append(
+            f"the model has {num_outputs} outputs but the data has {n_classes} classes{where}; "
+            "check that the data belongs to this model (class i must be output i)"
+        )
+    assert data.targets is not None
+    beyond = sorted({int(t) for t in np.unique(data.targets) if t >= num_outputs})
+    if beyond:
+        names = ", ".join(data.class_names.get(t, str(t)) for t in beyond[:5])
+        more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
+        out.append(
+            f"class{'es' if len(beyond) > 1 else ''} {names}{more} ha{'ve' if len(beyond) > 1 else 's'} no model output "
+            f"(the model has {num_outputs}: 0..{num_outputs - 1}); {'their' if len(beyond) > 1 else 'its'} samples count as wrong"
+        )
+    return out
+
+
+@dataclass
+class ImageSizes:
+    """Pixel sizes found in a folder (image headers only), and files that are no images."""
+
+    sizes: dict[tuple[int, int], int]  # (height, width) -> how many images
+    checked: int
+    unreadable: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def common(self) -> tuple[int, int] | None:
+        """The one size every readable image has, else None."""
+        return next(iter(self.sizes)) if len(self.sizes) == 1 else None
+
+
+def image_sizes(paths: Sequence[str], ctx: JobContext | None = None) -> ImageSizes:
+    """Read the size of each image from its header (cheap: no pixels are decoded)."""
+    from PIL import Image
+
+    ctx = ctx or NullContext()
+    sizes: dict[tuple[int, int], int] = {}
+    unreadable: list[SkippedFile] = []
+    for k, path in enumerate(paths):
+        if k % 256 == 0:
+            ctx.check_cancelled()
+            ctx.report(k / max(len(paths), 1), f"checking {len(paths)} images")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(path) as im:
+                    w, h = im.size
+        except Exception as exc:  # noqa: BLE001 - a damaged file can raise anything; count it
+            unreadable.append(SkippedFile(path, _skip_reason(path, exc)))
+            continue
+        sizes[(h, w)] = sizes.get((h, w), 0) + 1
+    return ImageSizes(sizes=sizes, checked=len(paths), unreadable=unreadable)
+
+
+def folder_image_sizes(folder: str | Path, limit: int = 200) -> ImageSizes:
+    """:func:`image_sizes` of up to ``limit`` images found in ``folder`` and its sub-folders."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not _hidden(f) and _is_image_name(f))
+        if len(found) >= limit:
+            break
+    return image_sizes(found[:limit])
 
 
 def open_data(

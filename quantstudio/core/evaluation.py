@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from quantstudio.core.data import RANDOM_DATA_NOTE, DataSource, SkippedFile
+from quantstudio.core.data import RANDOM_DATA_NOTE, DataSource, SkippedFile, model_fit_warnings
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext, NullContext
 
@@ -506,19 +506,4 @@ def _data_warnings(data: DataSource, ref: EvaluationResult, skipped: list[Skippe
     if not data.labeled:
         warnings.append(NO_LABELS_NOTE)
         return warnings
-    k = ref.num_outputs
-    n_classes = len(data.class_names)
-    where = f" in {data.path}" if data.path is not None else ""
-    if k != n_classes:
-        warnings.append(
-            f"the model has {k} outputs but the data has {n_classes} classes{where}; "
-            "check that the data belongs to this model (class i must be output i)"
-        )
-    assert data.targets is not None
-    beyond = sorted({int(t) for t in np.unique(data.targets) if t >= k})
-    if beyond:
-        names = ", ".join(data.class_names.get(t, str(t)) for t in beyond[:5])
-        warnings.append(
-            f"classes {names} have no model output (the model has {k}); their samples count as wrong"
-        )
-    return warnings
+    return warnings + [w for w in model_fit_warnings(data, ref.num_outputs) if w not in warnings]

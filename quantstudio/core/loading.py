@@ -67,6 +67,20 @@ class LoadedModel:
     fixed_batch: int | None = None  # an ONNX input whose batch dimension is a fixed number
     input_shape_guessed: bool = False  # not given, not in the file: guessed from the first layer
 
+    def set_input_shape(self, shape: tuple[int, ...]) -> None:
+        """Run the model at ``shape`` from now on (checked with one forward pass).
+
+        Raises InputError, leaving the old shape, when the model does not accept it.
+        """
+        old, old_guessed = self.input_shape, self.input_shape_guessed
+        self.input_shape = tuple(int(d) for d in shape)
+        self.input_shape_guessed = False
+        try:
+            check_input_shape(self)
+        except InputError:
+            self.input_shape, self.input_shape_guessed = old, old_guessed
+            raise
+
     def batch_size_for(self, requested: int) -> int:
         """The batch size to run this model with: its fixed batch when it has one."""
         return self.fixed_batch or requested

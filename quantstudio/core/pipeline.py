@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from quantstudio.core.data import Split
 from quantstudio.core.evaluation import _json_float
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engine
 from quantstudio.core.errors import InputError
@@ -58,6 +59,9 @@ class QuantizeResult:
     random_data: bool = False
     calibration_samples: int = 0
     evaluation_samples: int = 0
+    calibration_data: str = ""  # where the calibration samples came from (description)
+    evaluation_data: str = ""  # where the evaluation samples came from, and how they were chosen
+    preprocessing_steps: list[str] = field(default_factory=list)  # what every image went through
     # Not serialized: what an export needs to check itself and write its recipe.
     check_samples: np.ndarray | None = None
     model: Any = None
@@ -86,6 +90,11 @@ class QuantizeResult:
             "random_data": self.random_data,
             "calibration_samples": self.calibration_samples,
             "evaluation_samples": self.evaluation_samples,
+            "calibration_data": self.calibration_data,
+            "evaluation_data": self.evaluation_data,
+            "preprocessing": {**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
+                              "steps": list(self.preprocessing_steps)},
+            "input_shape": list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
             "original": self.original_metrics.to_dict() if self.original_metrics is not None else None,
             "quantized": self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None,
             "layer_sqnr": {k: _json_float(v) for k, v in self.layer_sqnr.items()},
@@ -118,6 +127,7 @@ def run_quantize(
     sensitivity: bool = False,
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     measure_memory: bool = False,
+    eval_data: Any = None,
 ) -> QuantizeResult:
     """Quantize ``model`` by ``plan``/``config`` on ``data_source`` and measure the result.
 
@@ -127,6 +137,9 @@ def run_quantize(
     are disjoint, chosen by ``config.seed``. ``sensitivity`` adds the per-layer
     sensitivity stage (PyTorch models), ``measure_memory`` the peak memory of the
     original and the quantized model, each in a fresh process (a few seconds).
+    ``eval_data`` (a DataSource) evaluates on other data than the calibration data (e.g.
+    calibrate on train/, evaluate on val/): every calibration sample then comes from
+    ``data_source`` and every evaluation sample from ``eval_data``.
     Raises InputError / Cancelled.
     """
     from quantstudio.core.data import open_data
@@ -164,11 +177,20 @@ def run_quantize(
         batch_size = fixed
         batch_sizes = (fixed,)
     static = config.mode == "static"
-    split = data.split(calibration=config.calib_samples if static else 0, evaluation=eval_samples, seed=config.seed)
+    evaluation_source = eval_data if eval_data is not None else data
+    if eval_data is not None:
+        # Two data sets: nothing to hold back, each is sampled on its own.
+        split = Split(
+            calibration=data.choose(config.calib_samples, seed=config.seed) if static else np.zeros(0, np.int64),
+            evaluation=eval_data.choose(eval_samples, seed=config.seed) if eval_samples else np.zeros(0, np.int64),
+            seed=config.seed,
+        )
+    else:
+        split = data.split(calibration=config.calib_samples if static else 0, evaluation=eval_samples, seed=config.seed)
     if not static:
-        # Dynamic INT8 and FP16 calibrate nothing: one batch of the evaluation samples
-        # serves as example input (tracing, FP16 checks) and none are held back.
-        example = split.evaluation if len(split.evaluation) else data.choose(None, seed=config.seed)
+        # Dynamic INT8 and FP16 calibrate nothing: one batch of the data serves as
+        # example input (tracing, FP16 checks) and no evaluation sample is held back.
+        example = data.choose(None, seed=config.seed) if eval_data is not None or not len(split.evaluation) else split.evaluation
         split = dataclasses.replace(split, calibration=np.asarray(example[:batch_size]))
     if fixed:
         if len(split.calibration) < fixed:
@@ -181,7 +203,10 @@ def run_quantize(
             evaluation=split.evaluation[: len(split.evaluation) // fixed * fixed],
         )
     notes = list(split.notes)
-    warnings = list(getattr(data, "warnings", [])) + _unmatched_rule_warnings(model, plan)
+    warnings = list(getattr(data, "warnings", []))
+    if eval_data is not None:
+        warnings += [w for w in eval_data.warnings if w not in warnings]
+    warnings += _unmatched_rule_warnings(model, plan)
     if data.is_random and RANDOM_NOTE not in warnings:
         warnings.insert(0, RANDOM_NOTE)
 
@@ -216,14 +241,14 @@ def run_quantize(
 
         ev = evaluate(
             {"original": model, "quantized": quantized_variant},
-            data,
+            evaluation_source,
             split.evaluation,
             reference="original",
             batch_size=batch_size,
             ctx=st,
         )
         original_metrics, quantized_metrics = ev["original"], ev["quantized"]
-        for w in ev.warnings:
+        for w in ev.warnings + near_chance_warnings(original_metrics, evaluation_source, model):
             if w not in warnings:
                 warnings.append(w)
         ctx.partial({"type": "metrics", "original": original_metrics.to_dict(), "quantized": quantized_metrics.to_dict()})
@@ -270,6 +295,7 @@ def run_quantize(
         bench = _benchmark(model, qm, batch_sizes, benchmark_runs, st, sizes)
         ctx.partial({"type": "benchmark", "result": bench.to_dict()})
         notes.extend(_speed_notes(bench, qm))
+        warnings.extend(w for w in bench.warnings if w not in warnings)
     memory: dict[str, dict[str, int]] = {}
     if measure_memory:
         st = stages.stage("memory")
@@ -297,6 +323,9 @@ def run_quantize(
         random_data=bool(data.is_random),
         calibration_samples=int(len(split.calibration)) if static else 0,
         evaluation_samples=int(quantized_metrics.n) if quantized_metrics is not None else 0,
+        calibration_data=_source_text(data) if static else "",
+        evaluation_data=_evaluation_text(data, eval_data, quantized_metrics, static),
+        preprocessing_steps=data.preprocessing_steps(),
         check_samples=check,
         model=model,
         data=data,
@@ -306,11 +335,11 @@ def run_quantize(
     )
 
 
-def result_recipe(result: QuantizeResult, data_spec: str | None = None):
+def result_recipe(result: QuantizeResult, data_spec: str | None = None, eval_data_spec: str | None = None):
     """The recipe that reproduces ``result`` (written beside every export)."""
     from quantstudio.core.recipe import make_recipe
 
-    return make_recipe(
+    recipe = make_recipe(
         result.model,
         result.plan,
         result.config,
@@ -321,17 +350,65 @@ def result_recipe(result: QuantizeResult, data_spec: str | None = None):
         evaluation_samples=result.evaluation_samples,
         batch_size=result.batch_size,
     )
+    if recipe.preprocessing is not None:
+        recipe.preprocessing["steps"] = list(result.preprocessing_steps)  # what ran; derived, ignored when read
+    if eval_data_spec:
+        spec = eval_data_spec
+        recipe.data["evaluation_spec"] = str(Path(spec).resolve()) if Path(spec).exists() else spec
+    return recipe
 
 
-def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | None = None, *, data_spec: str | None = None):
+def export_result(result: QuantizeResult, path: str | Path, ctx: JobContext | None = None, *, data_spec: str | None = None,
+                  eval_data_spec: str | None = None):
     """Export the quantized model (checked against the in-app outputs) plus its recipe."""
     from quantstudio.core.export import export_model
 
-    recipe = result_recipe(result, data_spec)
+    recipe = result_recipe(result, data_spec, eval_data_spec)
     return export_model(result.quantized, path, samples=result.check_samples, recipe=recipe, ctx=ctx)
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def _source_text(data: Any) -> str:
+    where = f" ({data.path})" if getattr(data, "path", None) is not None else ""
+    return f"{data.describe()}{where}"
+
+
+def _evaluation_text(data: Any, eval_data: Any, metrics: Any, static: bool) -> str:
+    """Where the evaluation samples come from, in words every accuracy figure can carry."""
+    if metrics is None:
+        return ""
+    if eval_data is not None:
+        return f"{metrics.n} samples of {_source_text(eval_data)}"
+    if static:
+        return f"{metrics.n} samples of {_source_text(data)} not used for calibration"
+    return f"{metrics.n} samples of {_source_text(data)}"
+
+
+NEAR_CHANCE_FACTOR = 1.5
+
+
+def near_chance_warnings(metrics: Any, data: Any, model: Any) -> list[str]:
+    """A warning when the *original* model scores near chance on labeled data.
+
+    An original model that guesses means the data or its preprocessing is wrong, not the
+    quantization: every figure of the run would be meaningless.
+    """
+    if metrics is None or metrics.top1 is None or not getattr(data, "labeled", False):
+        return []
+    classes = max(len(getattr(data, "class_names", {}) or {}), 1)
+    chance = 1.0 / classes
+    if classes < 2 or metrics.top1 >= NEAR_CHANCE_FACTOR * chance:
+        return []
+    shape = "x".join(str(d) for d in model.input_shape) if getattr(model, "input_shape", None) else "unknown"
+    return [
+        f"the original model scores near chance on this data (top-1 {metrics.top1:.1%}, chance {chance:.1%} with "
+        f"{classes} classes): the data or its preprocessing does not match the model. Check the input size (now "
+        f"{shape}), the mean/std, the channel order (RGB/BGR), and that class folder i holds the model's class i "
+        "(folders sort by name; numeric names map to that output)"
+    ]
+
 
 
 def _unmatched_rule_warnings(model: Any, plan: PrecisionPlan) -> list[str]:

@@ -80,6 +80,7 @@ class DataPanel(QScrollArea):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.summary = None  # the last DataSummary
         body = QWidget()
         self.setWidget(body)
         col = QVBoxLayout(body)
@@ -167,7 +168,30 @@ class DataPanel(QScrollArea):
         self.eval_spin.setToolTip("How many images (not used for calibration) measure the accuracy of each variant.")
         sform.addRow("Calibration:", self.calib_spin)
         sform.addRow("Evaluation:", self.eval_spin)
+        erow = QHBoxLayout()
+        self.eval_path_edit = QLineEdit()
+        self.eval_path_edit.setReadOnly(True)
+        self.eval_path_edit.setPlaceholderText("held-out images of the data above")
+        self.eval_path_edit.setToolTip(
+            "Where accuracy is measured. Empty: images of the data above that calibration did not use.\n"
+            "Choose another folder (e.g. val/ beside train/) to calibrate on one and evaluate on the other."
+        )
+        self.eval_browse_button = QPushButton("Choose…")
+        self.eval_browse_button.clicked.connect(self._on_browse_eval)
+        self.eval_clear_button = QPushButton("Clear")
+        self.eval_clear_button.clicked.connect(self._on_clear_eval)
+        erow.addWidget(self.eval_path_edit, 1)
+        erow.addWidget(self.eval_browse_button)
+        erow.addWidget(self.eval_clear_button)
+        sform.addRow("Evaluate on:", erow)
+        self.split_label = QLabel()
+        self.split_label.setWordWrap(True)
+        self.split_label.setTextFormat(Qt.TextFormat.RichText)
+        self.split_label.setToolTip("The numbers a run will really use, from what the data holds.")
+        sform.addRow(self.split_label)
         col.addWidget(samples_box)
+        for spin in (self.calib_spin, self.eval_spin):
+            spin.valueChanged.connect(self._update_split_label)
 
         # ---------------------------------------------------------------- quantization
         q_box = QGroupBox("Quantization")
@@ -218,6 +242,7 @@ class DataPanel(QScrollArea):
                       self.backend_combo, self.calib_combo):
             combo.currentIndexChanged.connect(self._on_combo_changed)
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
+        self.mode_combo.currentIndexChanged.connect(self._update_split_label)
         self.preset_combo.currentIndexChanged.connect(self._on_preset_changed)
         self._base_tips = {c: c.toolTip() for c in (self.kind_combo, self.preset_combo, self.engine_combo,
                                                      self.mode_combo, self.backend_combo, self.calib_combo)}
@@ -283,6 +308,59 @@ class DataPanel(QScrollArea):
         text = self.path_edit.text().strip()
         return text or None
 
+    def eval_data_spec(self) -> str | None:
+        """A separate evaluation folder or file, or None (held-out samples of the data)."""
+        if self.kind == "random":
+            return None
+        return self.eval_path_edit.text().strip() or None
+
+    @Slot()
+    def _on_browse_eval(self) -> None:
+        start = SETTINGS["last_data_dir"] or str(Path.home())
+        if self.kind == "tensor":
+            path, _ = QFileDialog.getOpenFileName(self, "Evaluation tensor file", start, "Tensor files (*.npy *.npz *.pt *.pth)")
+        else:
+            path = QFileDialog.getExistingDirectory(self, "Folder of evaluation images (one sub-folder per class)", start)
+        if path:
+            self.eval_path_edit.setText(path)
+            self.scan_requested.emit()
+
+    @Slot()
+    def _on_clear_eval(self) -> None:
+        if self.eval_path_edit.text():
+            self.eval_path_edit.clear()
+            self.scan_requested.emit()
+
+    @Slot()
+    def _update_split_label(self) -> None:
+        """Say how many samples a run will calibrate and evaluate on: never a number it ignores."""
+        summary = self.summary
+        if summary is None:
+            self.split_label.setText("")
+            return
+        n = summary.count
+        calib_asked, eval_asked = self.calib_spin.value(), self.eval_spin.value()
+        static = self.mode_combo.currentData() == "static"
+        calib = min(calib_asked, n) if static else 0
+        eval_count = getattr(summary, "eval_count", None)
+        if eval_count is not None:
+            evaluate = min(eval_asked, eval_count)
+            where = f"of {eval_count} in the evaluation data"
+        else:
+            left = n - calib
+            evaluate = min(eval_asked, left)
+            where = f"of the {left} not used for calibration" if static else f"of {n}"
+        parts = []
+        if static:
+            parts.append(f"calibrate on <b>{calib}</b> of {n}")
+        parts.append(f"evaluate on <b>{evaluate}</b> {where}")
+        text = "A run will " + ", ".join(parts) + "."
+        if summary.is_random:
+            text = f"A run will use {calib + evaluate} random samples (speed only)."
+        elif (static and calib < calib_asked) or evaluate < eval_asked:
+            text += " <span style='color:#a05000'>(fewer than asked: the data holds no more)</span>"
+        self.split_label.setText(text)
+
     def set_data(self, kind: str, path: str = "") -> None:
         """Choose data without a file dialog (demo, projects, tests); requests a scan."""
         self.kind_combo.blockSignals(True)
@@ -305,6 +383,8 @@ class DataPanel(QScrollArea):
         random = self.kind == "random"
         self.path_edit.setEnabled(not random)
         self.browse_button.setEnabled(not random)
+        for w in (self.eval_path_edit, self.eval_browse_button, self.eval_clear_button):
+            w.setEnabled(not random)
         self.path_edit.setPlaceholderText(
             {"folder": "Choose a folder of images…", "tensor": "Choose a .npy/.npz/.pt file…"}.get(self.kind, "")
         )
@@ -331,6 +411,7 @@ class DataPanel(QScrollArea):
             self.summary_label.setText("No data chosen yet.")
             self.thumb_model.set_items([])
             self.thumb_view.setVisible(False)
+            self._update_split_label()
             return
         lines = []
         if summary.is_random:
@@ -351,6 +432,7 @@ class DataPanel(QScrollArea):
         for n in summary.notes:
             lines.append(f"<span style='color:#666'>{n}</span>")
         self.summary_label.setText("<br>".join(lines))
+        self._update_split_label()
         self.thumb_model.set_items(
             [(path, label, arr, f"{label}\n{path}" if path else label) for path, label, arr in summary.thumbnails]
         )
@@ -358,6 +440,7 @@ class DataPanel(QScrollArea):
 
     def set_error(self, message: str) -> None:
         self.summary = None
+        self._update_split_label()
         self.summary_label.setText(f"<span style='color:#a02020'>{message}</span>")
         self.counts_label.setVisible(False)
         self.thumb_model.set_items([])
@@ -436,6 +519,7 @@ class DataPanel(QScrollArea):
         return {
             "data_kind": self.kind,
             "data_path": self.path_edit.text(),
+            "eval_data_path": self.eval_path_edit.text(),
             "preprocess_preset": self.preset_combo.currentData(),
             "preprocess_resize": self.resize_edit.text(),
             "preprocess_crop": self.crop_edit.text(),
@@ -494,6 +578,8 @@ class DataPanel(QScrollArea):
             self.kind_combo.blockSignals(False)
         if "data_path" in state:
             self.path_edit.setText(state["data_path"])
+        if "eval_data_path" in state:
+            self.eval_path_edit.setText(str(state["eval_data_path"] or ""))
         self._update_kind_widgets()
         self.blockSignals(False)
         if self._torch_reason and self.engine_combo.currentData() == "torch":
@@ -516,7 +602,7 @@ class DataPanel(QScrollArea):
     @staticmethod
     def _keys() -> tuple[str, ...]:
         return (
-            "data_kind", "data_path", "preprocess_preset", "preprocess_resize", "preprocess_crop",
+            "data_kind", "data_path", "eval_data_path", "preprocess_preset", "preprocess_resize", "preprocess_crop",
             "preprocess_mean", "preprocess_std", "calib_samples", "eval_samples", "engine", "backend",
             "mode", "calibration", "per_channel", "benchmark_runs", "benchmark_batches", "sensitivity",
             "measure_memory",

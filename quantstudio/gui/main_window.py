@@ -20,6 +20,8 @@ from PySide6.QtWidgets import (
     QDialog,
     QDockWidget,
     QFileDialog,
+    QFrame,
+    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMenu,
@@ -29,6 +31,8 @@ from PySide6.QtWidgets import (
     QStackedWidget,
     QTabBar,
     QToolBar,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -43,7 +47,7 @@ from quantstudio.gui.layer_view import LayerPanel
 from quantstudio.gui.paths import demo_dir
 from quantstudio.gui.project import PROJECT_SUFFIX, load_project, make_project, save_project
 from quantstudio.gui.settings import SETTINGS, data_dir
-from quantstudio.gui.variants import VariantsPanel
+from quantstudio.gui.variants import VariantsPanel, variant_name
 from quantstudio.gui.welcome import WelcomePage
 from quantstudio.gui.worker import Job, JobRunner
 
@@ -80,6 +84,36 @@ def sidecar_metadata(model_path: str | Path) -> dict[str, Any]:
         if len(out) > 1:
             return out
     return {}
+
+
+MAX_REMEMBERED_INPUTS = 50
+
+
+def _file_key(path: str | Path) -> str:
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return str(path)
+
+
+def remembered_input(path: str | Path) -> tuple[tuple[int, ...], str | None] | None:
+    """The input shape (and architecture) the user confirmed when last opening ``path``."""
+    key = _file_key(path)
+    for entry in SETTINGS["confirmed_inputs"]:
+        try:
+            p, shape, arch = entry
+            if p == key and isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape):
+                return tuple(shape), arch if isinstance(arch, str) else None
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def remember_input(path: str | Path, shape: tuple[int, ...], arch: str | None) -> None:
+    """Remember the shape the user confirmed for ``path``, so reopening it does not ask again."""
+    key = _file_key(path)
+    entries = [e for e in SETTINGS["confirmed_inputs"] if not (isinstance(e, list) and e and e[0] == key)]
+    SETTINGS["confirmed_inputs"] = [[key, [int(d) for d in shape], arch]] + entries[: MAX_REMEMBERED_INPUTS - 1]
 
 
 def shape_guessed(model: Any, requested: tuple[int, ...] | None) -> bool:
@@ -137,6 +171,44 @@ class UndoToolAction(QAction):
         self.setStatusTip(tip)
 
 
+class WarningBanner(QFrame):
+    """A visible strip above the layer tree with what can make the shown results wrong.
+
+    Warnings of a run (near-chance original, data that does not fit the model, unreliable
+    timings) must be seen where the result is seen, not only in the Log.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("warning_banner")
+        self.setStyleSheet("#warning_banner { background: #fff4d6; border: 1px solid #e0b050; border-radius: 3px; }")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(8, 4, 4, 4)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.RichText)
+        row.addWidget(self.label, 1)
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setToolTip("Hide these warnings (they stay in the Log and the run's tooltip)")
+        self.close_button.clicked.connect(self.hide)
+        row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.warnings: list[str] = []
+        self.hide()
+
+    def set_warnings(self, title: str, warnings: list[str]) -> None:
+        self.warnings = list(warnings)
+        if not warnings:
+            self.hide()
+            return
+        from html import escape
+
+        items = "".join(f"<li>{escape(w)}</li>" for w in warnings[:6])
+        more = f"<li>… and {len(warnings) - 6} more (see the Log)</li>" if len(warnings) > 6 else ""
+        self.label.setText(f"<b>⚠ {escape(title)}</b><ul style='margin:0'>{items}{more}</ul>")
+        self.show()
+
+
 class MainWindow(QMainWindow):
     """Signals: ``model_loaded()``, ``run_finished(object)``, ``job_idle()``."""
 
@@ -167,7 +239,14 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.layer_panel)
-        self.setCentralWidget(self.stack)
+        self.warning_banner = WarningBanner()
+        central = QWidget()
+        central_layout = QVBoxLayout(central)
+        central_layout.setContentsMargins(0, 0, 0, 0)
+        central_layout.setSpacing(2)
+        central_layout.addWidget(self.warning_banner)
+        central_layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
 
         self._make_docks()
         self._make_actions()
@@ -475,7 +554,16 @@ class MainWindow(QMainWindow):
 
         ``ask=False`` skips the confirmation of a guessed architecture (demo, projects, tests).
         """
-        request = tasks.LoadRequest(str(path), arch, tuple(input_shape) if input_shape else None, trust, source_dir)
+        if input_shape is None:
+            remembered = remembered_input(path)
+            if remembered is not None:
+                # Confirmed the last time this file was opened: not asked again.
+                input_shape = remembered[0]
+                arch = arch or remembered[1]
+                ask = ask and arch is None
+        data_hint = self.data_panel.data_spec() if self.data_panel.kind == "folder" else None
+        request = tasks.LoadRequest(str(path), arch, tuple(input_shape) if input_shape else None, trust, source_dir,
+                                    data_hint)
         self._ask_import = ask
         return self.start_job(Job(
             f"Opening {Path(path).name}", tasks.load_model_job, (request,),
@@ -503,6 +591,7 @@ class MainWindow(QMainWindow):
 
     def _on_model_loaded(self, outcome: tasks.LoadOutcome) -> None:
         req = outcome.request
+        self._image_size_hint = outcome.image_size
         if outcome.problem is not None:
             log.info("Needs an answer: %s", outcome.problem.one_line())
             self._ask_and_reload(req, {outcome.needs} | ({"arch"} if outcome.architectures else set()),
@@ -532,6 +621,12 @@ class MainWindow(QMainWindow):
             return meta["input_shape"], f"Read from {meta['source']} next to the model."
         if model is None or model.input_shape is None:
             return None, ""
+        image_size = getattr(self, "_image_size_hint", None)
+        if image_size is not None and len(model.input_shape) == 4 and shape_guessed(model, req.input_shape):
+            h, w = image_size
+            return (1, int(model.input_shape[1]), h, w), (
+                f"Proposed from your images: every image in the chosen data folder is {h}×{w}. The file does not "
+                "record the size the model was trained at; change it if yours differs.")
         shape = "×".join(str(d) for d in model.input_shape)
         if model.kind in SHAPE_NOT_IN_FILE:
             return tuple(model.input_shape), (
@@ -566,6 +661,8 @@ class MainWindow(QMainWindow):
             log.info("Opening %s cancelled.", Path(req.path).name)
             return
         shape = dlg.input_shape
+        if shape is not None:
+            remember_input(req.path, tuple(shape), dlg.arch if "arch" in needs else req.arch)
         if "arch" in needs:
             arch = dlg.arch
         else:  # not asked: what was requested (the loaded model's own name is no --arch)
@@ -626,6 +723,7 @@ class MainWindow(QMainWindow):
         self._refresh_recent()
         self.variants_panel.model.set_runs([])
         self._shown_run = None
+        self.warning_banner.set_warnings("", [])
         for panel in self.plot_panels + [self.changed_panel]:
             panel.clear()
         if pending and pending.get("variants"):
@@ -765,7 +863,8 @@ class MainWindow(QMainWindow):
             prep = None
         self.start_job(Job(
             "Reading data", tasks.scan_data_job,
-            (spec, self.loaded.input_shape, prep, self.data_panel.calib_spin.value()),
+            (spec, self.loaded.input_shape, prep, self.data_panel.calib_spin.value(),
+             self.data_panel.eval_data_spec(), self.loaded.num_classes),
             on_done=self._on_data_scanned, on_failed=self._on_data_failed, on_cancelled=self._on_cancelled,
         ))
 
@@ -798,14 +897,12 @@ class MainWindow(QMainWindow):
             return
         config = self.data_panel.quant_config()
         counts = self.plan.counts(self.layer_model.tree)
-        n = len(self.variants_panel.model.runs) + 1
-        name = f"#{n} {config['engine']} {config['mode']} ({counts[Precision.INT8]} INT8"
-        name += f", {counts[Precision.FP16]} FP16" if counts[Precision.FP16] else ""
-        name += ")"
+        name = variant_name(len(self.variants_panel.model.runs) + 1, config, counts)
         request = tasks.QuantizeRequest(
             name=name, model=self.loaded, tree=self.layer_model.tree, plan=self.plan.to_dict(), config=config,
             data_spec=spec, preprocessing=prep,
             calib_samples=self.data_panel.calib_spin.value(), eval_samples=self.data_panel.eval_spin.value(),
+            eval_data_spec=self.data_panel.eval_data_spec(),
             benchmark_runs=self.data_panel.runs_spin.value(), benchmark_batches=self.data_panel.benchmark_batches(),
             sensitivity=self.data_panel.sensitivity_check.isChecked(),
             measure_memory=self.data_panel.memory_check.isChecked(),
@@ -871,6 +968,7 @@ class MainWindow(QMainWindow):
     def _show_run(self, run: tasks.RunOutcome) -> None:
         runs = self.variants_panel.model.runs
         self._shown_run = run
+        self.warning_banner.set_warnings(f"{run.name}: check before trusting these results", run.warnings)
         for panel in self.plot_panels + [self.changed_panel]:
             panel.show_run(run, runs)
         self.tradeoff_panel.show_variants(runs)
@@ -892,6 +990,7 @@ class MainWindow(QMainWindow):
             self._show_run(run)
             return
         self._shown_run = None
+        self.warning_banner.set_warnings("", [])
         for panel in self.plot_panels + [self.changed_panel]:
             panel.clear()
         for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):

@@ -35,9 +35,15 @@ def run(ctx, request: QuantizeRequest) -> RunOutcome:
         random_samples=request.calib_samples + request.eval_samples,
         seed=config.seed,
     )
+    eval_data = None
+    if request.eval_data_spec and Path(request.eval_data_spec).resolve() != Path(request.data_spec).resolve():
+        ctx.report(0.0, "Reading the evaluation data")
+        eval_data = open_data(request.eval_data_spec, input_shape=model.input_shape, preprocessing=prep,
+                              random_samples=request.eval_samples, seed=config.seed + 1)
     ctx.check_cancelled()
     result = run_quantize(
         model, data, prep, plan, config, ctx,
+        eval_data=eval_data,
         eval_samples=request.eval_samples,
         batch_sizes=tuple(request.benchmark_batches),
         benchmark_runs=request.benchmark_runs,
@@ -124,6 +130,12 @@ def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | 
         confusion=confusion,
         changed=changed,
         n_evaluated=int(result.evaluation_samples),
+        n_calibrated=int(result.calibration_samples),
+        calibration_data=result.calibration_data,
+        evaluation_data=result.evaluation_data,
+        preprocessing_steps=list(result.preprocessing_steps),
+        input_shape=list(result.model.input_shape) if getattr(result.model, "input_shape", None) else None,
+        timing_warnings=list(result.benchmark.warnings) if result.benchmark is not None else [],
         skipped=skipped,
         is_random=bool(result.random_data),
         labeled=bool(q is not None and q.top1 is not None),

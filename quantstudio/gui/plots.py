@@ -404,6 +404,7 @@ class LatencyPanel(PlotPanel):
         return self.layout_widget.ci
 
     def clear(self) -> None:
+        self.set_timing_warnings([])
         self.samples.clear()
         self.throughput.clear()
         for name in list(self.hist_items):
@@ -450,6 +451,8 @@ class LatencyPanel(PlotPanel):
             self._ensure_items(name)
             self.throughput.setdefault(name, {})[batch] = float(payload["value"])
             self.schedule()
+        elif kind == "benchmark":
+            self.set_timing_warnings(list((payload.get("result") or {}).get("warnings") or []))
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
         self.shown_run = run
@@ -471,7 +474,13 @@ class LatencyPanel(PlotPanel):
         for name in names:
             self._ensure_items(name)
         self._update_legend()
+        self.set_timing_warnings(list(getattr(run, "timing_warnings", []) or []))
         self.redraw()
+
+    def set_timing_warnings(self, warnings: list[str]) -> None:
+        """Say so, above the plots, when the timings cannot be trusted (spread, busy CPU)."""
+        self.set_note("⚠ Timings unreliable — hover for why" if warnings else "")
+        self.note_label.setToolTip("\n".join(warnings))
 
     def batches(self) -> list[int]:
         return sorted({b for per in self.throughput.values() for b in per})
@@ -674,10 +683,25 @@ class AccuracyPanel(_BarsPanel):
                 "F1": _pct(m.get("f1")), "agreement": _pct(m.get("agreement")),
             })
         self.set_note(run.data_note if run.is_random or not run.labeled else "")
+        self.set_sample_count((run.metrics.get(run.quantized) or {}).get("n") or run.n_evaluated,
+                              getattr(run, "evaluation_data", ""))
         self.redraw()
+
+    def set_sample_count(self, n: int | None, where: str = "") -> None:
+        """Every accuracy figure says how many samples it was measured on (and which)."""
+        title = f"Accuracy (%) on n={n} samples" if n else "Accuracy (%)"
+        self.plot.setTitle(title)
+        self.plot_widget.setToolTip(f"Measured on {where}" if where else (f"Measured on {n} samples" if n else ""))
+
+    def clear(self) -> None:
+        super().clear()
+        self.set_sample_count(None)
 
     def feed(self, payload: dict) -> None:
         if payload.get("type") == "metrics":
+            n = (payload.get("quantized") or {}).get("n")
+            if n:
+                self.set_sample_count(int(n))
             for name in ("original", "quantized"):
                 m = payload.get(name) or {}
                 self.set_values(name, {

@@ -37,9 +37,11 @@ _DECLARED = [
     Setting("last_data_dir", str, "", "folder of the last data chosen"),
     Setting("last_export_dir", str, "", "folder of the last export"),
     Setting("last_project_dir", str, "", "folder of the last project saved or opened"),
+    Setting("confirmed_inputs", list, [], "[model path, input shape, arch] the user confirmed, newest first"),
     # data
     Setting("data_kind", str, "folder", "folder | tensor | random"),
     Setting("data_path", str, "", "the image folder or tensor file last used"),
+    Setting("eval_data_path", str, "", "a separate evaluation folder or file ('' = held-out samples of data_path)"),
     Setting("preprocess_preset", str, "default", "default | imagenet | custom"),
     Setting("preprocess_resize", str, "", "custom resize, e.g. 256 or 224,224 (empty: model size)"),
     Setting("preprocess_crop", str, "", "custom centre crop (empty: none)"),

@@ -28,6 +28,7 @@ class LoadRequest:
     input_shape: tuple[int, ...] | None = None
     trust: bool = False
     source_dir: str | None = None
+    data_hint: str | None = None  # the data folder chosen: its images' common size can propose the input size
 
 
 @dataclass
@@ -41,6 +42,7 @@ class LoadOutcome:
     problem: InputError | None = None
     needs: str = ""  # "arch" or "shape" when ``problem`` can be fixed by answering a question
     seconds: float = 0.0
+    image_size: tuple[int, int] | None = None  # the size every image of ``request.data_hint`` has
 
 
 def _fixable(exc: InputError, kind: str) -> str:
@@ -85,8 +87,18 @@ def load_model_job(ctx, request: LoadRequest) -> LoadOutcome:
     ctx.report(0.6, "Building the layer tree")
     tree = build_inventory(model)
     archs = list_architectures() if model.kind == KIND_STATE_DICT else []
+    image_size = None
+    if model.input_shape_guessed and request.data_hint and Path(request.data_hint).is_dir():
+        from quantstudio.core.data import folder_image_sizes
+        from quantstudio.core.geometry import MIN_IMAGE_SIDE
+
+        ctx.report(0.9, "Reading the size of your images")
+        common = folder_image_sizes(request.data_hint).common
+        if common is not None and min(common) >= MIN_IMAGE_SIDE:
+            image_size = common
     ctx.report(1.0, "Model loaded")
-    return LoadOutcome(request, model=model, tree=tree, architectures=archs, seconds=time.perf_counter() - t0)
+    return LoadOutcome(request, model=model, tree=tree, architectures=archs, seconds=time.perf_counter() - t0,
+                       image_size=image_size)
 
 
 # --------------------------------------------------------------------------- data
@@ -106,6 +118,8 @@ class DataSummary:
     thumbnails: list[tuple[str | None, str, Any]] = field(default_factory=list)  # (path, label, array or None)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    eval_count: int | None = None  # samples in a separate evaluation data set (None: held out of this one)
+    unreadable: int = 0  # files whose image header could not be read
 
 
 def scan_data_job(
@@ -114,15 +128,43 @@ def scan_data_job(
     input_shape: tuple[int, ...] | None,
     preprocessing: dict | None = None,
     random_samples: int = 256,
+    eval_spec: str | None = None,
+    num_outputs: int | None = None,
 ) -> DataSummary:
+    """What the data holds and what is wrong with it, before any run.
+
+    Every image's header is read (not its pixels), so unreadable files are counted now;
+    the class folders are checked against the model's ``num_outputs``; a separate
+    evaluation set (``eval_spec``) is opened and checked the same way.
+    """
     import numpy as np
 
-    from quantstudio.core.data import Preprocessing, open_data
+    from quantstudio.core.data import Preprocessing, image_sizes, model_fit_warnings, open_data
 
     ctx.report(0.05, "Reading the data")
     prep = Preprocessing.from_dict(preprocessing) if preprocessing else None
     src = open_data(spec, input_shape=input_shape, preprocessing=prep, random_samples=random_samples)
     ctx.check_cancelled()
+    warnings = list(src.warnings) + model_fit_warnings(src, num_outputs)
+    eval_count = None
+    sources = [src]
+    if eval_spec and Path(eval_spec).resolve() != Path(spec).resolve():
+        ev = open_data(eval_spec, input_shape=input_shape, preprocessing=prep, random_samples=random_samples)
+        eval_count = len(ev)
+        sources.append(ev)
+        warnings += [f"evaluation data: {w}" for w in list(ev.warnings) + model_fit_warnings(ev, num_outputs)]
+        if src.labeled and ev.labeled and src.class_names != ev.class_names:
+            warnings.append(f"the evaluation data's classes ({len(ev.class_names)}) are not the calibration data's "
+                            f"({len(src.class_names)}): check that both folders hold the same class sub-folders")
+    unreadable = 0
+    for source in sources:
+        files = getattr(source, "files", None)
+        if files:
+            found = image_sizes(files, ctx)
+            unreadable += len(found.unreadable)
+            if found.unreadable:
+                warnings.append(f"{len(found.unreadable)} of {found.checked} images in {source.path} cannot be read "
+                                f"(e.g. {Path(found.unreadable[0].path).name}: {found.unreadable[0].reason}); they will be skipped")
     counts: list[tuple[str, int]] = []
     if src.targets is not None:
         values, n = np.unique(src.targets, return_counts=True)
@@ -136,7 +178,9 @@ def scan_data_job(
         is_random=src.is_random,
         class_counts=counts,
         notes=list(src.notes),
-        warnings=list(src.warnings),
+        warnings=warnings,
+        eval_count=eval_count,
+        unreadable=unreadable,
     )
     if src.is_random:
         return summary
@@ -195,6 +239,12 @@ class RunOutcome:
     confusion: dict[str, tuple[list[list[int]], list[str]]] = field(default_factory=dict)
     changed: list[dict[str, Any]] = field(default_factory=list)
     n_evaluated: int = 0
+    n_calibrated: int = 0
+    calibration_data: str = ""  # where calibration samples came from
+    evaluation_data: str = ""  # "141 samples of 397 images in 10 class folders (…) not used for calibration"
+    preprocessing_steps: list[str] = field(default_factory=list)
+    input_shape: list[int] | None = None
+    timing_warnings: list[str] = field(default_factory=list)  # why the speed figures are unreliable
     skipped: list[tuple[str, str]] = field(default_factory=list)
     is_random: bool = False
     labeled: bool = False
@@ -260,6 +310,7 @@ class QuantizeRequest:
     preprocessing: dict | None
     calib_samples: int
     eval_samples: int
+    eval_data_spec: str | None = None  # evaluate on this data instead of samples held back from data_spec
     benchmark_runs: int = 30
     benchmark_batches: list[int] = field(default_factory=lambda: [1])
     sensitivity: bool = True  # per-layer sensitivity stage (PyTorch models)

@@ -34,7 +34,45 @@ from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui.style import human_bytes
 from quantstudio.gui.tasks import RunOutcome
 
-COLUMNS = ("Variant", "Engine / mode", "Top-1", "Agreement", "Latency (ms)", "Speed-up", "Size", "Data")
+COLUMNS = ("Variant", "Engine / mode", "Calibration", "Top-1", "n eval", "Agreement", "Latency (ms)", "Speed-up",
+           "Size", "Data")
+ENGINE_SHORT = {"onnxruntime": "ORT", "torch": "PyTorch"}
+MODE_SHORT = {"static": "INT8", "dynamic": "dynamic INT8", "fp16": "FP16"}
+
+
+def settings_label(config: dict[str, Any]) -> str:
+    """What sets a run apart, in a few words: "ORT INT8 · entropy · per-tensor".
+
+    Calibration only where it is used (static INT8); per-channel weights, x86 and plain
+    activations are the defaults and are not repeated.
+    """
+    engine = ENGINE_SHORT.get(str(config.get("engine")), str(config.get("engine", "?")))
+    mode = str(config.get("mode", "static"))
+    parts = [f"{engine} {MODE_SHORT.get(mode, mode)}"]
+    if mode == "static":
+        parts.append(str(config.get("calibration", "minmax")))
+        if config.get("symmetric_activations"):
+            parts.append("symmetric")
+    if mode != "fp16" and config.get("per_channel") is False:
+        parts.append("per-tensor")
+    if config.get("backend") == "qnnpack":
+        parts.append("ARM")
+    return " · ".join(parts)
+
+
+def variant_name(number: int, config: dict[str, Any], counts: dict[Precision, int]) -> str:
+    """A run's name: its number, what sets it apart, and its plan ("#3 ORT INT8 · entropy (52 INT8, 1 FP32)")."""
+    plan = [f"{counts[p]} {p.value.upper()}" for p in (Precision.INT8, Precision.FP16, Precision.FP32) if counts.get(p)]
+    return f"#{number} {settings_label(config)} ({', '.join(plan) or 'no layers'})"
+
+
+def export_stem(model_stem: str, run: RunOutcome) -> str:
+    """A file name (no extension) that tells variants apart: "resnet18_ort_int8_entropy_3"."""
+    import re
+
+    label = settings_label(run.config).lower().replace(" · ", "_").replace(" ", "_")
+    number = re.match(r"#(\d+)", run.name)
+    return re.sub(r"[^a-z0-9_.-]+", "", f"{model_stem}_{label}" + (f"_{number.group(1)}" if number else ""))
 
 
 def quantized_metrics(run: RunOutcome) -> dict[str, Any]:
@@ -93,27 +131,36 @@ class VariantTableModel(QAbstractTableModel):
         if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole):
             if col == 0:
                 return run.name
-            if col == 1:
+            key = COLUMNS[col]
+            if key == "Engine / mode":
                 return f"{run.config.get('engine', '?')} / {run.config.get('mode', '?')}"
-            if col == 2:
+            if key == "Calibration":
+                return calibration_text(run.config)
+            if key == "Top-1":
                 return _pct(q.get("top1"))
-            if col == 3:
+            if key == "n eval":
+                return str(q["n"]) if q.get("n") else "—"
+            if key == "Agreement":
                 return _pct(q.get("agreement"))
-            if col == 4:
+            if key == "Latency (ms)":
                 v = q.get("latency_ms")
-                return "—" if v is None else f"{float(v):.2f}"
-            if col == 5:
+                return "—" if v is None else f"{float(v):.2f}" + (" ⚠" if run.timing_warnings else "")
+            if key == "Speed-up":
                 s = speedup(run)
-                return "—" if s is None else f"{s:.2f}×"
-            if col == 6:
+                return "—" if s is None else f"{s:.2f}×" + (" ⚠" if run.timing_warnings else "")
+            if key == "Size":
                 return human_bytes(q.get("size_bytes")) if q.get("size_bytes") else "—"
-            if col == 7:
+            if key == "Data":
                 return run.data
         if role == Qt.ItemDataRole.ToolTipRole:
             lines = [run.name, run.data]
+            if run.evaluation_data:
+                lines.append(f"accuracy on {run.evaluation_data}")
             lines += [f"⚠ {w}" for w in run.warnings[:5]]
             return "\n".join(lines)
-        if role == Qt.ItemDataRole.ForegroundRole and col == 7 and run.is_random:
+        if role == Qt.ItemDataRole.ForegroundRole and COLUMNS[col] == "Data" and run.is_random:
+            return QColor(160, 80, 0)
+        if role == Qt.ItemDataRole.ForegroundRole and COLUMNS[col] in ("Latency (ms)", "Speed-up") and run.timing_warnings:
             return QColor(160, 80, 0)
         return None
 
@@ -178,9 +225,18 @@ def _count_text(counts: dict[Precision, int] | None) -> str:
     return " / ".join(str(counts[p]) for p in (Precision.INT8, Precision.FP16, Precision.FP32))
 
 
+def calibration_text(config: dict[str, Any]) -> str:
+    """The calibration method where one is used (static INT8), else why there is none."""
+    mode = config.get("mode", "static")
+    if mode == "dynamic":
+        return "— (at run time)"
+    if mode == "fp16":
+        return "— (none needed)"
+    return str(config.get("calibration", "minmax"))
+
+
 def _settings_text(run: RunOutcome) -> str:
-    c = run.config
-    return " / ".join(str(c.get(k, "?")) for k in ("engine", "mode", "calibration"))
+    return settings_label(run.config)
 
 
 # (label, value of a run, kind, which way is better: +1 higher, -1 lower, 0 neither)
@@ -201,7 +257,7 @@ COMPARE_TIPS = {
     "output SQNR": "Signal-to-quantization-noise ratio of the model's output (higher is better)",
     "latency (batch 1)": "Median time of one batch of 1 on this computer",
     "speed-up": "Against the original FP32 model, timed in the same runtime when the run did so",
-    "settings": "Engine / mode / calibration method",
+    "settings": "Engine, mode, calibration method and the options that differ from the defaults",
     "layers INT8/FP16/FP32": "Leaf layers of the model in each precision, counted like the summary under the layer tree",
 }
 UNITS = {"ms": " ms", "db": " dB", "x": "×"}

@@ -100,3 +100,33 @@ def test_size_on_disk_is_reported(tmp_path):
     f.write_bytes(b"x" * 1234)
     res = run_benchmark([Variant("m", lambda x: x, file=f)], (1, 2), runs=2, warmup=0)
     assert res.variants[0].size_bytes == 1234
+
+
+def test_timings_that_spread_or_a_busy_cpu_are_flagged():
+    from quantstudio.core.benchmark import CpuLoad, LatencyStats, VariantResult, timing_warnings
+
+    steady = VariantResult("original", latency={1: LatencyStats.from_samples([10.0, 10.2, 9.9, 10.1, 10.0])})
+    assert timing_warnings([steady], CpuLoad(0.1, 2)) == []
+    noisy = VariantResult("quantized", latency={1: LatencyStats.from_samples([7.0, 7.1, 7.2, 30.0, 459.0, 7.0])})
+    warnings = timing_warnings([steady, noisy], CpuLoad(0.1, 2))
+    assert any("timing of quantized at batch 1 is unreliable" in w for w in warnings)
+    busy = timing_warnings([steady], CpuLoad(1.4, 2))
+    assert busy and "other programs used 1.4 of 2 CPU cores" in busy[0]
+
+
+def test_cpu_load_meter_sees_another_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    from quantstudio.core.benchmark import CpuLoadMeter
+
+    meter = CpuLoadMeter()
+    meter.start()
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.5: pass"])
+    try:
+        time.sleep(1.2)  # this process sleeps: only the spinner uses the CPU
+    finally:
+        spinner.wait()
+    load = meter.stop()
+    assert load.other_cores is not None and load.other_cores > 0.5

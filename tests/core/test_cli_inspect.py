@@ -67,3 +67,14 @@ def test_console_script_runs(tmp_path):
     res = subprocess.run([exe, "inspect", str(tmp_path / "nope.pth")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and "nope.pth" in res.stderr
+
+
+def test_inspect_table_shows_qualified_names(tmp_path, capsys):
+    """Each row carries the full dotted name: the exact string --precision patterns match."""
+    import torchvision
+
+    p = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), p)
+    assert main(["inspect", str(p), "--arch", "resnet18", "--input-shape", "1,3,64,64"]) == 0
+    rows = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert {"layer4.1.conv2", "layer4.1", "layer2.0.downsample.0", "fc"} <= rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -209,11 +210,49 @@ def test_empty_folder_and_folder_without_images(tmp_path):
     assert "none of its 2 files is an image" in err.message
 
 
-def test_class_folder_without_images(tmp_path):
-    class_folder(tmp_path, {"a": 2})
+def test_empty_class_folder_is_skipped_with_a_warning_and_keeps_numbering(tmp_path):
+    class_folder(tmp_path, {"a": 2, "c": 3})
     (tmp_path / "b").mkdir()
+    src = open_data(tmp_path, input_shape=SHAPE)
+    assert len(src) == 5
+    assert any("class folder b" in w and "no images" in w for w in src.warnings)
+    # "c" stays output 2: dropping the empty "b" would have renumbered it to 1.
+    assert src.class_names == {0: "a", 1: "b", 2: "c"}
+    assert sorted(set(src.targets.tolist())) == [0, 2]
+
+
+def test_split_folders_are_refused_naming_the_split(tmp_path):
+    class_folder(tmp_path / "train", {"0": 2, "1": 2})
+    class_folder(tmp_path / "val", {"0": 1, "1": 1})
     err = _raises_naming(tmp_path)
-    assert "class folder b holds no images" in err.message
+    assert "train/, val/" in err.message and "dataset splits" in err.message
+    assert str(tmp_path / "train") in err.hint and "--eval-data" in err.hint
+
+
+def test_symlink_loop_in_a_class_folder_is_not_followed(tmp_path):
+    class_folder(tmp_path, {"3": 3, "4": 3})
+    os.symlink("..", tmp_path / "4" / "loop")
+    src = open_data(tmp_path, input_shape=SHAPE)
+    assert len(src) == 6  # not 1,230: the link back to the root is not entered
+    assert any("symbolic link" in w and "not followed" in w for w in src.warnings)
+
+
+def test_crop_larger_than_resize_is_refused_not_padded(tmp_path):
+    class_folder(tmp_path, {"a": 1})
+    with pytest.raises(InputError) as info:
+        open_data(tmp_path, input_shape=SHAPE, preprocessing=Preprocessing(resize=8, crop=12)).read(np.arange(1))
+    assert "12x12" in info.value.message and "shorter side 8" in info.value.message
+    # An int resize smaller than the model's recorded input would be cropped up: refused too.
+    with pytest.raises(InputError) as info:
+        open_data(tmp_path, input_shape=(1, 3, 32, 32), preprocessing=Preprocessing(resize=16))
+    assert "would pad" in info.value.message and "32x32" in info.value.message
+
+
+def test_preprocessing_steps_list_what_runs():
+    assert Preprocessing(resize=64).steps(None) == [
+        "resize shorter side to 64", "center crop 64x64", "scale pixels to 0..1", "normalize with ImageNet mean/std"]
+    assert Preprocessing().steps((32, 40))[:2] == ["resize to 32x40", "scale pixels to 0..1"]
+    assert "center crop 224x224" in Preprocessing.imagenet().describe((224, 224))
 
 
 def test_single_image_and_unknown_file(tmp_path):

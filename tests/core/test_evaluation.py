@@ -222,7 +222,7 @@ def test_output_count_mismatch_and_unlabeled_data_warn(tmp_path):
 
     narrow = open_data(image_folder(tmp_path / "n", classes=("0", "1", "2", "3")), input_shape=SHAPE)
     r = evaluate(tiny_net(num_classes=3), narrow)["model"]
-    assert any("classes 3 have no model output" in w for w in r.warnings)
+    assert any("class 3 has no model output (the model has 3: 0..2)" in w for w in r.warnings)
 
     flat = tmp_path / "flat"
     flat.mkdir()

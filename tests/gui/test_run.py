@@ -126,7 +126,11 @@ def test_quantize_export_and_project_end_to_end(qtbot, window, tiny_files, image
         window.quantize()
     run = blocker.args[0]
     assert not view.isColumnHidden(COL_SQNR) and not view.isColumnHidden(COL_SENSITIVITY)
-    assert run.name.startswith("#1 onnxruntime static") and window.variants_panel.model.runs[0].name == run.name
+    # Named by what sets it apart: engine, mode, calibration, plan.
+    assert run.name == "#1 ORT INT8 · minmax (7 INT8, 1 FP32)" and window.variants_panel.model.runs[0].name == run.name
+    assert run.evaluation_data.endswith("not used for calibration") and run.n_evaluated > 0
+    assert f"n={run.n_evaluated}" in window.accuracy_panel.plot.titleLabel.text
+    assert window.warning_banner.isVisibleTo(window) == bool(run.warnings)
     assert run.metrics["quantized"]["latency_ms"] > 0
     assert run.labeled and run.metrics["quantized"]["top1"] is not None
     assert run.layer_precisions["fc"] == "fp32"

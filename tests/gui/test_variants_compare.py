@@ -89,7 +89,7 @@ def test_layer_counts_agree_in_name_tree_and_comparison(qtbot, tiny_window):
     run = quantize_with(qtbot, window, fake_run)
     int8, fp16, fp32 = tree_summary_counts(window)
     assert (fp16, fp32) == (0, 1)
-    assert f"({int8} INT8)" in run.name
+    assert f"({int8} INT8, {fp32} FP32)" in run.name
     row = comparison(window)["layers INT8/FP16/FP32"]
     assert row[0] == row[1] == f"{int8} / {fp16} / {fp32}"  # not the engine's 6 entries
 
