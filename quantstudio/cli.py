@@ -532,6 +532,7 @@ def _cmd_quantize(args) -> int:
     config, plan, prep, data_spec, eval_samples, recipe = _quantize_settings(args)
     export_format(config.engine, args.out)  # a wrong extension or place fails before any work
     check_writable(args.out)
+    _check_export_targets(args)
     if args.batch_size <= 0:
         raise InputError(f"the batch size must be positive, not {args.batch_size}", hint="Give --batch-size 1 or more.")
     model = load_model_from_args(args)
@@ -556,8 +557,12 @@ def _cmd_quantize(args) -> int:
                 print(f"warning: {w}", file=sys.stderr)
     progress = _CancellableProgress(quiet=args.json)
     previous = signal.getsignal(signal.SIGINT)
+    previous_term = signal.getsignal(signal.SIGTERM)
     try:
         signal.signal(signal.SIGINT, progress.interrupt)
+        # SIGTERM (a logout, `kill`, a scheduler's stop) takes the same path as Ctrl+C: the
+        # job stops at its next check and the export deletes its temporaries.
+        signal.signal(signal.SIGTERM, progress.interrupt)
     except ValueError:  # not the main thread (tests): Ctrl+C handling stays the default
         previous = None
     try:
@@ -571,6 +576,7 @@ def _cmd_quantize(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
     if recipe is not None:
         result.warnings.extend(_recipe_data_warnings(recipe, exported.recipe_path))
     d = result.to_dict()
@@ -627,6 +633,28 @@ def _cmd_quantize(args) -> int:
     print(f"wrote {exported.path} (reloaded and checked: max difference {c.max_abs_diff:.2g}, "
           f"top-1 agreement {c.top1_agreement:.0%}) and {exported.recipe_path.name if exported.recipe_path else 'no recipe'}")
     return 0
+
+
+def _check_export_targets(args) -> None:
+    """Before any work: every file the export writes can be written, and none is an input.
+
+    Also finishes exports that a kill interrupted in the recently exported-to folders
+    (see quantstudio.core.transaction), so this run starts from whole sets of files.
+    """
+    from quantstudio.core.errors import InputError
+    from quantstudio.core.recipe import recipe_path_for
+    from quantstudio.core.transaction import check_targets, recover_recent
+
+    for note in recover_recent():
+        print(f"note: {note}", file=sys.stderr)
+    out, recipe_out = Path(args.out), recipe_path_for(args.out)
+    if args.recipe and recipe_out.resolve() == Path(args.recipe).resolve():
+        raise InputError(
+            "--out would overwrite the recipe being read",
+            path=recipe_out,
+            hint=f"Give another --out, e.g. {out.with_name(out.stem + '_2' + out.suffix)}; the recipe stays as it is.",
+        )
+    check_targets([out, recipe_out], protect=[args.recipe, args.model])
 
 
 def _recipe_data_warnings(recipe, new_recipe_path) -> list[str]:

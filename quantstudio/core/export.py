@@ -7,24 +7,35 @@ DESIGN: ``torch.save`` of a converted FX INT8 model does not load back in torch 
 the TorchScript archive does and needs only ``torch.jit.load``. Either file is checked
 by loading it back from disk and comparing outputs on the given samples.
 
-Every file goes to a temporary name in the destination folder, is fsynced, checked,
-then renamed over the destination: a failed or cancelled export leaves no partial file
-and never destroys an earlier file of the same name. The recipe (``X.recipe.json``) is
-committed together with the model.
+Every file goes to a temporary name in the destination folder, is fsynced and checked;
+then the model(s), the recipe (``X.recipe.json``, which records each model file's
+sha256) and any report are committed as one transaction
+(:mod:`quantstudio.core.transaction`, which says why that holds): a failure, a cancel
+or a kill leaves the earlier set of files or the complete new one, never a mix.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext
+from quantstudio.core.recipe import recipe_path_for
+from quantstudio.core.transaction import (  # noqa: F401 - temp_path_beside is used by other modules
+    TEMP_RE,
+    ExportTransaction,
+    check_targets,
+    fsync_dir,
+    fsync_file,
+    sha256_of,
+    temp_path_beside,
+)
 
 # What an engine can write: extension → format.
 FORMATS = {
@@ -65,6 +76,9 @@ class ExportResult:
     check: ExportCheck
     recipe_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # The checked temporary, until the commit renames it: what ``export_set``'s ``extra``
+    # may read (e.g. to measure the file's memory before it is committed).
+    temp: Path | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +106,15 @@ def export_format(engine: str, path: str | Path) -> str:
     return allowed[suffix]
 
 
+@dataclass
+class ExportItem:
+    """One model file of an export: the quantized model, where it goes, what it is checked on."""
+
+    result: Any  # QuantizedModel
+    path: Path
+    samples: np.ndarray | None = None
+
+
 def export_model(
     result: Any,
     path: str | Path,
@@ -99,110 +122,167 @@ def export_model(
     samples: np.ndarray | None = None,
     recipe: Any = None,
     ctx: JobContext | None = None,
+    protect: Sequence[str | Path | None] = (),
 ) -> ExportResult:
-    """Write ``result`` (a QuantizedModel) to ``path``, reload it, compare, commit.
+    """Write ``result`` (a QuantizedModel) to ``path``, reload it, compare, commit with its recipe.
 
     ``samples`` (float32 N×C×H×W) are what the reload is compared on; without them a
     few random inputs of the model's shape are used (and the check says so).
     Raises InputError when the reloaded file does not match; Cancelled on cancel.
     """
+    return export_set([ExportItem(result, Path(path), samples)], recipe=recipe, ctx=ctx, protect=protect)[0]
+
+
+def export_set(
+    items: Sequence[ExportItem],
+    *,
+    recipe: Any = None,
+    extra: Callable[[list[ExportResult]], dict[Path, str | bytes]] | None = None,
+    extra_targets: Sequence[Path] = (),
+    ctx: JobContext | None = None,
+    protect: Sequence[str | Path | None] = (),
+) -> list[ExportResult]:
+    """Export model files, the recipe (beside the first) and ``extra`` files as one transaction.
+
+    Every target is checked before any work (``protect``: files that must not be
+    overwritten, e.g. the recipe being read; the recipe's source model always is).
+    Each model is written to a temporary, reloaded and compared; the recipe records
+    the sha256 of every model file; ``extra(results)`` returns the contents of
+    ``extra_targets`` (a report that quotes the checks). Then all are committed
+    together (:class:`~quantstudio.core.transaction.ExportTransaction`): a failure,
+    a cancel or a kill leaves the earlier files or the complete new set.
+    """
     ctx = ctx or NullContext()
-    path = Path(path)
-    fmt = export_format(result.engine, path)
-    check_writable(path)
+    items = [ExportItem(i.result, Path(i.path), i.samples) for i in items]
+    fmts = [export_format(i.result.engine, i.path) for i in items]
+    recipe_path = recipe_path_for(items[0].path) if recipe is not None else None
+    targets = [i.path for i in items] + ([recipe_path] if recipe_path else []) + [Path(t) for t in extra_targets]
+    if len({t.name for t in targets}) != len(targets):
+        raise InputError("two of the files to export have the same name", path=items[0].path,
+                         hint="Choose another file name.")
+    if recipe is not None and (recipe.model or {}).get("path"):
+        protect = [*protect, recipe.model["path"]]  # never replace the model being quantized
+    try:
+        txn = ExportTransaction(targets, protect=protect)  # checks every path, repairs the folder
+    except OSError as exc:
+        raise _write_error(exc, items[0].path) from exc
+    results: list[ExportResult] = []
+    with txn:  # leaving without commit deletes the temporaries
+        try:
+            for n, (item, fmt) in enumerate(zip(items, fmts)):
+                results.append(_write_and_check(item, fmt, txn, ScaledContext(ctx, n / len(items), 0.9 / len(items))))
+            ctx.check_cancelled()
+            if recipe is not None:
+                doc = recipe.to_dict()
+                # Which files this recipe made, byte for byte: a model and recipe that do not
+                # belong together (copied separately, edited) can be told apart by sha256.
+                doc["exports"] = {
+                    r.path.name: {"format": r.format, "bytes": r.size_bytes, "sha256": sha256_of(txn.temp_for(r.path))}
+                    for r in results
+                }
+                txn.write_text(recipe_path, json.dumps(doc, indent=2) + "\n")
+                for r in results:
+                    r.recipe_path = recipe_path
+            if extra is not None:
+                for target, content in extra(results).items():
+                    txn.write_bytes(target, content.encode("utf-8") if isinstance(content, str) else content)
+            ctx.report(0.95, f"saving {', '.join(t.name for t in targets)}")
+            ctx.check_cancelled()  # the last point a cancel is honoured: nothing is replaced yet
+            txn.commit()
+        except OSError as exc:  # the disk, not the model: full, read-only, removed under us
+            raise _write_error(exc, items[0].path) from exc
+    for r in results:
+        r.notes[:0] = txn.notes
+    ctx.report(1.0, f"exported {', '.join(r.path.name for r in results)}")
+    return results
+
+
+class ScaledContext:
+    """A job context whose report() maps 0..1 into [start, start + span] of the caller's."""
+
+    def __init__(self, ctx: JobContext, start: float, span: float, *, partials: bool = True) -> None:
+        self._ctx, self._start, self._span, self._partials = ctx, start, span, partials
+
+    def report(self, fraction: float, message: str = "") -> None:
+        self._ctx.report(self._start + self._span * fraction, message)
+
+    def partial(self, payload: Any) -> None:
+        if self._partials:  # off where live results of a side job would overwrite the shown ones
+            self._ctx.partial(payload)
+
+    def check_cancelled(self) -> None:
+        self._ctx.check_cancelled()
+
+
+def _write_error(exc: OSError, path: Path) -> InputError:
+    where = Path(exc.filename) if getattr(exc, "filename", None) else path
+    if TEMP_RE.match(where.name):
+        where = path  # the user knows their file, not our temporary's name
+    return InputError(
+        f"the file could not be written ({exc.strerror or exc}); nothing was changed",
+        path=where,
+        hint="Choose another folder (one you can write to, with free space) and export again.",
+        details=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _write_and_check(item: ExportItem, fmt: str, txn: ExportTransaction, ctx: Any) -> ExportResult:
+    result, path = item.result, item.path
+    samples = item.samples
     random_input = samples is None
     if samples is None:
         if not result.input_shape:
             raise InputError("the model's input shape is unknown, so the export cannot be checked", hint="Give --input-shape.")
         samples = np.random.default_rng(0).standard_normal((4, *result.input_shape[1:]), dtype=np.float32)
     samples = np.ascontiguousarray(getattr(samples, "x", samples), dtype=np.float32)
-    temps: list[Path] = []
-    try:
-        ctx.check_cancelled()
-        ctx.report(0.05, f"writing {path.name}")
-        tmp = temp_path_beside(path)
-        temps.append(tmp)
-        backend = getattr(result.runner, "backend", None)  # PyTorch: the quantized engine it was built for
-        if fmt == "onnx":
-            _write_onnx(result.artifact, tmp)
-        else:
-            _write_torchscript(result.artifact, samples[:1], tmp, backend=backend)
-        _fsync(tmp)
-        ctx.check_cancelled()
-        ctx.report(0.4, f"checking {path.name}: reloading it")
-        expected = np.asarray(result.runner(samples), dtype=np.float32)
-        if fmt == "onnx":
-            got, how = _reload_onnx(tmp, samples), "onnx.checker + a fresh onnxruntime.InferenceSession"
-        else:
-            from quantstudio.core.engines.torch_engine import quantized_engine
+    ctx.check_cancelled()
+    ctx.report(0.05, f"writing {path.name}")
+    tmp = txn.temp_for(path)
+    backend = getattr(result.runner, "backend", None)  # PyTorch: the quantized engine it was built for
+    if fmt == "onnx":
+        _write_onnx(result.artifact, tmp)
+    else:
+        _write_torchscript(result.artifact, samples[:1], tmp, backend=backend)
+    fsync_file(tmp)
+    ctx.check_cancelled()
+    ctx.report(0.4, f"checking {path.name}: reloading it")
+    expected = np.asarray(result.runner(samples), dtype=np.float32)
+    if fmt == "onnx":
+        got, how = _reload_onnx(tmp, samples), "onnx.checker + a fresh onnxruntime.InferenceSession"
+    else:
+        from quantstudio.core.engines.torch_engine import quantized_engine
 
-            with quantized_engine(backend):  # as the in-app runner ran it
-                got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
-        check = compare_outputs(expected, got, how, random_input)
-        if not check.passed:
-            raise InputError(
-                f"the exported file does not reproduce the quantized model (max difference {check.max_abs_diff:.3g}, "
-                f"top-1 agreement {check.top1_agreement:.1%})",
-                path=path,
-                hint="Nothing was written. Report this; meanwhile try the other engine.",
-            )
-        ctx.check_cancelled()
-        recipe_path = None
-        if recipe is not None:
-            from quantstudio.core.recipe import recipe_path_for
-
-            import json
-
-            recipe_path = recipe_path_for(path)
-            rtmp = temp_path_beside(recipe_path)
-            temps.append(rtmp)
-            rtmp.write_text(json.dumps(recipe.to_dict(), indent=2) + "\n", encoding="utf-8")
-            _fsync(rtmp)
-        ctx.report(0.95, f"saving {path.name}")
-        ctx.check_cancelled()  # the last point a cancel is honoured: nothing is replaced yet
-        commit(tmp, path)
-        if recipe_path is not None:
-            commit(temps[-1], recipe_path)
-        ctx.report(1.0, f"exported {path.name}")
-        return ExportResult(
-            path=path,
-            format=fmt,
-            size_bytes=path.stat().st_size,
-            check=check,
-            recipe_path=recipe_path,
-            notes=["checked on random input: give evaluation samples for a real check"] if random_input else [],
-        )
-    except OSError as exc:  # the disk, not the model: full, read-only, removed under us
+        with quantized_engine(backend):  # as the in-app runner ran it
+            got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
+    check = compare_outputs(expected, got, how, random_input)
+    if not check.passed:
         raise InputError(
-            f"the file could not be written ({exc.strerror or exc})",
+            f"the exported file does not reproduce the quantized model (max difference {check.max_abs_diff:.3g}, "
+            f"top-1 agreement {check.top1_agreement:.1%})",
             path=path,
-            hint="Choose another folder (one you can write to, with free space) and export again.",
-            details=f"{type(exc).__name__}: {exc}",
-        ) from exc
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)  # committed ones are gone already
+            hint="Nothing was written. Report this; meanwhile try the other engine.",
+        )
+    return ExportResult(
+        path=path,
+        format=fmt,
+        size_bytes=tmp.stat().st_size,
+        check=check,
+        temp=tmp,
+        notes=["checked on random input: give evaluation samples for a real check"] if random_input else [],
+    )
 
 
 def check_writable(path: str | Path) -> None:
     """InputError now, before any work, when ``path`` clearly cannot be written.
 
     Missing folders are fine (they are created); a folder given as the file, a file in
-    the way of a folder, or a folder without write permission are not.
+    the way of a folder, a read-only file or a folder without write permission are not.
     """
     path = Path(path)
     if path.is_dir():
         raise InputError("this is a folder, not a file name", path=path,
                          hint=f"Add a file name, e.g. {path / ('model_int8' + (path.suffix or '.onnx'))}.")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError("cannot create the output folder: a file is in the way", path=folder,
-                         hint="Choose another output path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError("no permission to write in this folder", path=folder,
-                         hint="Choose a folder you can write to.")
+    check_targets([path])
 
 
 def compare_outputs(expected: np.ndarray, got: np.ndarray, how: str, random_input: bool = False) -> ExportCheck:
@@ -285,47 +365,11 @@ def _reload_torchscript(path: Path, samples: np.ndarray) -> np.ndarray:
     return out.float().numpy()
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform (Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_path_beside(path: Path) -> Path:
-    """A fresh, hidden temporary file name in ``path``'s folder (same file system)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            # 0o666 minus the umask: the final file gets the usual permissions
-            # (mkstemp would leave it readable by its owner only).
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-
-
 def commit(tmp: Path, path: Path) -> Path:
-    """fsync ``tmp`` and rename it over ``path`` (atomic on one file system)."""
-    with open(tmp, "rb+") as f:
-        f.flush()
-        os.fsync(f.fileno())
+    """fsync ``tmp`` and rename it over ``path`` (atomic on one file system): one file alone."""
+    fsync_file(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

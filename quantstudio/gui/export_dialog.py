@@ -1,8 +1,14 @@
-"""Export dialog: the quantized model (.onnx or .pth, by engine), its recipe, an HTML report.
+"""Export dialog: the quantized model (.onnx and/or .pth), its recipe, an HTML report.
 
-The model export runs on the window's worker (it reloads and checks the file); the
-report is painted here (plots of the exported run, drawn off screen) and written
-atomically. Nothing is overwritten without asking. Every failure ends in the app's
+Everything chosen is written by one job on the window's worker and committed as one
+transaction (:mod:`quantstudio.core.transaction`): the earlier files or the complete
+new set, whatever fails or is cancelled. A PyTorch source can give both formats: the
+one the variant's engine does not write is built by that job, quantizing again with
+the same plan, settings and data. The report's plots are painted here, in the GUI
+thread (the exported run's own, drawn off screen), before the job starts; the job puts
+the HTML together once the checks are known. Every target is checked before anything
+starts and nothing is overwritten without asking. SIGTERM while exporting cancels the
+job (its temporaries are deleted) and then quits. Every failure ends in the app's
 error box (plain message, a hint, the details folded away); the dialog keeps a
 one-line summary.
 """
@@ -10,10 +16,14 @@ one-line summary.
 from __future__ import annotations
 
 import html
+import signal
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
-from PySide6.QtCore import Qt, Slot
+from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -32,7 +42,8 @@ from quantstudio.gui.dialogs import ask_yes_no, error_texts, show_error
 from quantstudio.gui.settings import SETTINGS
 from quantstudio.gui.worker import Job
 
-MODEL_SUFFIX = {"onnxruntime": ".onnx", "torch": ".pth"}
+MODEL_KEYS = {"onnx": ".onnx", "pth": ".pth"}  # targets() key → file suffix
+BUILT_ON_EXPORT = " — made on export: quantized again with the same plan and data by the engine that writes it"
 
 
 class ExportDialog(QDialog):
@@ -86,10 +97,27 @@ class ExportDialog(QDialog):
         layout.addWidget(self.buttons)
         self.variant_combo.currentIndexChanged.connect(self._on_variant_changed)
         window.runner.progress.connect(self._on_progress)
-        self._pending: list[str] = []
         self.written: list[Path] = []
         self.export_summary: dict | None = None
+        self._targets: dict[str, Path] = {}
+        self._terminating = False
+        self._previous_sigterm: Any = None
+        # Python runs a signal handler only when the interpreter gets control: a tick while
+        # exporting makes SIGTERM act even when no progress arrives (the commit, a long step).
+        self._signal_tick = QTimer(self)
+        self._signal_tick.setInterval(200)
+        self._signal_tick.timeout.connect(self._tick)
         self._on_variant_changed()
+        self._repair_recent_exports()
+
+    def _repair_recent_exports(self) -> None:
+        """Finish exports a kill interrupted in recently used folders (a listing each: quick)."""
+        import logging
+
+        from quantstudio.core.transaction import recover_recent
+
+        for note in recover_recent():
+            logging.getLogger("quantstudio.gui").info("%s", note)
 
     # ------------------------------------------------------------------ choices
     @property
@@ -99,6 +127,8 @@ class ExportDialog(QDialog):
 
     @Slot()
     def _on_variant_changed(self) -> None:
+        from quantstudio.core.export import FORMATS
+
         run = self.run
         if run is None:
             return
@@ -106,16 +136,25 @@ class ExportDialog(QDialog):
         stem = Path(self.window_.loaded.path).stem if self.window_.loaded is not None else "model"
         self.name_edit.setText(f"{stem}_{engine}_{run.config.get('mode', 'int8')}")
         can_model = run.raw is not None
-        self.onnx_check.setEnabled(can_model and engine == "onnxruntime")
-        self.pth_check.setEnabled(can_model and engine == "torch")
-        self.onnx_check.setChecked(self.onnx_check.isEnabled())
-        self.pth_check.setChecked(self.pth_check.isEnabled())
+        # A PyTorch source (state_dict, trusted pickle) quantizes with every engine, so the
+        # format this variant's engine does not write can be built on export.
+        pytorch_source = can_model and bool(getattr(getattr(run.raw, "model", None), "is_eager", False))
+        native = FORMATS.get(engine, {})
+        for check, suffix, label in ((self.onnx_check, ".onnx", "Quantized model (.onnx)"),
+                                     (self.pth_check, ".pth", "Quantized model (.pth, TorchScript)")):
+            own = suffix in native
+            check.setEnabled(can_model and (own or pytorch_source))
+            check.setChecked(can_model and own)
+            check.setText(label + ("" if own or not check.isEnabled() else BUILT_ON_EXPORT))
+            check.setToolTip(
+                "" if own else
+                "Quantizes this variant again with the engine that writes this format (same plan, settings, data "
+                "and preprocessing), checks it and exports it with the rest." if check.isEnabled() else
+                "Only a PyTorch source model (state_dict or trusted pickle) can be quantized into both formats."
+                if can_model else "Re-run this variant to export its model.")
         self.recipe_check.setEnabled(True)  # a reopened variant's stored plan and settings make one too
         self.recipe_check.setChecked(True)
         self.memory_check.setEnabled(can_model)
-        tip = "The ONNX Runtime engine writes .onnx; the PyTorch engine writes .pth. Change the engine and quantize again for the other."
-        self.onnx_check.setToolTip(tip)
-        self.pth_check.setToolTip(tip)
 
     @Slot()
     def _choose_folder(self) -> None:
@@ -124,13 +163,13 @@ class ExportDialog(QDialog):
             self.folder_edit.setText(folder)
 
     def targets(self) -> dict[str, Path]:
+        """What would be written: keys "onnx", "pth", "recipe", "report"."""
         folder = Path(self.folder_edit.text()).expanduser()
         stem = self.name_edit.text().strip() or "model"
         out: dict[str, Path] = {}
-        if self.onnx_check.isChecked() and self.onnx_check.isEnabled():
-            out["model"] = folder / f"{stem}.onnx"
-        elif self.pth_check.isChecked() and self.pth_check.isEnabled():
-            out["model"] = folder / f"{stem}.pth"
+        for key, check in (("onnx", self.onnx_check), ("pth", self.pth_check)):
+            if check.isChecked() and check.isEnabled():
+                out[key] = folder / f"{stem}{MODEL_KEYS[key]}"
         if self.recipe_check.isChecked() and self.recipe_check.isEnabled():
             out["recipe"] = folder / f"{stem}.recipe.json"
         if self.report_check.isChecked():
@@ -140,54 +179,110 @@ class ExportDialog(QDialog):
     # ------------------------------------------------------------------ export
     @Slot()
     def start_export(self) -> bool:
+        from quantstudio.core.errors import InputError
+        from quantstudio.core.transaction import check_targets
+        from quantstudio.gui import pipeline_adapter
+
         run = self.run
         targets = self.targets()
         if run is None or not targets:
             self.result_label.setText("Choose at least one thing to export.")
             return False
+        self._targets = targets
+        try:
+            check_targets(list(targets.values()))  # a folder or read-only file in the way: say so now
+        except InputError as exc:
+            self._on_failed(exc, started=False)
+            return False
         existing = [p for p in targets.values() if p.exists()]
         if existing and not ask_yes_no(
             self, "Replace files?", "These files exist already:\n" + "\n".join(str(p) for p in existing),
-            "Replace them? (They are replaced only once the new files are complete and checked.)",
+            "Replace them? (They are replaced all together, only once every new file is complete and checked.)",
         ):
             return False
         SETTINGS["last_export_dir"] = str(Path(self.folder_edit.text()).expanduser())
         self.written = []
         self.export_summary = None
-        self._targets = targets
         self.result_label.setText("")
-        from quantstudio.gui import pipeline_adapter
-
+        make_report = None
+        if "report" in targets:
+            try:
+                make_report = self._report_maker(run)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported, none is silent
+                self._on_failed(exc, started=False)
+                return False
+        report_path = str(targets["report"]) if "report" in targets else None
         data_spec = self.window_.data_panel.data_spec()
-        if "model" in targets:
+        models = [str(targets[k]) for k in MODEL_KEYS if k in targets]
+        ends = dict(on_failed=self._on_failed, on_cancelled=self._on_cancelled)
+        if models:
             job = Job("Exporting", pipeline_adapter.export_job,
-                      (run.raw, str(targets["model"]), data_spec, self.memory_check.isChecked()),
-                      on_done=self._on_model_exported, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
+                      (run.raw, models, data_spec, self.memory_check.isChecked()),
+                      dict(with_recipe="recipe" in targets, report_path=report_path, make_report=make_report),
+                      on_done=self._on_model_exported, **ends)
         elif "recipe" in targets and run.raw is not None:
-            job = Job("Writing the recipe", pipeline_adapter.recipe_job, (run.raw, str(targets["recipe"]), data_spec),
-                      on_done=self._on_recipe_written, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
+            job = Job("Writing the recipe", pipeline_adapter.recipe_job,
+                      (run.raw, str(targets["recipe"]), data_spec, report_path, make_report),
+                      on_done=self._on_files_written, **ends)
         elif "recipe" in targets:
             try:
                 prep = self.window_.data_panel.preprocessing_dict()
             except ValueError:
                 prep = None
             job = Job("Writing the recipe", pipeline_adapter.stored_recipe_job,
-                      (self.window_.loaded, run.plan, run.config, prep, data_spec, str(targets["recipe"])),
-                      on_done=self._on_recipe_written, on_failed=self._on_failed, on_cancelled=self._on_cancelled)
+                      (self.window_.loaded, run.plan, run.config, prep, data_spec, str(targets["recipe"]),
+                       report_path, make_report),
+                      on_done=self._on_files_written, **ends)
         else:
-            self._write_report()
-            return True
+            job = Job("Writing the report", pipeline_adapter.write_files_job,
+                      ({report_path: lambda: make_report(None)},), on_done=self._on_files_written, **ends)
         if not self.window_.start_job(job):
             self.result_label.setText("Another job is running; wait for it or cancel it.")
             return False
         self._set_running(True)
         return True
 
+    def _report_maker(self, run: Any) -> Callable[[dict | None], str]:
+        """Paint the run's plots now (GUI thread); the job adds the export's checks to the HTML."""
+        from quantstudio.gui.report import build_report, render_plots
+
+        # The exported run's own plots, drawn by off-screen panels: not what the window shows now.
+        plots = render_plots(run, self.runs)
+        model_text = self.window_.model_label.text().replace("<b>", "").replace("</b>", "")
+
+        def make(summary: dict | None) -> str:  # runs on the worker: plain data only
+            return build_report(run, model_text, plots, summary)
+
+        return make
+
     def _set_running(self, running: bool) -> None:
         self.variant_combo.setEnabled(not running)  # the results and report belong to the variant being exported
         self.progress.setVisible(running)
         self.export_button.setEnabled(not running)
         self.cancel_button.setText("Cancel" if running else "Close")
+        self._catch_sigterm(running)
+
+    def _catch_sigterm(self, on: bool) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if on and self._previous_sigterm is None:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._signal_tick.start()
+        elif not on and self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+            self._signal_tick.stop()
+            if self._terminating:
+                QApplication.exit(128 + signal.SIGTERM)  # the export has cleaned up: now go
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM while exporting: the same path as Cancel (temporaries deleted), then quit."""
+        self._terminating = True
+        self.window_.runner.cancel()
+
+    @Slot()
+    def _tick(self) -> None:
+        pass  # only lets Python run a pending signal handler
 
     @Slot(float, str)
     def _on_progress(self, fraction: float, message: str) -> None:
@@ -196,18 +291,23 @@ class ExportDialog(QDialog):
 
     def _on_model_exported(self, summary: dict) -> None:
         self.export_summary = summary
-        self.written.append(Path(summary["path"]))
-        check = summary.get("check") or {}
-        lines = [
-            f"✔ Wrote <b>{Path(summary['path']).name}</b> ({summary['size_bytes'] / 1e6:.2f} MB).",
-            f"Round-trip check {'<b style=color:#207020>passed</b>' if check.get('passed') else '<b style=color:#a02020>failed</b>'}: "
-            f"reloaded with {check.get('reloaded_with')}; max difference {check.get('max_abs_diff', 0):.3g}, "
-            f"top-1 agreement {100 * check.get('top1_agreement', 0):.1f}% on {check.get('samples')} samples.",
-        ]
+        lines = []
+        for f in summary.get("files") or [summary]:
+            self.written.append(Path(f["path"]))
+            check = f.get("check") or {}
+            lines += [
+                f"✔ Wrote <b>{html.escape(Path(f['path']).name)}</b> ({f['size_bytes'] / 1e6:.2f} MB).",
+                f"Round-trip check {'<b style=color:#207020>passed</b>' if check.get('passed') else '<b style=color:#a02020>failed</b>'}: "
+                f"reloaded with {check.get('reloaded_with')}; max difference {check.get('max_abs_diff', 0):.3g}, "
+                f"top-1 agreement {100 * check.get('top1_agreement', 0):.1f}% on {check.get('samples')} samples.",
+            ]
         if summary.get("recipe"):
             self.written.append(Path(summary["recipe"]))
-            lines.append(f"✔ Wrote <b>{Path(summary['recipe']).name}</b>.")
-        lines += [f"<span style='color:#666'>{n}</span>" for n in summary.get("notes", [])]
+            lines.append(f"✔ Wrote <b>{html.escape(Path(summary['recipe']).name)}</b>.")
+        if summary.get("report"):
+            self.written.append(Path(summary["report"]))
+            lines.append(f"✔ Wrote <b>{html.escape(Path(summary['report']).name)}</b>.")
+        lines += [f"<span style='color:#666'>{html.escape(n)}</span>" for n in summary.get("notes", [])]
         if summary.get("model_peak_bytes"):
             lines.append(f"Memory running it: {summary['model_peak_bytes'] / 1e6:.0f} MB above the runtime's own "
                          f"(the whole process peaked at {summary['peak_rss_bytes'] / 1e6:.0f} MB).")
@@ -218,39 +318,15 @@ class ExportDialog(QDialog):
             if getattr(size_panel, "shown_run", None) is self.run:  # only when the window shows this run
                 size_panel.show_run(self.run, self.runs)
         self.result_label.setText("<br>".join(lines))
-        self._finish()
-
-    def _on_recipe_written(self, path: str) -> None:
-        self.written.append(Path(path))
-        self.result_label.setText(f"✔ Wrote <b>{Path(path).name}</b>.")
-        self._finish()
-
-    def _finish(self) -> None:
         self._set_running(False)
-        if "report" in self._targets:
-            self._write_report()
 
-    def _write_report(self) -> None:
-        from quantstudio.core.export import atomic_write_text
-        from quantstudio.gui.report import build_report, render_plots
-
-        w = self.window_
-        path = self._targets["report"]
-        try:
-            # The exported run's own plots, drawn by off-screen panels: not what the window shows now.
-            plots = render_plots(self.run, self.runs)
-            html_text = build_report(self.run, w.model_label.text().replace("<b>", "").replace("</b>", ""),
-                                     plots, self.export_summary)
-            atomic_write_text(path, html_text)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported, none is silent
-            message, hint, details = self.failure_texts(exc, path)
-            if self.written:
-                hint += " The files listed above were written and checked."
-            self._append_result(f"<span style='color:#a02020'>✘ The report was not written: {html.escape(message)}</span>")
-            show_error(self, "Report not written", message=message, hint=hint, details=details)
-            return
-        self.written.append(path)
-        self._append_result(f"✔ Wrote <b>{html.escape(path.name)}</b>.")
+    def _on_files_written(self, paths: str | list[str]) -> None:
+        written = [Path(paths)] if isinstance(paths, str) else [Path(p) for p in paths]
+        if "report" in self._targets and self._targets["report"] not in written:
+            written.append(self._targets["report"])  # committed with the recipe
+        self.written += written
+        self.result_label.setText("<br>".join(f"✔ Wrote <b>{html.escape(p.name)}</b>." for p in written))
+        self._set_running(False)
 
     def _append_result(self, line: str) -> None:
         text = self.result_label.text()
@@ -267,13 +343,14 @@ class ExportDialog(QDialog):
             hint = "Choose a folder that exists and that you can write to, then export again."
         return message, hint, details
 
-    def _on_failed(self, exc: BaseException) -> None:
-        target = next(iter(self._targets.values()), None)
-        message, hint, details = self.failure_texts(exc, target)
+    def _on_failed(self, exc: BaseException, started: bool = True) -> None:
+        target = getattr(exc, "path", None) or next(iter(self._targets.values()), None)
+        message, hint, details = self.failure_texts(exc, Path(target) if target else None)
         hint = f"{hint} Nothing was overwritten."
         self.result_label.setText(
             f"<span style='color:#a02020'>✘ Export failed: {html.escape(message)}</span><br>Nothing was overwritten.")
-        self._set_running(False)
+        if started:
+            self._set_running(False)
         show_error(self, "Export failed", message=message, hint=hint, details=details)
 
     def _on_cancelled(self) -> None:

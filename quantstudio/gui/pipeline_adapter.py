@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 
@@ -150,30 +150,129 @@ def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | 
 # --------------------------------------------------------------------------- export
 
 
-def export_job(ctx, result: Any, path: str, data_spec: str | None, measure_memory: bool = False) -> dict[str, Any]:
-    """Export a run's quantized model (checked, atomic) with its recipe; returns a summary dict."""
-    from quantstudio.core.pipeline import export_result
+def export_job(ctx, result: Any, path: str | list[str], data_spec: str | None, measure_memory: bool = False, *,
+               with_recipe: bool = True, report_path: str | None = None,
+               make_report: Callable[[dict[str, Any] | None], str] | None = None) -> dict[str, Any]:
+    """Export a run's model file(s), its recipe and report as one transaction; a summary dict.
 
-    exported = export_result(result, path, ctx, data_spec=data_spec)
-    out = exported.to_dict()
-    if measure_memory:
-        from quantstudio.core.benchmark import measure_memory_many
+    ``path``: one model file or several. A format the run's engine does not write (a
+    ``.pth`` of an ONNX Runtime run) is built first, by quantizing again with the same
+    plan, settings, data and preprocessing but the engine that writes it. Every file is
+    checked before the commit, and nothing replaces an earlier file unless all of them
+    can (see :mod:`quantstudio.core.transaction`). ``make_report(summary)`` gives the
+    report's HTML once the checks (and memory) are known, so the report is in the set.
+    """
+    from quantstudio.core.export import ExportItem, ScaledContext, export_format, export_set
+    from quantstudio.core.pipeline import result_recipe
 
-        ctx.report(0.97, "measuring memory of the exported model")
-        mem = measure_memory_many({"exported": Path(exported.path)}, tuple(result.model.input_shape), ctx=ctx)
-        m = mem.get("exported") or {}
-        out["peak_rss_bytes"] = m.get("peak_rss_bytes")  # the whole process
-        out["model_peak_bytes"] = m.get("model_peak_bytes")  # what the model adds (the Size panel's bar)
+    paths = [Path(p) for p in ([path] if isinstance(path, str) else path)]
+    own = [p for p in paths if _writes(result.config.engine, p)]
+    other = [p for p in paths if p not in own]
+    runs: list[tuple[Any, Path]] = [(result, p) for p in own]
+    if other:
+        engine = _engine_writing(other[0].suffix)
+        export_format(engine, other[0])  # InputError naming the file if no engine writes it
+        # Its live results (plots, layer errors) are not the variant's: the window keeps showing the variant.
+        built = _quantize_with(ScaledContext(ctx, 0.0, 0.6, partials=False), result, engine)
+        runs += [(built, p) for p in other]
+    ectx = ScaledContext(ctx, 0.6, 0.4) if other else ctx
+    recipe = result_recipe(runs[0][0], data_spec) if with_recipe else None
+    memory: dict[str, Any] = {}
+
+    def extras(exported: list) -> dict[Path, str]:
+        if measure_memory:
+            memory.update(_measure_exported(ectx, exported[0], result.model.input_shape))
+        if make_report is None or report_path is None:
+            return {}
+        return {Path(report_path): make_report(_summary(exported, recipe is not None, memory, report_path))}
+
+    exported = export_set([ExportItem(r.quantized, p, r.check_samples) for r, p in runs], recipe=recipe,
+                          extra=extras, extra_targets=[Path(report_path)] if report_path else [], ctx=ectx)
+    return _summary(exported, recipe is not None, memory, report_path)
+
+
+def _writes(engine: str, path: Path) -> bool:
+    from quantstudio.core.export import FORMATS
+
+    return path.suffix.lower() in FORMATS.get(engine, {})
+
+
+def _engine_writing(suffix: str) -> str:
+    from quantstudio.core.export import FORMATS
+
+    return next((engine for engine, fmts in FORMATS.items() if suffix.lower() in fmts), "")
+
+
+def _quantize_with(ctx, result: Any, engine: str) -> Any:
+    """The run again with another engine: same model, plan, settings, data, preprocessing, samples."""
+    from quantstudio.core.engines.base import QuantConfig
+    from quantstudio.core.pipeline import run_quantize
+
+    config = QuantConfig.from_dict({**result.config.to_dict(), "engine": engine})
+    ctx.report(0.0, f"Building the {'/'.join(_formats(engine))} file: quantizing again with the same plan and data")
+    return run_quantize(result.model, result.data, result.preprocessing, result.plan, config, ctx,
+                        eval_samples=result.evaluation_samples, benchmark=False,
+                        batch_size=result.batch_size or 32, sensitivity=False, measure_memory=False)
+
+
+def _formats(engine: str) -> dict[str, str]:
+    from quantstudio.core.export import FORMATS
+
+    return FORMATS.get(engine, {})
+
+
+def _measure_exported(ctx, exported: Any, input_shape: Any) -> dict[str, Any]:
+    """Peak memory of the checked, not yet committed file (a copy with its real suffix)."""
+    import shutil
+    import tempfile
+
+    from quantstudio.core.benchmark import measure_memory_many
+
+    ctx.report(0.9, "measuring memory of the exported model")
+    with tempfile.TemporaryDirectory(prefix="quantstudio-memory-") as tmp:
+        copy = Path(tmp) / exported.path.name
+        shutil.copyfile(exported.temp, copy)
+        mem = measure_memory_many({"exported": copy}, tuple(input_shape), ctx=ctx).get("exported") or {}
+    return {"peak_rss_bytes": mem.get("peak_rss_bytes"),  # the whole process
+            "model_peak_bytes": mem.get("model_peak_bytes")}  # what the model adds (the Size panel's bar)
+
+
+def _summary(exported: list, with_recipe: bool, memory: dict[str, Any], report_path: str | None) -> dict[str, Any]:
+    """The first model's summary (as before), every file's in ``files``, the report's path."""
+    out = exported[0].to_dict()
+    out["files"] = [e.to_dict() for e in exported]
+    if not with_recipe:
+        out["recipe"] = None
+    out.update({k: v for k, v in memory.items() if v is not None})
+    out["report"] = report_path
     return out
 
 
+def write_files_job(ctx, files: dict[str, Callable[[], str]]) -> list[str]:
+    """Text files (recipe, report) written as one transaction: all of them or none."""
+    from quantstudio.core.transaction import ExportTransaction
+
+    targets = [Path(p) for p in files]
+    with ExportTransaction(targets) as txn:
+        for target, make in zip(targets, files.values()):
+            ctx.check_cancelled()
+            txn.write_text(target, make())
+        ctx.check_cancelled()
+        txn.commit()
+    return [str(t) for t in targets]
+
+
 def stored_recipe_job(ctx, model: Any, plan: dict, config: dict, preprocessing: dict | None,
-                      data_spec: str | None, path: str) -> str:
+                      data_spec: str | None, path: str, report_path: str | None = None,
+                      make_report: Callable[[dict[str, Any] | None], str] | None = None) -> str:
     """A recipe from a variant's stored plan and settings (a reopened project: no model in memory).
 
     It reproduces the variant with ``quantstudio-cli quantize --recipe``; without the run
-    in memory there is no fingerprint of its calibration images to check against.
+    in memory there is no fingerprint of its calibration images to check against. The
+    report, if asked for, is committed with it.
     """
+    import json
+
     from quantstudio.core.data import Preprocessing
     from quantstudio.core.engines.base import QuantConfig
     from quantstudio.core.plan import PrecisionPlan
@@ -184,10 +283,21 @@ def stored_recipe_job(ctx, model: Any, plan: dict, config: dict, preprocessing: 
     if data_spec:
         spec = data_spec if data_spec == "random" or not Path(data_spec).exists() else str(Path(data_spec).resolve())
         recipe.data = {"spec": spec, "calibration_samples": recipe.config.get("calib_samples")}
-    return str(recipe.save(path))
+    files: dict[str, Callable[[], str]] = {path: lambda: json.dumps(recipe.to_dict(), indent=2) + "\n"}
+    if report_path and make_report is not None:
+        files[report_path] = lambda: make_report(None)
+    return write_files_job(ctx, files)[0]
 
 
-def recipe_job(ctx, result: Any, path: str, data_spec: str | None) -> str:
+def recipe_job(ctx, result: Any, path: str, data_spec: str | None, report_path: str | None = None,
+               make_report: Callable[[dict[str, Any] | None], str] | None = None) -> str:
+    """The run's recipe (and report) without its model, as one transaction."""
+    import json
+
     from quantstudio.core.pipeline import result_recipe
 
-    return str(result_recipe(result, data_spec).save(path))
+    recipe = result_recipe(result, data_spec)
+    files: dict[str, Callable[[], str]] = {path: lambda: json.dumps(recipe.to_dict(), indent=2) + "\n"}
+    if report_path and make_report is not None:
+        files[report_path] = lambda: make_report(None)
+    return write_files_job(ctx, files)[0]

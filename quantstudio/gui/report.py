@@ -95,7 +95,13 @@ def _num(v: Any, unit: str = "") -> str:
 
 def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summary: dict | None = None) -> str:
     e = html.escape
-    names = [n for n in run.metrics]
+    # Built on the worker before the export commits: memory measured by this export is
+    # not in the run's metrics yet, so it is merged into a copy here.
+    metrics = {n: dict(m) for n, m in run.metrics.items()}
+    if export_summary and export_summary.get("model_peak_bytes"):
+        metrics.setdefault(run.quantized, {}).update(
+            {k: export_summary.get(k) for k in ("peak_rss_bytes", "model_peak_bytes")})
+    names = [n for n in metrics]
     rows = [
         ("top-1", "top1", _pct), ("top-5", "top5", _pct), ("precision", "precision", _pct),
         ("recall", "recall", _pct), ("F1", "f1", _pct), ("agreement with original", "agreement", _pct),
@@ -106,7 +112,7 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
     ]
     table = ["<table><tr><th></th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>"]
     for label, key, fmt in rows:
-        cells = [fmt(run.metrics[n].get(key)) for n in names]
+        cells = [fmt(metrics[n].get(key)) for n in names]
         if all(c == "—" for c in cells):
             continue
         table.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
@@ -127,13 +133,15 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
     )
     export = ""
     if export_summary:
-        chk = export_summary.get("check") or {}
-        export = (
-            f"<h2>Export</h2><p>{e(str(export_summary.get('path')))} ({e(str(export_summary.get('format')))}), "
-            f"round-trip check <b>{'passed' if chk.get('passed') else 'FAILED'}</b>: reloaded with "
-            f"{e(str(chk.get('reloaded_with')))}, max difference {chk.get('max_abs_diff', 0):.3g}, "
-            f"top-1 agreement {_pct(chk.get('top1_agreement'))} on {chk.get('samples')} samples.</p>"
-        )
+        parts = []
+        for f in export_summary.get("files") or [export_summary]:
+            chk = f.get("check") or {}
+            parts.append(
+                f"<p>{e(str(f.get('path')))} ({e(str(f.get('format')))}), "
+                f"round-trip check <b>{'passed' if chk.get('passed') else 'FAILED'}</b>: reloaded with "
+                f"{e(str(chk.get('reloaded_with')))}, max difference {chk.get('max_abs_diff', 0):.3g}, "
+                f"top-1 agreement {_pct(chk.get('top1_agreement'))} on {chk.get('samples')} samples.</p>")
+        export = "<h2>Export</h2>" + "".join(parts)
     random_banner = "<p class='warn'><b>Random data — accuracy figures are not meaningful.</b></p>" if run.is_random else ""
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>QuantStudio report — {e(run.name)}</title>

@@ -32,7 +32,7 @@ def _dialog(window, folder, variant_row, **checks) -> ExportDialog:
     return dlg
 
 
-def test_report_plots_come_from_the_exported_run(window, two_runs, tmp_path, monkeypatch):
+def test_report_plots_come_from_the_exported_run(qtbot, window, two_runs, tmp_path, monkeypatch):
     r1, r2 = two_runs
     seen = {}
     draw = report.plot_png
@@ -53,6 +53,7 @@ def test_report_plots_come_from_the_exported_run(window, two_runs, tmp_path, mon
     dlg = _dialog(window, tmp_path, 0, recipe_check=False)
     assert dlg.run is r1 and dlg.targets().keys() == {"report"}
     assert dlg.start_export()
+    wait_idle(qtbot, window)
     assert not window.shown_errors
     assert seen["Accuracy values"]["quantized"]["top-1"] == pytest.approx(90.0)  # #1's, not #2's 97
     assert seen["Size and memory values"]["quantized"]["model size"] == pytest.approx(2.0)
@@ -72,12 +73,12 @@ def test_a_failed_model_export_ends_in_the_error_box(qtbot, window, two_runs, tm
     r1.raw = object()  # a run that can be exported (the job itself is replaced below)
     from quantstudio.gui import pipeline_adapter
 
-    def failing_export(ctx, raw, path, data_spec, measure_memory=False):
+    def failing_export(ctx, raw, paths, data_spec, measure_memory=False, **files):
         raise FileNotFoundError(2, "No such file or directory", "/proc/qs_nope")
 
     monkeypatch.setattr(pipeline_adapter, "export_job", failing_export)
     dlg = _dialog(window, "/proc/qs_nope", 0)
-    assert "model" in dlg.targets()
+    assert dlg.targets().keys() & {"onnx", "pth"}
     assert dlg.start_export()
     wait_idle(qtbot, window)
     qtbot.waitUntil(lambda: bool(window.shown_errors), timeout=5000)
@@ -91,16 +92,18 @@ def test_a_failed_model_export_ends_in_the_error_box(qtbot, window, two_runs, tm
     assert dlg.export_button.isEnabled() and dlg.written == []  # no report after a failed model export
 
 
-def test_an_unwritable_report_ends_in_the_error_box(window, two_runs, tmp_path):
+def test_an_unwritable_report_fails_before_anything_starts(window, two_runs, tmp_path):
     not_a_folder = tmp_path / "file.txt"
     not_a_folder.write_text("x")
     dlg = _dialog(window, not_a_folder, 1, recipe_check=False)
     assert dlg.targets().keys() == {"report"}
-    dlg.start_export()
+    assert not dlg.start_export() and not window.runner.busy
     [box] = window.shown_errors
-    assert box["title"] == "Report not written"
-    assert box["text"] and box["hint"] and box["details"]
-    assert "report was not written" in dlg.result_label.text()
+    assert box["title"] == "Export failed"
+    assert "file.txt" in box["text"] and "a file is in the way" in box["text"]
+    assert box["hint"] and box["details"]
+    assert "Export failed" in dlg.result_label.text() and dlg.written == []
+    assert not_a_folder.read_text() == "x" and not list(tmp_path.glob("*.html"))
 
 
 def test_a_variant_without_its_model_in_memory_still_exports_its_recipe(qtbot, window, two_runs, tmp_path):
@@ -122,3 +125,121 @@ def test_a_variant_without_its_model_in_memory_still_exports_its_recipe(qtbot, w
     assert recipe.precision_plan().precision_for("fc").value == "fp32"
     assert recipe.engine == "torch" and recipe.data["spec"] == "random"
     assert not window.shown_errors
+
+
+# --------------------------------------------------------------------------- one transaction, both formats
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+@pytest.fixture
+def real_run(window):
+    """A real ONNX Runtime run of a PyTorch (pickled) model, with its QuantizeResult in ``raw``."""
+    from quantstudio.core.data import RandomSource
+    from quantstudio.core.engines.base import QuantConfig
+    from quantstudio.core.pipeline import run_quantize
+    from quantstudio.core.plan import PrecisionPlan
+    from quantstudio.gui.pipeline_adapter import reduce_result
+    from tests.core.models import tiny_net
+    from tests.core.test_engines import batches, bn_ready, loaded
+
+    model = loaded(bn_ready(tiny_net(), batches(2)))
+    data = RandomSource(16, (3, 32, 32), seed=0)
+    result = run_quantize(model, data, None, PrecisionPlan(), QuantConfig(calib_samples=8), eval_samples=8,
+                          benchmark=False)
+    run = reduce_result(result, "#1 onnxruntime static", data)
+    window.variants_panel.model.add(run)
+    return run
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_pytorch_source_exports_both_formats_in_one_transaction(qtbot, window, real_run, tmp_path):
+    tmp_path = tmp_path / "out"  # beside the app's data folder
+    dlg = _dialog(window, tmp_path, 0, memory_check=False)
+    dlg.name_edit.setText("model")
+    partials = []
+    window.runner.partial.connect(partials.append)
+    assert dlg.onnx_check.isChecked()  # the variant's own format
+    assert dlg.pth_check.isEnabled() and not dlg.pth_check.isChecked()  # offered, built on demand
+    assert "made on export" in dlg.pth_check.text()
+    dlg.pth_check.setChecked(True)
+    assert dlg.targets().keys() == {"onnx", "pth", "recipe", "report"}
+    assert dlg.start_export()
+    wait_idle(qtbot, window, 120000)
+    assert not window.shown_errors, window.shown_errors
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["model.onnx", "model.pth", "model.recipe.json", "model.report.html"]  # no temporary
+    recipe = json.loads((tmp_path / "model.recipe.json").read_text())
+    assert recipe["engine"] == "onnxruntime"  # the variant's own recipe
+    assert {n: e["sha256"] for n, e in recipe["exports"].items()} == {
+        n: _sha(tmp_path / n) for n in ("model.onnx", "model.pth")}
+    report = (tmp_path / "model.report.html").read_text()
+    assert "model.onnx" in report and "model.pth" in report and "passed" in report
+    import torch
+
+    torch.jit.load(str(tmp_path / "model.pth"))  # a real TorchScript file
+    assert [p.name for p in dlg.written] == names[:2] + ["model.recipe.json", "model.report.html"]
+    assert "model.pth" in dlg.result_label.text()
+    assert partials == []  # building the .pth did not redraw the window's plots
+
+
+def test_a_blocked_report_path_keeps_every_earlier_file(qtbot, window, real_run, tmp_path):
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    old = {"model.onnx": b"earlier model", "model.recipe.json": b"{}"}
+    for n, b in old.items():
+        (tmp_path / n).write_bytes(b)
+    (tmp_path / "model.report.html").mkdir()  # a folder in the way of the report only
+    dlg = _dialog(window, tmp_path, 0, memory_check=False)
+    dlg.name_edit.setText("model")
+    assert not dlg.start_export() and not window.runner.busy
+    [box] = window.shown_errors
+    assert "model.report.html" in box["text"] and "folder is in the way" in box["text"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == old
+
+
+def test_sigterm_while_exporting_cancels_cleans_up_and_quits(qtbot, window, real_run, tmp_path, monkeypatch):
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    from PySide6.QtWidgets import QApplication
+
+    from quantstudio.core.transaction import TEMP_RE, ExportTransaction
+    from quantstudio.gui import pipeline_adapter
+
+    (tmp_path / "model.onnx").write_bytes(b"earlier model")
+    started = []
+
+    def slow_export(ctx, raw, paths, data_spec, measure_memory=False, **files):
+        with ExportTransaction([Path(p) for p in paths]) as txn:
+            txn.write_bytes(paths[0], b"half a model")
+            started.append(True)
+            while True:  # a long step that checks for cancel, as the real ones do
+                ctx.check_cancelled()
+                time.sleep(0.02)
+
+    exits = []
+    monkeypatch.setattr(pipeline_adapter, "export_job", slow_export)
+    monkeypatch.setattr(QApplication, "exit", staticmethod(lambda code=0: exits.append(code)))
+    monkeypatch.setattr("quantstudio.gui.export_dialog.ask_yes_no", lambda *a, **k: True)
+    dlg = _dialog(window, tmp_path, 0, recipe_check=False, report_check=False)
+    dlg.name_edit.setText("model")
+    before = signal.getsignal(signal.SIGTERM)
+    assert dlg.start_export()
+    qtbot.waitUntil(lambda: bool(started), timeout=10000)
+    assert any(TEMP_RE.match(p.name) for p in tmp_path.iterdir())
+    os.kill(os.getpid(), signal.SIGTERM)
+    wait_idle(qtbot, window)
+    qtbot.waitUntil(lambda: bool(exits), timeout=5000)
+    assert exits == [128 + signal.SIGTERM]
+    assert "cancelled" in dlg.result_label.text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # the temporary is gone
+    assert (tmp_path / "model.onnx").read_bytes() == b"earlier model"
+    assert signal.getsignal(signal.SIGTERM) == before  # the app's own handling is back
