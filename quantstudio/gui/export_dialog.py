@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 
 from quantstudio.gui.dialogs import ask_yes_no, error_texts, show_error
 from quantstudio.gui.settings import SETTINGS
+from quantstudio.gui.variants import export_stem
 from quantstudio.gui.worker import Job
 
 MODEL_KEYS = {"onnx": ".onnx", "pth": ".pth"}  # targets() key → file suffix
@@ -134,7 +135,9 @@ class ExportDialog(QDialog):
             return
         engine = run.config.get("engine", "onnxruntime")
         stem = Path(self.window_.loaded.path).stem if self.window_.loaded is not None else "model"
-        self.name_edit.setText(f"{stem}_{engine}_{run.config.get('mode', 'int8')}")
+        # Derived from the variant (engine, mode, calibration, its number): two variants
+        # never propose the same file.
+        self.name_edit.setText(export_stem(stem, run))
         can_model = run.raw is not None
         # A PyTorch source (state_dict, trusted pickle) quantizes with every engine, so the
         # format this variant's engine does not write can be built on export.

@@ -143,6 +143,18 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
                 f"top-1 agreement {_pct(chk.get('top1_agreement'))} on {chk.get('samples')} samples.</p>")
         export = "<h2>Export</h2>" + "".join(parts)
     random_banner = "<p class='warn'><b>Random data — accuracy figures are not meaningful.</b></p>" if run.is_random else ""
+    measured = []  # what every figure was measured on (issue: trust)
+    if getattr(run, "evaluation_data", ""):
+        measured.append(f"Accuracy measured on {e(run.evaluation_data)}.")
+    if getattr(run, "n_calibrated", 0):
+        measured.append(f"Calibrated on {run.n_calibrated} samples of {e(run.calibration_data or run.data)}.")
+    if getattr(run, "input_shape", None):
+        measured.append(f"Model input {e('x'.join(str(d) for d in run.input_shape))}.")
+    if getattr(run, "preprocessing_steps", None):
+        measured.append(f"Preprocessing: {e(', '.join(run.preprocessing_steps))}.")
+    if getattr(run, "timing_warnings", None):
+        measured.append("<span class='warn'><b>Timings unreliable</b>: " + e("; ".join(run.timing_warnings)) + "</span>")
+    measured_html = f"<p>{'<br>'.join(measured)}</p>" if measured else ""
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>QuantStudio report — {e(run.name)}</title>
 <style>
@@ -153,7 +165,7 @@ td:first-child {{ text-align: left; }} .warn {{ color: #a05000; }} figure {{ mar
 <h1>QuantStudio report: {e(run.name)}</h1>
 <p>{e(model_text)}<br>Data: {e(run.data)}<br>Generated {datetime.datetime.now():%Y-%m-%d %H:%M} by QuantStudio {__version__}</p>
 {random_banner}
-<h2>Results</h2>{''.join(table)}
+<h2>Results</h2>{measured_html}{''.join(table)}
 {export}
 <h2>Settings</h2><table>{cfg}</table>
 <h2>Precision plan</h2>{plan}

@@ -126,3 +126,18 @@ def test_a_confirmed_input_shape_is_remembered_for_the_file(qtbot, window, tiny_
     _open(qtbot, window, tiny_files["state_dict"])  # reopened (recent files): not asked again
     assert not asked and window.loaded.input_shape == (1, 3, 64, 64)
     assert Path(window.loaded.path) == Path(tiny_files["state_dict"])
+
+
+def test_report_states_what_the_figures_were_measured_on(qapp):
+    from quantstudio.gui.report import build_report
+
+    run = RunOutcome(name="#1 ORT INT8 · minmax (3 INT8)", quantized="quantized", data="540 images",
+                     metrics={"original": {"top1": 0.99}, "quantized": {"top1": 0.98}},
+                     evaluation_data="284 samples of 540 images in 10 class folders (d) not used for calibration",
+                     n_calibrated=256, calibration_data="540 images in 10 class folders (d)", input_shape=[1, 3, 64, 64],
+                     preprocessing_steps=["resize shorter side to 64", "center crop 64x64"],
+                     timing_warnings=["the computer was busy"], warnings=["the computer was busy", "near chance <b>"])
+    page = build_report(run, "model.pth", {})
+    assert "Accuracy measured on 284 samples of 540 images" in page and "Calibrated on 256 samples" in page
+    assert "Model input 1x3x64x64" in page and "resize shorter side to 64, center crop 64x64" in page
+    assert "Timings unreliable" in page and "near chance &lt;b&gt;" in page
