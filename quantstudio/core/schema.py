@@ -360,3 +360,115 @@ def _object_part(schema: dict[str, Any]) -> dict[str, Any] | None:
         if alt.get("type") == "object":
             return alt
     return None
+
+
+# ----------------------------------------------------------------------------- projects
+
+
+def project_schema() -> dict[str, Any]:
+    """The JSON Schema of a ``.qsproj`` project file (version 1).
+
+    ``variants`` hold results whose shape belongs to the results model; only the fields
+    the app reads back are typed here, and fields it does not know are ignored there (so
+    results saved by a newer app still open), unlike everywhere else.
+    """
+    from quantstudio.core.loading import KIND_LABELS
+
+    text = _STRING
+    nullable_text = _nullable(_STRING)
+    number_or_inf = {"anyOf": [{"type": "number"}, {"enum": ["inf", "-inf", "nan"]}, {"type": "null"}],
+                     "x-allowed": 'a number, "inf", "-inf" or null'}
+    str_list = {"type": "array", "items": _STRING, "x-allowed": "a list of texts"}
+
+    def mapping(values: dict[str, Any], allowed: str) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": values, "x-allowed": allowed}
+
+    variant = {
+        "type": "object",
+        "required": ["name"],
+        "additionalProperties": True,
+        "x-allowed": "an object describing one run",
+        "properties": {
+            "name": text,
+            "reference": text,
+            "quantized": text,
+            "plan": {"type": "object", "x-allowed": "an object"},
+            "config": {"type": "object", "x-allowed": "an object"},
+            "data": text,
+            "metrics": mapping(mapping({"anyOf": [{"type": ["number", "string", "boolean", "null"]}],
+                                        "x-allowed": "a number, text or null"}, "an object of metrics"),
+                               "variant names mapped to metrics"),
+            "latency_samples": mapping(mapping({"type": "array", "items": {"type": "number", "x-allowed": "a number"},
+                                                "x-allowed": "a list of numbers"}, "batch sizes mapped to timings"),
+                                       "variant names mapped to timings"),
+            "throughput": mapping(mapping(_NUMBER, "batch sizes mapped to numbers"), "variant names mapped to throughput"),
+            "layer_sqnr": mapping(number_or_inf, "layer names mapped to numbers"),
+            "layer_precisions": mapping(_STRING, "layer names mapped to precisions"),
+            "sensitivity": mapping(number_or_inf, "layer names mapped to numbers"),
+            "fused": {"type": "array", "items": str_list, "x-allowed": "a list of lists of layer names"},
+            "confusion": mapping({"type": "array", "minItems": 2, "maxItems": 2, "prefixItems": [
+                {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "x-allowed": "a matrix"},
+                str_list,
+            ], "x-allowed": "[matrix, labels]"}, "variant names mapped to [matrix, labels]"),
+            "changed": {"type": "array", "items": {"type": "object"}, "x-allowed": "a list of objects"},
+            "n_evaluated": _int(0, 10**9),
+            "skipped": {"type": "array", "items": {"type": "array", "items": _STRING}, "x-allowed": "a list of [file, reason]"},
+            "is_random": _BOOL,
+            "labeled": _BOOL,
+            "data_note": text,
+            "warnings": str_list,
+            "notes": str_list,
+            "seconds": {"type": "number", "minimum": 0, "x-allowed": "a number of seconds"},
+        },
+    }
+    data = _object(
+        {
+            "data_kind": text,
+            "data_path": text,
+            "preprocess_preset": nullable_text,
+            "preprocess_resize": text,
+            "preprocess_crop": text,
+            "preprocess_mean": text,
+            "preprocess_std": text,
+            "calib_samples": _int(0, MAX_SAMPLES),
+            "eval_samples": _int(0, MAX_SAMPLES),
+            "engine": nullable_text,
+            "backend": nullable_text,
+            "mode": nullable_text,
+            "calibration": nullable_text,
+            "per_channel": _BOOL,
+            "benchmark_runs": _int(1, 100_000),
+            "benchmark_batches": text,
+            "sensitivity": _BOOL,
+            "measure_memory": _BOOL,
+        },
+        allowed="an object of data and run settings",
+    )
+    model = _object(
+        {
+            "path": _nullable({"type": "string", "x-allowed": "a file path"}),
+            "arch": nullable_text,
+            "input_shape": _nullable({"type": "array", "items": _int(1, MAX_IMAGE_SIDE), "minItems": 1, "maxItems": 5,
+                                      "x-allowed": f"1 to 5 whole numbers from 1 to {MAX_IMAGE_SIDE}"}),
+            "kind": _nullable(_enum(KIND_LABELS)),
+            "source_dir": _nullable({"type": "string", "x-allowed": "a folder path"}),
+        },
+        allowed="an object with path, arch, input_shape, kind, source_dir",
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **_object(
+            {
+                "format": {"const": "quantstudio-project", "x-allowed": '"quantstudio-project"'},
+                "version": {"const": 1, "x-allowed": "1 (missing means 1)"},
+                "app_version": {"type": "string", "x-allowed": "text (informative)"},
+                "saved": {"type": "string", "x-allowed": "a date and time (informative)"},
+                "model": model,
+                "data": data,
+                "plan": _plan_schema(),
+                "variants": {"type": "array", "items": variant, "x-allowed": "a list of runs"},
+            },
+            required=("format",),
+            allowed="a JSON object",
+        ),
+    }
