@@ -347,7 +347,8 @@ def field_table(schema: dict[str, Any]) -> str:
             if sub.get("type") == "array" and isinstance(sub.get("items"), dict) and sub["items"].get("properties"):
                 walk(sub["items"], key + "[]")
                 continue
-            rows.append(f"| `{key}` | {sub.get('x-allowed', '')} |")
+            required = " (required)" if name in s.get("required", ()) else ""
+            rows.append(f"| `{key}`{required} | {sub.get('x-allowed', '')} |")
 
     walk(schema, "")
     return "\n".join(rows)
