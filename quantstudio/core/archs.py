@@ -190,11 +190,23 @@ def build_from_state_dict(path: Path, state_dict: dict, arch: str | None, input_
     else:
         guess = guess_architecture(state_dict)
         if guess.arch is None:
+            details = "best matches: " + ", ".join(f"{a} {s:.0%}" for a, s in guess.ranking)
+            if not guess.ranking or guess.ranking[0][1] == 0:
+                # Nothing matched at all (an MLP, a custom network): "name it with --arch"
+                # would send the user looking for a name that does not exist.
+                raise InputError(
+                    "these weights match none of the torchvision architectures QuantStudio can rebuild "
+                    "(a state_dict holds only weights, not the network's code)",
+                    path=path,
+                    hint="Save the whole model (torch.save(model, path)), a TorchScript archive "
+                         "(torch.jit.trace(model, x).save(path)) or an ONNX file, and open that.",
+                    details=details,
+                )
             raise InputError(
                 "could not tell which architecture these weights belong to",
                 path=path,
                 hint="Name it with --arch (quantstudio-cli archs lists them).",
-                details="best matches: " + ", ".join(f"{a} {s:.0%}" for a, s in guess.ranking),
+                details=details,
             )
         arch, num_classes, confidence = guess.arch, guess.num_classes, guess.confidence
         notes.append(f"architecture guessed as {arch} ({confidence:.0%} of keys match)")

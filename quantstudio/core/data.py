@@ -933,7 +933,20 @@ def _as_numpy(a: Any, path: Path, what: str) -> np.ndarray:
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "detach"):  # torch tensor; mmap'd storage stays lazy through .numpy()
+        import torch
+
         t = a.detach().cpu()
+        if t.layout != torch.strided:  # sparse (COO, CSR, ...): numpy has no such layout
+            dense_bytes = t.numel() * t.element_size()
+            if dense_bytes > 4 * 2**30:  # made dense, it must stay well inside RAM
+                raise InputError(
+                    f"the {what} are a sparse tensor of shape {list(t.shape)}, {dense_bytes / 2**30:.0f} GiB once dense",
+                    path=path,
+                    hint="Save the samples as an ordinary (dense) tensor of a size that fits in memory.",
+                )
+            t = t.to_dense()
+        if t.is_quantized:
+            t = t.dequantize()
         if t.dtype.is_floating_point and t.dtype not in _numpy_float_dtypes():
             t = t.float()  # bfloat16 has no numpy dtype
         return t.numpy()

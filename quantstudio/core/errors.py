@@ -34,7 +34,10 @@ class InputError(QuantStudioError):
     def one_line(self) -> str:
         where = f"{self.path}: " if self.path is not None else ""
         hint = f" {self.hint}" if self.hint else ""
-        return f"{where}{self.message}.{hint}".replace("..", ".")
+        # Only the sentence end is tidied: a message that already ends in "." must not get a
+        # second one, but ".." inside a path or a message ("../models") is the user's text.
+        message = self.message[:-1] if self.message.endswith(".") else self.message
+        return f"{where}{message}.{hint}"
 
 
 class TrustRequired(InputError):

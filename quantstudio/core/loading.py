@@ -16,8 +16,14 @@ pickled model needs ``trust=True``, because unpickling it runs code from the fil
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
+import os
+import stat
+import struct
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,26 @@ TRUST_EXPLANATION = (
     "in the file, which can do anything your user account can (delete or send files). "
     "Only load it if you made it or trust who did."
 )
+
+# What Python's zipfile raises on a damaged ZIP directory (measured by flipping single
+# bytes of TorchScript, .pt2 and state_dict archives): a bad CRC or deflate stream
+# (zlib.error), a non-UTF-8 member name (UnicodeDecodeError), an "encrypted" flag
+# (RuntimeError), an unknown compression method or zip version (NotImplementedError),
+# "multi-disk" (BadZipFile), sizes that overflow (struct.error, OverflowError, ValueError).
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error, UnicodeDecodeError,
+    NotImplementedError, RuntimeError, ValueError, struct.error, OverflowError, KeyError,
+)
+# What torch.load / torch.jit.load / torch.export.load raise on bytes that got past the
+# ZIP check: torch's own reader reports damage as RuntimeError; the unpickler as the rest.
+# MemoryError: a flipped size field can ask for terabytes before anything is read.
+_TORCH_READ_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError, RuntimeError, ValueError, OSError, KeyError, IndexError, AttributeError, TypeError,
+    zlib.error, NotImplementedError, struct.error, OverflowError, MemoryError, zipfile.BadZipFile,
+)
+# ONNX operator domains ONNX Runtime implements; any other needs a custom-op library.
+_ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training")
+_MAX_NAMED = 5  # layers named in a message before "and N more"
 
 
 @dataclass
@@ -158,29 +184,7 @@ def sniff_kind(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     if head.startswith(b"PK"):
-        if not zipfile.is_zipfile(path):
-            raise InputError(
-                "the file is truncated or damaged (incomplete ZIP archive)",
-                path=path,
-                hint="Copy or save the model again.",
-            )
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-                bad = zf.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InputError(
-                "the file is truncated or damaged",
-                path=path,
-                hint="Copy or save the model again.",
-                details=str(exc),
-            ) from exc
-        if bad is not None:
-            raise InputError(
-                f"the archive member {bad!r} is damaged",
-                path=path,
-                hint="Copy or save the model again.",
-            )
+        names = _zip_names(path)
         base = {n.split("/", 1)[1] if "/" in n else n for n in names}
         if "archive_format" in base or "models/model.json" in base:
             return KIND_EXPORTED
@@ -198,16 +202,82 @@ def sniff_kind(path: Path) -> str:
     return KIND_ONNX  # confirmed (or rejected) when parsed
 
 
+def _zip_names(path: Path) -> list[str]:
+    """The member names of a ZIP archive, after checking every member's CRC."""
+    damaged = {"path": path, "hint": "Copy or save the model again."}
+    try:
+        if not zipfile.is_zipfile(path):
+            raise InputError("the file is truncated or damaged (incomplete ZIP archive)", **damaged)
+        with zipfile.ZipFile(path) as zf:
+            if any(info.flag_bits & 0x1 for info in zf.infolist()):
+                # torch never encrypts; the flag here means a damaged directory entry.
+                raise InputError("the archive is damaged (a member is marked as encrypted)", **damaged)
+            names = zf.namelist()
+            bad = zf.testzip()
+    except InputError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise InputError(
+            "the file is truncated or damaged (its ZIP directory cannot be read)",
+            details=f"{type(exc).__name__}: {exc}",
+            **damaged,
+        ) from exc
+    if bad is not None:
+        raise InputError(f"the archive member {bad!r} is damaged", **damaged)
+    return names
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise InputError("no such file", path=path, hint="Check the path and try again.")
-    if path.is_dir():
+    try:
+        st = path.stat()  # follows symlinks: a loop or a dangling link fails here
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                "the path is a symbolic link that points back to itself (a link loop)",
+                path=path,
+                hint="Open the model file itself, or fix the link.",
+                details=str(exc),
+            ) from exc
+        if path.is_symlink():
+            raise InputError(
+                f"the path is a symbolic link to {os.readlink(path)!r}, which does not exist",
+                path=path,
+                hint="Open the model file itself, or fix the link.",
+                details=str(exc),
+            ) from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InputError("no such file", path=path, hint="Check the path and try again.") from exc
+        raise InputError(
+            "the file cannot be read",
+            path=path,
+            hint="Check that you may read it (permissions) and that its disk is attached.",
+            details=str(exc),
+        ) from exc
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(
             "this is a folder, not a model file",
             path=path,
             hint="Choose the .pth, .pt, .pt2 or .onnx file inside it.",
         )
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO, a device such as /dev/zero or a socket reports size 0 (or reads forever):
+        # it is not "empty", it is not a file at all.
+        raise InputError(
+            "this is not a regular file (a device, pipe or socket)",
+            path=path,
+            hint="Choose the .pth, .pt, .pt2 or .onnx model file.",
+        )
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(
+            "the file cannot be read",
+            path=path,
+            hint="Check that you may read it (permissions).",
+            details=str(exc),
+        ) from exc
+    if st.st_size == 0:
         raise InputError(
             "the file is empty (0 bytes)",
             path=path,
@@ -239,6 +309,7 @@ def load_model(
         model = _load_torch_pickle(path, arch, input_shape, trust, source_dir)
     if arch is not None and model.kind not in (KIND_STATE_DICT,):
         model.notes.append(f"--arch {arch} ignored: the {model.kind_label} holds its own architecture")
+    check_finite_weights(model)
     check_input_shape(model)
     return model
 
@@ -262,7 +333,7 @@ def _load_torch_pickle(path, arch, input_shape, trust, source_dir) -> LoadedMode
                 ) from exc
             return _load_pickled_module(path, input_shape, source_dir)
         raise _damaged(path, exc) from exc
-    except (EOFError, RuntimeError, ValueError, OSError, KeyError, IndexError) as exc:
+    except _TORCH_READ_ERRORS as exc:
         raise _damaged(path, exc) from exc
     state_dict, note = extract_state_dict(obj, path)
     if isinstance(obj, torch.nn.Module):  # weights_only allowed it (rare): treat as module
@@ -292,13 +363,40 @@ def _is_shape(value: Any) -> bool:
     )
 
 
-def _damaged(path: Path, exc: BaseException) -> InputError:
+_SAVE_AGAIN = {
+    KIND_STATE_DICT: "Save or copy the model again (torch.save(model.state_dict(), path)).",
+    KIND_TORCHSCRIPT: "Save or copy the model again (torch.jit.trace(model, x).save(path)).",
+    KIND_EXPORTED: "Save or copy the model again (torch.export.save(torch.export.export(model, (x,)), path)).",
+}
+
+
+def _damaged(path: Path, exc: BaseException, kind: str = KIND_STATE_DICT) -> InputError:
+    what = {KIND_TORCHSCRIPT: "TorchScript archive", KIND_EXPORTED: "torch.export program"}.get(kind, "PyTorch file")
     return InputError(
-        "the file is truncated, damaged or not a PyTorch file",
+        f"the file is truncated, damaged or not a {what}",
         path=path,
-        hint="Save or copy the model again (torch.save(model.state_dict(), path)).",
+        hint=_SAVE_AGAIN.get(kind, _SAVE_AGAIN[KIND_STATE_DICT]),
         details=f"{type(exc).__name__}: {exc}",
     )
+
+
+@contextlib.contextmanager
+def _quiet_torch_log():
+    """Keep torch's loaders from logging a traceback the user cannot act on.
+
+    ``torch.export.load`` logs "Ran into the following error when deserializing" with a
+    full traceback before raising; the raised error becomes an InputError with that text
+    in ``details``, so the log adds only a frightening block on the terminal.
+    """
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.jit")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def extract_state_dict(obj: Any, path: Path) -> tuple[dict, str]:
@@ -396,10 +494,10 @@ def _load_torchscript(path: Path, input_shape) -> LoadedModel:
     import torch
 
     try:
-        with _suppress_warnings():
+        with _suppress_warnings(), _quiet_torch_log():
             module = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        raise _damaged(path, exc) from exc
+    except _TORCH_READ_ERRORS as exc:
+        raise _damaged(path, exc, KIND_TORCHSCRIPT) from exc
     module.eval()
     shape = input_shape or _guess_input_shape_from_module(module)
     model = LoadedModel(path=path, kind=KIND_TORCHSCRIPT, module=module, input_shape=shape)
@@ -413,23 +511,35 @@ def _load_exported(path: Path, input_shape) -> LoadedModel:
     import torch
 
     try:
-        with _suppress_warnings():
+        with _suppress_warnings(), _quiet_torch_log():
             ep = torch.export.load(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _damaged(path, exc) from exc
+    except _TORCH_READ_ERRORS as exc:
+        raise _damaged(path, exc, KIND_EXPORTED) from exc
     shape = None
-    for spec in ep.graph_signature.input_specs:
-        if spec.kind.name == "USER_INPUT":
-            node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
-            val = node.meta.get("val")
-            if val is not None:
-                shape = tuple(int(d) for d in val.shape)
-            break
+    fixed = None
+    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(user_inputs) != 1:
+        raise InputError(
+            f"the program takes {len(user_inputs)} inputs; QuantStudio quantizes models with one input tensor",
+            path=path,
+            hint="Export the model with a single input (one batch of images or features).",
+        )
+    node = next(n for n in ep.graph.nodes if n.name == user_inputs[0].arg.name)
+    val = node.meta.get("val")
+    if val is not None:
+        # A dimension exported as dynamic is a SymInt; int() gives its example value.
+        shape = tuple(int(d) for d in val.shape)
+        if shape and isinstance(val.shape[0], int):
+            fixed = shape[0]  # exported without a dynamic batch: it runs only this batch
     with _suppress_warnings():
         # unflatten keeps the original module hierarchy, so hooks and names work.
         module = torch.export.unflatten(ep)
-    model = LoadedModel(path=path, kind=KIND_EXPORTED, module=module, input_shape=shape)
+    model = LoadedModel(path=path, kind=KIND_EXPORTED, module=module, input_shape=shape, fixed_batch=fixed)
     model.exported_program = ep  # type: ignore[attr-defined]
+    if fixed is not None:
+        model.notes.append(
+            f"the program was exported with a fixed batch of {fixed} (no dynamic batch axis): it is calibrated, "
+            f"evaluated and timed {fixed} sample{'s' if fixed != 1 else ''} at a time (--batch-size {fixed})")
     if input_shape is not None and shape is not None and tuple(input_shape) != shape:
         raise InputError(
             f"the program was exported for input {format_shape(shape)}, not {format_shape(input_shape)}",
@@ -475,6 +585,7 @@ def _load_onnx(path: Path, input_shape) -> LoadedModel:
             hint="Export it again from its framework.",
             details=str(exc),
         ) from exc
+    _check_onnx_supported(proto, path)
     inits = {i.name for i in proto.graph.initializer}
     inp = next(i for i in proto.graph.input if i.name not in inits)
     dims = []
@@ -518,6 +629,98 @@ def _load_onnx(path: Path, input_shape) -> LoadedModel:
     if len(out) == 2 and out[1].HasField("dim_value"):
         model.num_classes = out[1].dim_value
     return model
+
+
+def _check_onnx_supported(proto: Any, path: Path) -> None:
+    """Refuse, by name, what the ONNX engine cannot run: custom operators, several inputs."""
+    custom = sorted({f"{n.domain}:{n.op_type}" for n in proto.graph.node if n.domain not in _ORT_DOMAINS})
+    if custom:
+        raise InputError(
+            f"the model uses custom operators ONNX Runtime does not have: {_name_some(custom)}",
+            path=path,
+            hint="Export the model with standard ONNX operators only (no custom-op library).",
+        )
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i.name for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise InputError(
+            f"the model takes {len(inputs)} inputs ({_name_some(inputs)}); "
+            "QuantStudio quantizes models with one input tensor" if inputs else "the model takes no input",
+            path=path,
+            hint="Export the model with a single input (one batch of images or features).",
+        )
+
+
+def _name_some(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMED])
+    return shown + (f" and {len(names) - _MAX_NAMED} more" if len(names) > _MAX_NAMED else "")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def check_finite_weights(model: LoadedModel) -> None:
+    """Raise :class:`InputError` naming the layers whose weights hold NaN or infinity.
+
+    Such a model (usually from a training run that diverged) evaluates at chance and
+    later fails quantization with a scale error that names nothing; say it at load time.
+    """
+    bad = _nonfinite_tensors(model)
+    if not bad:
+        return
+    layers = list(dict.fromkeys(name.rsplit(".", 1)[0] if "." in name else name for name in bad))
+    raise InputError(
+        f"the weights of {len(layers)} layer{'s' if len(layers) != 1 else ''} hold NaN or infinite values "
+        f"({_name_some(layers)})",
+        path=model.path,
+        hint="The model is broken (often a training run that diverged): save it again from a good checkpoint.",
+        details="tensors with NaN/Inf: " + ", ".join(bad),
+    )
+
+
+def _nonfinite_tensors(model: LoadedModel) -> list[str]:
+    if model.kind == KIND_ONNX:
+        from onnx import TensorProto, numpy_helper
+
+        import numpy as np
+
+        floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+        tensors = [(t.name, t) for t in model.onnx_model.graph.initializer if t.data_type in floats]
+        for node in model.onnx_model.graph.node:  # weights folded into Constant nodes
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.HasField("t") and attr.t.data_type in floats:
+                        tensors.append((node.output[0], attr.t))
+        bad = []
+        for name, t in tensors:
+            try:
+                arr = numpy_helper.to_array(t)
+            except (ValueError, TypeError):  # external data not found etc.: checked elsewhere
+                continue
+            if not np.isfinite(np.asarray(arr, dtype=np.float32)).all():
+                bad.append(name)
+        return bad
+    import torch
+
+    module = model.module
+    if module is None:
+        return []
+    tensors: dict[str, Any] = {}
+    try:
+        tensors.update(module.state_dict())
+    except (RuntimeError, AttributeError, TypeError):  # an exotic module without a state_dict
+        pass
+    ep = getattr(model, "exported_program", None)
+    if ep is not None:
+        tensors.update({k: v for k, v in ep.state_dict.items() if k not in tensors})
+        tensors.update({k: v for k, v in getattr(ep, "constants", {}).items() if k not in tensors})
+    bad = []
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized:
+            with torch.no_grad():
+                if not bool(torch.isfinite(t.detach()).all()):
+                    bad.append(name)
+    return bad
 
 
 # --------------------------------------------------------------------------- shapes

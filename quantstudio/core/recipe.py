@@ -131,7 +131,14 @@ class Recipe:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], path: str | Path | None = None) -> "Recipe":
+    def from_dict(cls, d: Any, path: str | Path | None = None) -> "Recipe":
+        """A recipe from parsed JSON, checked against :func:`~quantstudio.core.schema.recipe_schema`.
+
+        Everything a run will read is checked here, so a bad recipe fails before any work
+        starts (not after an export was written) with the field and what is allowed.
+        """
+        from quantstudio.core.schema import recipe_schema, validate
+
         if not isinstance(d, dict):
             raise InputError("the recipe is not a JSON object", path=path, hint="Choose a .recipe.json written by QuantStudio.")
         if d.get("version") != RECIPE_VERSION:
@@ -140,27 +147,25 @@ class Recipe:
                 path=path,
                 hint="Re-create the recipe with this version of QuantStudio.",
             )
-        try:
-            recipe = cls(
-                engine=str(d["engine"]),
-                mode=str(d["mode"]),
-                config=dict(d.get("config") or {}),
-                plan=dict(d["plan"]),
-                preprocessing=d.get("preprocessing"),
-                data=dict(d.get("data") or {}),
-                seed=int(d.get("seed", 0)),
-                model=dict(d.get("model") or {}),
-                versions=dict(d.get("versions") or {}),
-                created=str(d.get("created", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"the recipe is malformed (missing or bad {exc})", path=path, hint="Choose a .recipe.json written by QuantStudio.") from None
-        try:  # validate now, so a bad recipe fails before any work starts
+        validate(d, recipe_schema(), path, "recipe")
+        recipe = cls(
+            engine=d["engine"],
+            mode=d["mode"],
+            config=dict(d.get("config") or {}),
+            plan=dict(d["plan"]),
+            preprocessing=d.get("preprocessing"),
+            data=dict(d.get("data") or {}),
+            seed=int(d.get("seed", 0)),
+            model=dict(d.get("model") or {}),
+            versions=dict(d.get("versions") or {}),
+            created=str(d.get("created", "")),
+        )
+        try:  # the objects' own checks (cross-field rules the schema does not express)
             recipe.quant_config()
             recipe.precision_plan()
             recipe.preprocessing_obj()
         except InputError as exc:
-            raise InputError(exc.message, path=path, hint=exc.hint) from None
+            raise InputError(exc.message, path=path, hint=exc.hint, details=exc.details) from None
         return recipe
 
     def save(self, path: str | Path) -> Path:
@@ -170,18 +175,10 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | Path) -> "Recipe":
+        from quantstudio.core.schema import load_json_file
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError("no such recipe file", path=path, hint="Check the path.") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"the recipe cannot be read ({exc})", path=path) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"the recipe is not valid JSON ({exc.msg}, line {exc.lineno})", path=path) from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(load_json_file(path, "recipe"), path)
 
 
 def make_recipe(

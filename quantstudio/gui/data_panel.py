@@ -546,49 +546,55 @@ class DataPanel(QScrollArea):
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
-        """Set the widgets from ``state`` (missing keys keep their value); no scan."""
-        self.blockSignals(True)
-        for combo, key in (
-            (self.engine_combo, "engine"),
-            (self.backend_combo, "backend"),
-            (self.mode_combo, "mode"),
-            (self.calib_combo, "calibration"),
-        ):
-            if key in state:
-                _select(combo, state[key])
-        if "preprocess_preset" in state:
-            self.preset_combo.blockSignals(True)
-            _select(self.preset_combo, state["preprocess_preset"])
-            self.preset_combo.blockSignals(False)
-        for edit, key in (
-            (self.resize_edit, "preprocess_resize"),
-            (self.crop_edit, "preprocess_crop"),
-            (self.mean_edit, "preprocess_mean"),
-            (self.std_edit, "preprocess_std"),
-            (self.batches_edit, "benchmark_batches"),
-        ):
-            if key in state:
-                edit.setText(str(state[key]))
-        for spin, key in ((self.calib_spin, "calib_samples"), (self.eval_spin, "eval_samples"), (self.runs_spin, "benchmark_runs")):
-            if key in state:
-                spin.setValue(int(state[key]))
-        for check, key in ((self.per_channel_check, "per_channel"), (self.sensitivity_check, "sensitivity"),
-                           (self.memory_check, "measure_memory")):
-            if key in state:
-                check.setChecked(bool(state[key]))
-        custom = self.preset_combo.currentData() == "custom"
-        for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
-            w.setEnabled(custom)
-        if "data_kind" in state:
-            self.kind_combo.blockSignals(True)
-            _select(self.kind_combo, state["data_kind"])
-            self.kind_combo.blockSignals(False)
-        if "data_path" in state:
-            self.path_edit.setText(state["data_path"])
-        if "eval_data_path" in state:
-            self.eval_path_edit.setText(str(state["eval_data_path"] or ""))
-        self._update_kind_widgets()
-        self.blockSignals(False)
+        """Set the widgets from ``state`` (missing keys keep their value); no scan.
+
+        Values of the wrong type (a hand-edited project, a variant's stored settings) are
+        skipped, and the panel's signals are unblocked however this ends.
+        """
+        from PySide6.QtCore import QSignalBlocker  # a context manager: unblocks on any exit
+
+        if not isinstance(state, dict):
+            return
+        with QSignalBlocker(self):
+            for combo, key in (
+                (self.engine_combo, "engine"),
+                (self.backend_combo, "backend"),
+                (self.mode_combo, "mode"),
+                (self.calib_combo, "calibration"),
+            ):
+                if isinstance(state.get(key), str):
+                    _select(combo, state[key])
+            if isinstance(state.get("preprocess_preset"), str):
+                with QSignalBlocker(self.preset_combo):
+                    _select(self.preset_combo, state["preprocess_preset"])
+            for edit, key in (
+                (self.resize_edit, "preprocess_resize"),
+                (self.crop_edit, "preprocess_crop"),
+                (self.mean_edit, "preprocess_mean"),
+                (self.std_edit, "preprocess_std"),
+                (self.batches_edit, "benchmark_batches"),
+            ):
+                if isinstance(state.get(key), (str, int, float)) and not isinstance(state.get(key), bool):
+                    edit.setText(str(state[key]))
+            for spin, key in ((self.calib_spin, "calib_samples"), (self.eval_spin, "eval_samples"), (self.runs_spin, "benchmark_runs")):
+                value = state.get(key)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    spin.setValue(max(spin.minimum(), min(spin.maximum(), value)))
+            for check, key in ((self.per_channel_check, "per_channel"), (self.sensitivity_check, "sensitivity"),
+                               (self.memory_check, "measure_memory")):
+                if isinstance(state.get(key), bool):
+                    check.setChecked(state[key])
+            custom = self.preset_combo.currentData() == "custom"
+            for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
+                w.setEnabled(custom)
+            if isinstance(state.get("data_kind"), str):
+                with QSignalBlocker(self.kind_combo):
+                    _select(self.kind_combo, state["data_kind"])
+            if isinstance(state.get("data_path"), str):
+                self.path_edit.setText(state["data_path"])
+            if isinstance(state.get("eval_data_path"), str):
+                self.eval_path_edit.setText(state["eval_data_path"])
+            self._update_kind_widgets()
         if self._torch_reason and self.engine_combo.currentData() == "torch":
             _select(self.engine_combo, "onnxruntime")  # a saved choice the open model cannot use
             self.engine_note.emit(f"Engine set to ONNX Runtime: {self._torch_reason}")

@@ -702,7 +702,7 @@ class MainWindow(QMainWindow):
         if pending and pending.get("plan"):
             try:
                 self.plan = PrecisionPlan.from_dict(pending["plan"])
-            except InputError as exc:
+            except InputError as exc:  # load_project checked its shape; this is a rule it cannot express
                 log.warning("The project's plan could not be read: %s", exc.one_line())
         label = model.arch or Path(model.path).stem
         self.layer_model.set_tree(tree, self.plan, root_label=label)
@@ -731,7 +731,9 @@ class MainWindow(QMainWindow):
             for d in pending["variants"]:
                 try:
                     runs.append(tasks.RunOutcome.from_dict(d))
-                except (TypeError, ValueError, KeyError) as exc:
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                    # The schema checked the fields the app reads; one variant that still does
+                    # not convert is left out rather than losing the project.
                     log.warning("A saved variant could not be read: %s", exc)
             self.variants_panel.model.set_runs(runs)
             if runs:
@@ -1091,7 +1093,9 @@ class MainWindow(QMainWindow):
             return False
         m = project["model"]
         if not m.get("path"):
-            show_error(self, "Could not open the project", message="The project names no model.")
+            show_error(self, "Could not open the project",
+                       InputError("the project names no model (field model.path is empty)", path=path,
+                                  hint="Open the model itself, then save the project again."))
             return False
         self._after_load = {
             "plan": project.get("plan"), "data": project.get("data"), "variants": project.get("variants"),

@@ -57,21 +57,22 @@ def save_project(path: str | Path, project: dict[str, Any]) -> Path:
 
 
 def load_project(path: str | Path) -> dict[str, Any]:
+    """Read and check a project; every problem is one :class:`InputError` naming the file and field.
+
+    Projects saved before the schema (same version 1, all fields optional but ``model``)
+    open unchanged; a missing ``version`` is read as the current one.
+    """
+    from quantstudio.core.schema import load_json_file, project_schema, validate
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError("the project cannot be read", path=path, hint="Check that the file exists.", details=str(exc)) from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError("the project file is damaged (not valid JSON)", path=path,
-                         hint="Open an autosave or save the project again.", details=str(exc)) from exc
+    data = load_json_file(path, "project")
     if not isinstance(data, dict) or data.get("format") != PROJECT_FORMAT:
         raise InputError("this is not a QuantStudio project", path=path, hint="Open a .qsproj file saved by QuantStudio.")
+    data.setdefault("version", PROJECT_VERSION)
     if data.get("version") != PROJECT_VERSION:
         raise InputError(f"project version {data.get('version')!r} is not supported (this app reads {PROJECT_VERSION})",
                          path=path, hint="Open it with the QuantStudio version that saved it.")
+    validate(data, project_schema(), path, "project")
     for key in ("model", "data", "plan", "variants"):
         data.setdefault(key, {} if key != "variants" else [])
     model_path = data["model"].get("path")

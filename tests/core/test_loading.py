@@ -283,3 +283,195 @@ def test_a_torchscript_shape_is_only_a_guess_and_says_so(tiny_forms):
     given = load_model(paths["torchscript"], input_shape=(1, 3, 32, 32))
     assert not given.input_shape_guessed and not given.notes
     assert not load_model(paths["onnx"]).input_shape_guessed  # ONNX files record their shape
+
+
+# --------------------------------------------------------------------------- issue 17: hardening
+
+
+def _zip_directory(data: bytes) -> tuple[int, int]:
+    """(offset of the first central-directory entry, offset of the end record)."""
+    import struct
+
+    eocd = data.rfind(b"PK\x05\x06")
+    return struct.unpack("<I", data[eocd + 16:eocd + 20])[0], eocd
+
+
+def _corrupt(data: bytes, how: str) -> bytes:
+    """One damage the audit found escaping as a traceback, made on purpose."""
+    cd, eocd = _zip_directory(data)
+    b = bytearray(data)
+    if how == "encrypted_flag":  # general-purpose flag bit 0 of the first entry → RuntimeError
+        b[cd + 8] |= 0x01
+    elif how == "compression_method":  # method 99 (AES) → NotImplementedError
+        b[cd + 10:cd + 12] = (99).to_bytes(2, "little")
+    elif how == "zip_version":  # "version needed" far above what zipfile reads → NotImplementedError
+        b[cd + 6:cd + 8] = (250).to_bytes(2, "little")
+    elif how == "name_not_utf8":  # UTF-8 flag with a byte that is not UTF-8 → UnicodeDecodeError
+        b[cd + 9] |= 0x08
+        b[cd + 46] = 0xFF
+    elif how == "multi_disk":  # "disk 1" in the ZIP64 locator torch writes → BadZipFile
+        locator = data.rfind(b"PK\x06\x07")
+        assert locator > 0
+        b[locator + 4] = 1
+    elif how == "deflate_on_stored":  # stored bytes read as deflate → zlib.error
+        b[cd + 10:cd + 12] = (8).to_bytes(2, "little")
+    return bytes(b)
+
+
+@pytest.fixture(scope="module")
+def archives(tiny_forms, squeeze_sd):
+    paths, _, _ = tiny_forms
+    return {"state_dict": squeeze_sd[0], "torchscript": paths["torchscript"], "pt2": paths["pt2"]}
+
+
+@pytest.mark.parametrize("kind", ["state_dict", "torchscript", "pt2"])
+@pytest.mark.parametrize("how", ["encrypted_flag", "compression_method", "zip_version", "name_not_utf8",
+                                 "multi_disk", "deflate_on_stored"])
+def test_damaged_zip_directory_is_an_input_error_naming_the_file(archives, kind, how, tmp_path):
+    bad = tmp_path / f"damaged_{kind}.pth"
+    bad.write_bytes(_corrupt(archives[kind].read_bytes(), how))
+    with pytest.raises(InputError) as exc:
+        load_model(bad, arch="squeezenet1_1" if kind == "state_dict" else None)
+    assert str(bad) in str(exc.value)
+    assert "damaged" in exc.value.message or "not a" in exc.value.message
+
+
+def test_fake_pt2_prints_no_traceback(tmp_path, capfd, caplog):
+    import zipfile
+
+    fake = tmp_path / "fake.pt2"
+    with zipfile.ZipFile(fake, "w") as zf:
+        zf.writestr("fake/archive_format", "pt2")
+        zf.writestr("fake/models/model.json", "{not json")
+    with pytest.raises(InputError) as exc:
+        load_model(fake)
+    assert str(fake) in str(exc.value)
+    assert "torch.export" in exc.value.message
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert not any("Traceback" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_fifo_is_not_called_empty(tmp_path):
+    fifo = tmp_path / "model.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError) as exc:
+        load_model(fifo)  # must not block reading the pipe either
+    assert "not a regular file" in exc.value.message
+    assert "empty" not in exc.value.message
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_device_is_not_called_empty():
+    with pytest.raises(InputError) as exc:
+        load_model("/dev/zero")
+    assert "not a regular file" in exc.value.message
+    assert "/dev/zero" in str(exc.value)
+
+
+def test_symlink_loop_is_not_called_missing(tmp_path):
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(InputError) as exc:
+        load_model(a)
+    assert "link loop" in exc.value.message
+    assert "no such file" not in str(exc.value)
+
+
+def test_dangling_symlink_names_its_target(tmp_path):
+    link = tmp_path / "model.pth"
+    link.symlink_to(tmp_path / "gone.pth")
+    with pytest.raises(InputError) as exc:
+        load_model(link)
+    assert "gone.pth" in exc.value.message
+
+
+def test_dot_dot_in_paths_is_printed_as_given():
+    err = InputError("the file is damaged.", path="../models/../m.pth", hint="Save it again.")
+    assert err.one_line() == "../models/../m.pth: the file is damaged. Save it again."
+
+
+def _poison(module: torch.nn.Module, value: float) -> torch.nn.Module:
+    with torch.no_grad():
+        module.conv2.weight[0, 0, 0, 0] = value
+        module.fc.bias[1] = value
+    return module
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("form", ["whole", "torchscript", "pt2", "onnx"])
+def test_nan_or_inf_weights_are_named_by_layer(form, value, tmp_path):
+    x = torch.randn(1, 3, 32, 32)
+    paths = save_all_forms(_poison(tiny_net(), value), x, tmp_path, "poisoned")
+    with pytest.raises(InputError) as exc:
+        load_model(paths[form], trust=True)
+    message = str(exc.value)
+    assert str(paths[form]) in message
+    assert "NaN or infinite" in message
+    if form != "onnx":  # ONNX export renames folded weights; the count still says two
+        assert "conv2" in message and "fc" in message
+    assert "2 layers" in message
+
+
+def test_nan_in_a_state_dict_is_named_by_layer(squeeze_sd, tmp_path):
+    _, ref = squeeze_sd
+    sd = {k: v.clone() for k, v in ref.state_dict().items()}
+    sd["features.3.squeeze.weight"][0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(InputError) as exc:
+        load_model(path, arch="squeezenet1_1")
+    assert str(path) in str(exc.value)
+    assert "features.3.squeeze" in exc.value.message
+
+
+def test_custom_onnx_operator_is_named(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MyOp", ["x"], ["y"], domain="com.acme")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.acme", 1)]), path)
+    with pytest.raises(InputError) as exc:
+        load_model(path)
+    assert str(path) in str(exc.value)
+    assert "com.acme:MyOp" in exc.value.message
+    assert "tmp" not in exc.value.message
+
+
+def test_two_input_onnx_is_refused_by_name(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("image", "mask")]
+    graph = helper.make_graph([helper.make_node("Add", ["image", "mask"], ["y"])], "g", info,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(InputError) as exc:
+        load_model(path)
+    assert str(path) in str(exc.value)
+    assert "2 inputs (image, mask)" in exc.value.message
+
+
+def test_mlp_state_dict_says_it_needs_the_network_code(tmp_path):
+    mlp = torch.nn.Sequential(torch.nn.Linear(20, 10), torch.nn.ReLU(), torch.nn.Linear(10, 3))
+    path = tmp_path / "mlp.pth"
+    torch.save(mlp.state_dict(), path)
+    with pytest.raises(InputError) as exc:
+        load_model(path)
+    assert str(path) in str(exc.value)
+    assert "match none of the torchvision architectures" in exc.value.message
+    assert "torch.save(model, path)" in exc.value.hint
+
+
+def test_batch_one_pt2_runs_at_its_batch_and_says_so(tiny_forms):
+    paths, _, _ = tiny_forms
+    model = load_model(paths["pt2"])
+    assert model.fixed_batch == 1
+    assert model.batch_size_for(32) == 1
+    assert any("--batch-size 1" in n for n in model.notes)
