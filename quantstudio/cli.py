@@ -457,7 +457,7 @@ def _quantize_settings(args):
     """(config, plan, preprocessing, data spec, eval samples) from a recipe + flags."""
     import dataclasses
 
-    from quantstudio.core.data import Preprocessing
+    from quantstudio.core.data import DEFAULT_EVALUATION_SAMPLES, Preprocessing
     from quantstudio.core.engines.base import QuantConfig
     from quantstudio.core.errors import InputError
     from quantstudio.core.plan import PrecisionPlan
@@ -493,8 +493,10 @@ def _quantize_settings(args):
     if args.eval_data is None and recipe is not None and recipe.data.get("evaluation_spec"):
         args.eval_data = str(recipe.data["evaluation_spec"])
     eval_samples = args.eval_samples
+    if eval_samples is None and recipe is not None:
+        eval_samples = recipe.data.get("evaluation_samples")
     if eval_samples is None:
-        eval_samples = (recipe.data.get("evaluation_samples") if recipe else None) or 1000
+        eval_samples = DEFAULT_EVALUATION_SAMPLES
     if eval_samples < 0:
         raise InputError(f"the number of evaluation samples must not be negative, not {eval_samples}", hint="Give --eval-samples 0 or more.")
     if args.batch_size is None:

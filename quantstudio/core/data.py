@@ -39,6 +39,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_DATA_NOTE = "random data — accuracy not meaningful"
 RANDOM_SPEC = "random"
 
+# Larger sizes are refused: a resize of 100000 grew the process to 23.5 GB before the
+# kernel killed it. The recipe schema uses the same limit.
+MAX_IMAGE_SIDE = 8192
+
 DEFAULT_CALIBRATION_SAMPLES = 256
 DEFAULT_EVALUATION_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 32
@@ -300,12 +304,17 @@ def _check_size(value: Any, name: str) -> int | tuple[int, int] | None:
             except (TypeError, ValueError):
                 h = w = -1
             if h > 0 and w > 0 and all(float(v) == int(v) for v in value):
+                _check_size(h, name)
+                _check_size(w, name)
                 return (h, w)
             raise InputError(f"the {name} size {list(value)} is not two positive integers", hint=f"Give --{name} N or H,W.")
         else:
             raise InputError(f"the {name} size {list(value)} must be N or H,W", hint=f"Give --{name} N or H,W.")
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
         raise InputError(f"the {name} size {value!r} is not a positive integer", hint=f"Give --{name} N or H,W.")
+    if int(value) > MAX_IMAGE_SIDE:
+        raise InputError(f"the {name} size {int(value)} is larger than {MAX_IMAGE_SIDE} pixels",
+                         hint=f"Give --{name} of at most {MAX_IMAGE_SIDE}.")
     return int(value)
 
 
@@ -841,6 +850,14 @@ class TensorFileSource(DataSource):
         if self.is_pixels:
             x /= 255.0
         x = _adapt_channels(x, self.channels)
+        if not self.is_pixels and not np.all(np.isfinite(x)):
+            bad = sorted(int(indices[r]) for r in np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+            raise InputError(
+                f"the tensors hold NaN or infinite values (sample{'s' if len(bad) > 1 else ''} "
+                f"{', '.join(map(str, bad[:5]))}{' …' if len(bad) > 5 else ''})",
+                path=self.path,
+                hint="Save finite numbers: fix or drop those samples.",
+            )
         if self.is_pixels:
             if self._transform is None:
                 self._transform = self.preprocessing.tensor_transform(self.channels, self.model_hw or x.shape[-2:])

@@ -286,7 +286,7 @@ class RunOutcome:
             for k, v in list(m.items()):
                 if v in ("inf", "-inf"):
                     m[k] = float(v)
-        run.layer_sqnr = {k: float(v) for k, v in run.layer_sqnr.items()}
+        run.layer_sqnr = {k: float(v) for k, v in run.layer_sqnr.items() if v is not None}  # NaN is saved as null
         run.sensitivity = {k: float(v) for k, v in run.sensitivity.items() if v is not None}
         return run
 

@@ -484,3 +484,18 @@ def test_choose_samples_all_or_stratified(tmp_path):
     class_folder(tmp_path, {"a": 3, "b": 3})
     src = open_data(tmp_path, input_shape=SHAPE)
     assert len(src.choose(4)) == 4 and len(src.split(calibration=2, evaluation=None).evaluation) == 4
+
+
+def test_non_finite_tensors_and_huge_sizes_are_refused_by_name(tmp_path):
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    x[2, 0, 1, 1] = np.nan
+    path = tmp_path / "nan.npy"
+    np.save(path, x)
+    src = open_data(path, input_shape=SHAPE)
+    with pytest.raises(InputError) as info:
+        src.read(np.arange(4))
+    assert str(path) in str(info.value) and "NaN or infinite" in info.value.message and "sample 2" in info.value.message
+    with pytest.raises(InputError, match="larger than 8192"):
+        Preprocessing(resize=100000)
+    with pytest.raises(InputError, match="larger than 8192"):
+        Preprocessing(crop=(64, 100000))
