@@ -193,12 +193,45 @@ def _percentile_observer_class():
     return PercentileObserver
 
 
+def _entropy_observer_class():
+    """A HistogramObserver whose range is the KL-divergence (entropy) threshold.
+
+    Why: torch's HistogramObserver picks the range with the least L2 rounding error,
+    which is another method; the recipe says "entropy", so both engines run the same
+    search (:func:`quantstudio.core.engines.ort_engine.entropy_threshold`, ONNX
+    Runtime's algorithm with 128 quantized bins) on a 2048-bin histogram symmetric about
+    zero, re-binned from the observer's own [min, max] histogram (an error of at most
+    one bin, ~0.1% of the range).
+    """
+    import torch
+    from torch.ao.quantization.observer import HistogramObserver
+
+    class EntropyObserver(HistogramObserver):
+        @torch.jit.export
+        def calculate_qparams(self):  # type: ignore[override]
+            from quantstudio.core.engines.ort_engine import ENTROPY_BINS, ENTROPY_QUANTIZED_BINS, entropy_threshold
+
+            if self.min_val == float("inf") and self.max_val == float("-inf"):
+                return super().calculate_qparams()
+            lo, hi = float(self.min_val), float(self.max_val)
+            counts = self.histogram.double().numpy()
+            if counts.sum() <= 0 or hi <= lo:
+                return self._calculate_qparams(self.min_val, self.max_val)
+            centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
+            t = max(abs(lo), abs(hi))
+            hist, edges = np.histogram(centres, bins=ENTROPY_BINS, range=(-t, t), weights=counts)
+            low, high = entropy_threshold(np.rint(hist).astype(np.int64), edges.astype(np.float32),
+                                          np.float32(lo), np.float32(hi), ENTROPY_QUANTIZED_BINS)
+            return self._calculate_qparams(torch.tensor(float(low)), torch.tensor(float(high)))
+
+    return EntropyObserver
+
+
 def build_qconfig(config: QuantConfig, backend: str):
     """The QConfig for INT8 layers from the calibration method and options."""
     import torch
     from torch.ao.quantization import QConfig
     from torch.ao.quantization.observer import (
-        HistogramObserver,
         MinMaxObserver,
         PerChannelMinMaxObserver,
     )
@@ -207,14 +240,18 @@ def build_qconfig(config: QuantConfig, backend: str):
     # 8-bit activation ranges on CPUs without VNNI, so torch's x86 default reduces the
     # range to 7 bits; qnnpack does not need it.
     reduce_range = backend == "x86"
-    qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
-    act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
+    if config.symmetric_activations and reduce_range:
+        # torch.ao refuses reduce_range with symmetric quint8 ("Cannot reduce range for
+        # symmetric quantization for quint8"; this engine failed with that, reported as
+        # a trace error): the same 7-bit range given explicitly, centred on 64.
+        act_kwargs = dict(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric, quant_min=0, quant_max=127)
+    else:
+        qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
+        act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
     if config.calibration == "minmax":
         activation = MinMaxObserver.with_args(**act_kwargs)
     elif config.calibration == "entropy":
-        # HistogramObserver picks the range that minimises the L2 quantization error
-        # over the histogram: torch's counterpart of entropy calibration.
-        activation = HistogramObserver.with_args(**act_kwargs)
+        activation = _entropy_observer_class().with_args(**act_kwargs)
     else:
         activation = _percentile_observer_class().with_args(**act_kwargs)
     if config.per_channel:
