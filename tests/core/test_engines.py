@@ -163,7 +163,7 @@ def test_torch_dynamic_int8_quantizes_linear_layers_the_plan_leaves_int8():
 
 
 @pytest.mark.parametrize(
-    "calibration, observer", [("minmax", "MinMaxObserver"), ("entropy", "HistogramObserver"), ("percentile", "PercentileObserver")]
+    "calibration, observer", [("minmax", "MinMaxObserver"), ("entropy", "EntropyObserver"), ("percentile", "PercentileObserver")]
 )
 def test_torch_observers(calibration, observer):
     qc = build_qconfig(QuantConfig(calibration=calibration), "x86")

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import platform
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel
-from quantstudio.core.errors import InputError
+from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
 from quantstudio.core.plan import Precision, PrecisionPlan
 
@@ -91,6 +93,24 @@ def quantized_engine(backend: str | None):
     finally:
         if switch:
             torch.backends.quantized.engine = previous
+
+
+def release_torch_ao_caches() -> None:
+    """Forget the modules torch.ao's FX quantization cached.
+
+    Why: ``torch.ao.quantization.fx.utils.assert_and_get_unique_device`` is an unbounded
+    ``functools.cache`` keyed by module, called by ``prepare_fx`` and ``convert_fx`` on the
+    model and on every float module they swap: it kept each cycle's traced, prepared and
+    converted models (three GraphModules and their observers) alive for the life of the
+    process, 16-17 MB per quantization of the demo MobileNetV2. Nothing else in this
+    process relies on that cache between quantizations.
+    """
+    import sys
+
+    utils = sys.modules.get("torch.ao.quantization.fx.utils")
+    cached = getattr(utils, "assert_and_get_unique_device", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
 
 
 def is_arm_machine() -> bool:
@@ -160,6 +180,60 @@ def _as_array(batch: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- observers
 
 
+# The job's check_cancelled while this thread runs torch.ao's prepare/calibrate/convert
+# (see cancel_points); None elsewhere.
+_CANCEL = threading.local()
+
+
+@contextlib.contextmanager
+def cancel_points(ctx: JobContext | None):
+    """Let the observers this engine builds honour ``ctx``'s cancel from inside torch.ao.
+
+    Why: ``prepare_fx``, a calibration forward and ``convert_fx`` are single calls that
+    took several seconds each on the demo MobileNetV2 under load (a cancel waited up to
+    2.3 s). torch.ao calls our observers at every observed tensor: it builds them in
+    prepare (after tracing), runs them in calibration, and asks their ranges in convert,
+    so a check there is a cancel point every few milliseconds. Raising there only ever
+    abandons the engine's private copies of the model.
+    """
+    previous = getattr(_CANCEL, "check", None)
+    _CANCEL.check = ctx.check_cancelled if ctx is not None else None
+    try:
+        yield
+    finally:
+        _CANCEL.check = previous
+
+
+def _check_cancel() -> None:
+    check = getattr(_CANCEL, "check", None)
+    if check is not None:
+        check()
+
+
+@functools.cache
+def _cancellable(base: type) -> type:
+    """``base`` (an observer class) with a cancel point in construction, forward and
+    calculate_qparams; same name, so messages and tests still say "MinMaxObserver"."""
+
+    class Cancellable(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            _check_cancel()
+            super().__init__(*args, **kwargs)
+
+        def forward(self, x_orig):
+            _check_cancel()
+            return super().forward(x_orig)
+
+        def calculate_qparams(self):  # type: ignore[override]
+            _check_cancel()
+            return super().calculate_qparams()
+
+    Cancellable.__name__ = base.__name__
+    Cancellable.__qualname__ = base.__qualname__
+    return Cancellable
+
+
+@functools.cache
 def _percentile_observer_class():
     """A HistogramObserver that clips at the 0.01st / 99.99th percentile.
 
@@ -193,6 +267,7 @@ def _percentile_observer_class():
     return PercentileObserver
 
 
+@functools.cache
 def _entropy_observer_class():
     """A HistogramObserver whose range is the KL-divergence (entropy) threshold.
 
@@ -249,15 +324,15 @@ def build_qconfig(config: QuantConfig, backend: str):
         qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
         act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
     if config.calibration == "minmax":
-        activation = MinMaxObserver.with_args(**act_kwargs)
+        activation = _cancellable(MinMaxObserver).with_args(**act_kwargs)
     elif config.calibration == "entropy":
-        activation = _entropy_observer_class().with_args(**act_kwargs)
+        activation = _cancellable(_entropy_observer_class()).with_args(**act_kwargs)
     else:
-        activation = _percentile_observer_class().with_args(**act_kwargs)
+        activation = _cancellable(_percentile_observer_class()).with_args(**act_kwargs)
     if config.per_channel:
-        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        weight = _cancellable(PerChannelMinMaxObserver).with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     else:
-        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        weight = _cancellable(MinMaxObserver).with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     return QConfig(activation=activation, weight=weight)
 
 
@@ -478,7 +553,10 @@ def _value_kind(value) -> str:
 
 
 def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseException | None]:
-    """Run ``gm`` node by node on the inputs ``example``: each node's output kind, and where it failed."""
+    """Run ``gm`` node by node on the inputs ``example``: each node's output kind, and where it failed.
+
+    A cancel (see :func:`cancel_points`) is checked before every node and raised, not
+    reported as the node's failure."""
     import torch
 
     class Recorder(torch.fx.Interpreter):
@@ -488,6 +566,7 @@ def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseExc
             self.current: str | None = None
 
         def run_node(self, n):
+            _check_cancel()
             self.current = n.name
             out = super().run_node(n)
             self.kinds[n.name] = _value_kind(out)
@@ -496,6 +575,8 @@ def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseExc
     rec = Recorder(gm)
     try:
         rec.run(*example)
+    except Cancelled:
+        raise
     except Exception as exc:  # noqa: BLE001 - reported back to the caller
         return rec.kinds, rec.current, exc
     return rec.kinds, None, None
@@ -607,6 +688,7 @@ def run_fp16_in_graph(gm, scopes: set[str], example):
         raise exc
     half = _half_candidates(gm, kinds, scopes)
     while half:
+        _check_cancel()
         trial = copy.deepcopy(gm)
         _cast_graph(trial, half, kinds)
         got, failed_at, exc = _node_kinds(trial, example)
@@ -772,13 +854,16 @@ class TorchEngine:
         for name, d in decisions.items():
             if d.effective != d.requested and d.reason:
                 notes.append(f"{name}: {d.requested.value} → {d.effective.value} ({d.reason})")
-        with quiet(), torch.inference_mode(False), torch.no_grad():
-            if config.mode == "static":
-                result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
-            elif config.mode == "dynamic":
-                result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
-            else:
-                result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        try:
+            with quiet(), torch.inference_mode(False), torch.no_grad(), cancel_points(ctx):
+                if config.mode == "static":
+                    result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
+                elif config.mode == "dynamic":
+                    result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
+                else:
+                    result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        finally:
+            release_torch_ao_caches()
         return result
 
     # ------------------------------------------------------------------ static
@@ -805,6 +890,8 @@ class TorchEngine:
         example = (model.example_input(),)
         try:
             prepared = prepare_fx(float_model, mapping, example)
+        except Cancelled:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _trace_error(exc, float_model, model.path) from exc
         ctx.check_cancelled()
@@ -1165,6 +1252,10 @@ def torch_layer_sqnr(original, result: QuantizedModel, batches: list, ctx: JobCo
 
     def grab(store, key):
         def hook(mod, args, out):
+            if ctx is not None:
+                # A cancel point per layer, not per batch: one batch through both models
+                # took 1-2 s on a loaded machine (a cancel waited that long).
+                ctx.check_cancelled()
             if key in store:
                 return None  # a module called twice: keep its first call
             t = out[0] if isinstance(out, (tuple, list)) else out
