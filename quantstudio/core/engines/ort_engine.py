@@ -483,7 +483,8 @@ class ToolFailed(Exception):
 
 def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0,
                  until: float | None = None) -> None:
-    """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a child process.
+    """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a helper process
+    (:mod:`quantstudio.core.child`; in this process only where none can be started).
 
     Reports ``message`` at ``fraction`` first (when given) and honours cancel (the child
     is killed). A static job with ``until`` also reports calibration progress from the
@@ -798,8 +799,8 @@ def check_in_child(model: Any, workdir: Path, ctx: JobContext, sample: np.ndarra
     ONNX Runtime can die natively on a graph it accepts (a segfault in a graph
     optimizer); in this process that would end the app with it. A crash becomes an
     :class:`InputError` naming the signal; a Python-level failure one with ONNX Runtime's
-    message. Costs one child start (~0.4 s) and one batch; where no child can be started
-    (a frozen build) it checks nothing.
+    message. Costs one child start (~0.4 s) and one batch; where no process can be
+    started at all it checks nothing.
     """
     import signal
 
