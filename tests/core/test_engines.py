@@ -465,29 +465,41 @@ def test_ort_calibration_methods_and_options(tiny, calibration):
     assert cosine(model.forward_numpy(xs[0]), q.runner(xs[0])) > 0.97
 
 
-def test_ort_cancel_during_calibration_leaves_no_temp_files(tiny):
+@pytest.fixture
+def own_tmpdir(tmp_path, monkeypatch) -> Path:
+    """A TMPDIR of this test's own: /tmp is shared with other processes that create and
+    leave quantstudio-ort-* folders of their own while a test runs."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return tmp
+
+
+def _ort_folders(tmp: Path) -> list[str]:
+    return [p.name for p in tmp.iterdir() if p.name.startswith(("quantstudio-ort-", "ort.quant."))]
+
+
+def test_ort_cancel_during_calibration_leaves_no_temp_files(tiny, own_tmpdir):
     model, xs = tiny
-    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")}
     ctx = RecordingContext(cancel_after=4)
     with pytest.raises(Cancelled):
         OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs * 3, ctx)
-    after = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")}
-    assert after <= before
+    assert not _ort_folders(own_tmpdir)
     assert any("reading calibration data" in m for _, m in ctx.reports)
 
 
-def test_ort_cancel_while_the_child_process_calibrates(tiny):
+def test_ort_cancel_while_the_child_process_calibrates(tiny, own_tmpdir):
     model, xs = tiny
     full = RecordingContext()
     OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs, full)
     # Cancel right when ONNX Runtime's calibrator starts (in its child process).
     start = next(i for i, (_, m) in enumerate(full.reports) if m.startswith("calibrating on"))
-    before = {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")}
     ctx = RecordingContext(cancel_after=start + 1)
     with pytest.raises(Cancelled):  # the child is killed, its files removed
         OrtEngine().quantize(model, PrecisionPlan(), QuantConfig(), xs, ctx)
     assert ctx.reports[-1][1].startswith("calibrating on")
-    assert {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("quantstudio-ort-")} <= before
+    assert not _ort_folders(own_tmpdir)
 
 
 # =========================================================================== model spread
