@@ -405,33 +405,47 @@ def _tensor_bytes(t) -> int:
 
 # --------------------------------------------------------------------------- memory
 
-_MEMORY_SNIPPET = r"""
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import numpy as np
-import torch, onnxruntime  # import both first, so the baseline includes the libraries
-def status(key):
+def _status_bytes(key: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
-# VmHWM, not getrusage's ru_maxrss: on Linux a child's ru_maxrss starts at its parent's
-# size at fork time, so it would report the app's memory, not this process's.
-base = status("VmRSS")
-path, shape, threads = sys.argv[1], tuple(json.loads(sys.argv[2])), int(sys.argv[3])
-from quantstudio.core.benchmark import variant_from_file
-v, _ = variant_from_file(path, threads=threads, trust=False, input_shape=shape)
-x = np.zeros(shape, dtype=np.float32)
-for _ in range(3):
-    v.runner(x)
-print(json.dumps({"peak": status("VmHWM"), "growth": max(0, status("VmRSS") - base), "base": base}))
-"""
+
+
+def memory_probe_main(argv: list[str]) -> int:
+    """The peak-memory probe (helper task "memory": MODEL SHAPE_JSON THREADS): load the
+    model, run it three times, print {"peak", "growth", "base"} in bytes as JSON."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import numpy as np
+    import onnxruntime  # noqa: F401 - imported first, so the baseline includes the libraries
+    import torch  # noqa: F401
+
+    # VmHWM, not getrusage's ru_maxrss: on Linux a child's ru_maxrss starts at its
+    # parent's size at fork time, so it would report the app's memory, not this process's.
+    base = _status_bytes("VmRSS")
+    path, shape, threads = argv[0], tuple(json.loads(argv[1])), int(argv[2])
+    v, _ = variant_from_file(path, threads=threads, trust=False, input_shape=shape)
+    x = np.zeros(shape, dtype=np.float32)
+    for _ in range(3):
+        v.runner(x)
+    print(json.dumps({"peak": _status_bytes("VmHWM"), "growth": max(0, _status_bytes("VmRSS") - base), "base": base}))
+    return 0
 
 
 def _memory_command(path: Path, input_shape: Sequence[int], threads: int | None) -> list[str]:
+    from quantstudio.core.child import child_command
+
     threads = threads or os.cpu_count() or 1
-    return [sys.executable, "-c", _MEMORY_SNIPPET, str(path), json.dumps(list(input_shape)), str(threads)]
+    return child_command("memory", str(path), json.dumps(list(input_shape)), str(threads))
+
+
+def _child_env() -> dict[str, str]:
+    from quantstudio.core.child import child_env
+
+    return child_env()
 
 
 def _parse_memory(stdout: str) -> dict[str, int]:
@@ -453,7 +467,8 @@ def measure_memory(path: Path, input_shape: Sequence[int], threads: int | None =
     the file cannot be run this way (e.g. a pickled model that needs consent).
     """
     try:
-        res = subprocess.run(_memory_command(path, input_shape, threads), capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(_memory_command(path, input_shape, threads), capture_output=True, text=True,
+                             timeout=timeout, env=_child_env())
     except subprocess.TimeoutExpired:
         return None
     if res.returncode != 0:
@@ -480,7 +495,7 @@ def measure_memory_many(files: dict[str, Path], input_shape: Sequence[int], thre
         for name, p in files.items():
             err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child never blocks
             procs[name] = (subprocess.Popen(_memory_command(p, input_shape, threads), stdout=subprocess.PIPE,
-                                            stderr=err, text=True), err)
+                                            stderr=err, text=True, env=_child_env()), err)
         for name, (proc, err) in procs.items():
             while proc.poll() is None:
                 if ctx is not None:

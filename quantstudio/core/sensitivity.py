@@ -96,9 +96,19 @@ def _first_tensor(out):
 def _measure(module, mods, names, xs, qconfig, ctx) -> dict[str, float]:
     import torch
 
+    def cancel_point(mod, args):
+        ctx.check_cancelled()
+
     def run_all():
-        with torch.inference_mode():
-            return [_first_tensor(module(x)) for x in xs]
+        # A cancel point before every measured layer, not only between layers: one pass
+        # over the samples took 1-2 s on a loaded machine (a cancel waited that long).
+        points = [mods[n].register_forward_pre_hook(cancel_point) for n in names]
+        try:
+            with torch.inference_mode():
+                return [_first_tensor(module(x)) for x in xs]
+        finally:
+            for h in points:
+                h.remove()
 
     # One calibration pass over the batches: every layer's input observer at once.
     observers = {n: qconfig.activation() for n in names}

@@ -466,9 +466,9 @@ class ProgressReader(_Reader):
 # wins the GIL back before the woken one runs, and the woken thread starts its wait
 # over without ever asking for a switch: in the app the GUI thread got no turn for
 # 100-700 ms at a time, whatever sys.setswitchinterval says. The tools read and write
-# files only, so they run in a child process of the same interpreter (about 0.4 s to
-# start); where no child can be started (a frozen build) they run in this process.
-_TOOL_COMMAND = "import sys; from quantstudio.core.engines.ort_engine import _tool_main; sys.exit(_tool_main(sys.argv[1]))"
+# files only, so they run in a helper process started through the app's own entry
+# point (quantstudio.core.child; about 0.4 s to start), a bundled app included. Only
+# where no process can be started at all do they run in this one.
 
 
 class ToolFailed(Exception):
@@ -483,7 +483,8 @@ class ToolFailed(Exception):
 
 def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0,
                  until: float | None = None) -> None:
-    """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a child process.
+    """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a helper process
+    (:mod:`quantstudio.core.child`; in this process only where none can be started).
 
     Reports ``message`` at ``fraction`` first (when given) and honours cancel (the child
     is killed). A static job with ``until`` also reports calibration progress from the
@@ -501,16 +502,15 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
         job["progress"] = str(progress_path)
     seen = 0
     job_path.write_text(json.dumps(job))
-    package_root = str(Path(__file__).resolve().parents[3])  # the same quantstudio in the child
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    from quantstudio.core.child import child_command, child_env
+
     proc = None
-    if not getattr(sys, "frozen", False) and sys.executable:
-        try:
-            with open(workdir / f"{job['tool']}-stderr.txt", "wb") as err:
-                proc = subprocess.Popen([sys.executable, "-c", _TOOL_COMMAND, str(job_path)], env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        except OSError:
-            proc = None
+    try:
+        with open(workdir / f"{job['tool']}-stderr.txt", "wb") as err:
+            proc = subprocess.Popen(child_command("ort-tool", str(job_path)), env=child_env(),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    except OSError:  # no process can be started here at all: run the tool in this one
+        proc = None
     if proc is not None:
         try:
             while True:
@@ -531,11 +531,14 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
             if result["ok"]:
                 return
             raise ToolFailed(result["error"], result["kind"], result["details"])
+        stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
         if proc.returncode < 0:  # killed by a signal (a crash): running it here would crash the app
-            stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
             raise ToolFailed(f"ONNX Runtime's {job['tool']} tool crashed (signal {-proc.returncode})", "Crash", stderr,
                              signal=-proc.returncode)
-        # The child could not even start its work (no importable quantstudio?): do it here.
+        # It exited without a result: the helper could not start its work (an app
+        # whose entry point does not know --child, a broken install).
+        raise ToolFailed(f"the helper process for ONNX Runtime's {job['tool']} tool did not start its work "
+                         f"(exit code {proc.returncode})", "HelperFailed", stderr)
     if job.get("child_only"):  # a check that only means something out of process
         return
     try:
@@ -565,6 +568,11 @@ def _tool_main(job_path: str) -> int:
     # use it: a None entry makes it unfindable.
     sys.modules.setdefault("torch", None)
     job = json.loads(Path(job_path).read_text())
+    # ONNX Runtime's quantizers write their own temporary files (the calibrator's
+    # augmented model, 43 MB for a ResNet-18) under tempfile's folder; a cancel kills
+    # this process before they are removed. Inside the job's work folder they go
+    # with it.
+    tempfile.tempdir = str(Path(job_path).resolve().parent)
     try:
         # Calibrators print their progress to stdout; ORT's quantizer logs advice.
         with quiet(), contextlib.redirect_stdout(io.StringIO()):
@@ -633,10 +641,17 @@ def _run_tool(job: dict[str, Any]) -> None:
     elif job["tool"] == "static":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+        reader = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
+        cache = None
+        if job["method"] == "Entropy":
+            cache = Path(job["dst"]).with_name("entropy-ranges.json")
+            _entropy_ranges(job["src"], reader, cache, bool(job["extra"].get("CalibTensorRangeSymmetric", False)))
+            reader = None  # quantize_static reads the ranges from the cache
         quantize_static(
             job["src"],
             job["dst"],
-            _FileReader(job["calibration"], job["input_name"], job.get("progress")),
+            reader,
+            calibration_cache_path=cache,
             quant_format=QuantFormat.QDQ,
             per_channel=job["per_channel"],
             reduce_range=job["reduce_range"],
@@ -666,6 +681,99 @@ def _run_tool(job: dict[str, Any]) -> None:
         raise ValueError(f"unknown tool {job['tool']!r}")
 
 
+# --------------------------------------------------------------------------- entropy calibration
+
+# Why ONNX Runtime's Entropy calibration gave min-max's model (byte-identical, same
+# sha256): quantize_static builds its EntropyCalibrater with 128 histogram bins and 128
+# quantized bins and passes no other counts through (its extra_options know only
+# CalibTensorRangeSymmetric, CalibMovingAverage(Constant), CalibMaxIntermediateOutputs
+# and CalibPercentile). The KL search tries thresholds from num_quantized_bins/2 to
+# num_bins/2 bins either side of zero: with 128 and 128 that is one candidate, the whole
+# [-max|x|, max|x|] histogram, which clipped to [min, max] is min-max's range. The child
+# therefore builds the calibrator itself with a 2048-bin histogram (TensorRT's count and
+# ORT's own Percentile default) and 128 quantized bins, and hands quantize_static the
+# ranges through its calibration cache.
+ENTROPY_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 128
+
+
+def entropy_threshold(hist: np.ndarray, edges: np.ndarray, lo: Any, hi: Any, num_quantized_bins: int) -> tuple[Any, Any]:
+    """ONNX Runtime 1.32's ``HistogramCollector.get_entropy_threshold``, vectorised.
+
+    The same candidates, the same integer truncation of the expanded distribution and
+    the same float rounding of each KL divergence, so it picks the same threshold
+    (tests compare the two). ORT's version merges bins in Python loops: 0.4 s per tensor
+    at 2048 bins here, ~1 min for a MobileNetV2; this one takes a few milliseconds.
+    """
+    from onnxruntime.quantization.calibrate import entropy
+    from onnxruntime.quantization.quant_utils import smooth_distribution
+
+    num_bins = hist.size
+    zero = num_bins // 2
+    half = num_quantized_bins // 2
+    dtype = edges.dtype
+    cumulative = np.concatenate([[0], np.cumsum(hist)])
+    total = cumulative[-1]
+    best, best_div = None, np.inf
+    for i in range(half, zero + 1):
+        start, end = zero - i, min(zero + i + 1, num_bins)
+        sliced = hist[start:end]
+        p = sliced.astype(np.int64, copy=True)
+        p[0] += cumulative[start]
+        p[-1] += total - cumulative[end]
+        nonzero = (p != 0).astype(np.int64)
+        merged = sliced.size // num_quantized_bins
+        body = num_quantized_bins * merged
+        quantized = sliced[:body].reshape(num_quantized_bins, merged).sum(axis=1)
+        quantized[-1] += sliced[body:].sum()
+        norm = nonzero[:body].reshape(num_quantized_bins, merged).sum(axis=1)
+        level = np.where(norm != 0, quantized / np.maximum(norm, 1), 0).astype(np.int64)
+        q = np.zeros(p.size, dtype=np.int64)
+        q[:body] = np.repeat(level, merged)
+        ps, qs = smooth_distribution(p), smooth_distribution(q)
+        div = np.inf if ps is None or qs is None else float(np.array(entropy(ps, qs), dtype=dtype))
+        if best is None or div < best_div:  # the first of equal minima, as np.argmin
+            best, best_div = (edges[start], edges[end]), div
+    low, high = best
+    if low < lo:
+        low = lo
+    if high > hi:
+        high = hi
+    return low, high
+
+
+def _entropy_collector(symmetric: bool):
+    """ORT's histogram collector with :func:`entropy_threshold` for its KL search."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class EntropyCollector(HistogramCollector):
+        def get_entropy_threshold(self, histogram, num_quantized_bins):
+            return entropy_threshold(histogram[0], histogram[1], histogram[2], histogram[3], num_quantized_bins)
+
+    return EntropyCollector(method="entropy", symmetric=symmetric, num_bins=ENTROPY_BINS,
+                            num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=PERCENTILE, scenario="same")
+
+
+def _entropy_ranges(src: str, reader: Any, cache: Path, symmetric: bool) -> None:
+    """Calibrate ``src`` with ORT's EntropyCalibrater (2048 bins) and write the ranges to
+    ``cache``, the calibration cache quantize_static reads (same tensors it would calibrate)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(
+        Path(src),
+        list(set(QLinearOpsRegistry) | set(QDQRegistry)),  # what quantize_static calibrates
+        augmented_model_path=str(cache.with_name("augmented_model.onnx")),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"symmetric": symmetric, "num_bins": ENTROPY_BINS,
+                       "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+    )
+    calibrator.collector = _entropy_collector(symmetric)
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+
+
 def sample_input(model: Any, input_shape: tuple[int, ...] | None = None) -> np.ndarray | None:
     """A float32 batch for ``model``'s only input: its fixed dimensions, ``input_shape``'s
     (else 1) for symbolic ones. None when the model takes several inputs, a non-float
@@ -691,8 +799,8 @@ def check_in_child(model: Any, workdir: Path, ctx: JobContext, sample: np.ndarra
     ONNX Runtime can die natively on a graph it accepts (a segfault in a graph
     optimizer); in this process that would end the app with it. A crash becomes an
     :class:`InputError` naming the signal; a Python-level failure one with ONNX Runtime's
-    message. Costs one child start (~0.4 s) and one batch; where no child can be started
-    (a frozen build) it checks nothing.
+    message. Costs one child start (~0.4 s) and one batch; where no process can be
+    started at all it checks nothing.
     """
     import signal
 

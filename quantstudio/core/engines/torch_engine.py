@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import platform
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel
-from quantstudio.core.errors import InputError
+from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
 from quantstudio.core.plan import Precision, PrecisionPlan
 
@@ -91,6 +93,24 @@ def quantized_engine(backend: str | None):
     finally:
         if switch:
             torch.backends.quantized.engine = previous
+
+
+def release_torch_ao_caches() -> None:
+    """Forget the modules torch.ao's FX quantization cached.
+
+    Why: ``torch.ao.quantization.fx.utils.assert_and_get_unique_device`` is an unbounded
+    ``functools.cache`` keyed by module, called by ``prepare_fx`` and ``convert_fx`` on the
+    model and on every float module they swap: it kept each cycle's traced, prepared and
+    converted models (three GraphModules and their observers) alive for the life of the
+    process, 16-17 MB per quantization of the demo MobileNetV2. Nothing else in this
+    process relies on that cache between quantizations.
+    """
+    import sys
+
+    utils = sys.modules.get("torch.ao.quantization.fx.utils")
+    cached = getattr(utils, "assert_and_get_unique_device", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
 
 
 def is_arm_machine() -> bool:
@@ -160,6 +180,98 @@ def _as_array(batch: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- observers
 
 
+# The job's check_cancelled while this thread runs torch.ao's prepare/calibrate/convert
+# (see cancel_points); None elsewhere.
+_CANCEL = threading.local()
+
+
+@contextlib.contextmanager
+def cancel_points(ctx: JobContext | None):
+    """Let the observers this engine builds honour ``ctx``'s cancel from inside torch.ao.
+
+    Why: ``prepare_fx``, a calibration forward and ``convert_fx`` are single calls that
+    took several seconds each on the demo MobileNetV2 under load (a cancel waited up to
+    2.3 s). torch.ao calls our observers at every observed tensor: it builds them in
+    prepare (after tracing), runs them in calibration, and asks their ranges in convert,
+    so a check there is a cancel point every few milliseconds. Raising there only ever
+    abandons the engine's private copies of the model.
+    """
+    previous = getattr(_CANCEL, "check", None)
+    _CANCEL.check = ctx.check_cancelled if ctx is not None else None
+    try:
+        yield
+    finally:
+        _CANCEL.check = previous
+
+
+def _check_cancel() -> None:
+    check = getattr(_CANCEL, "check", None)
+    if check is not None:
+        check()
+
+
+# Python calls between two cancel checks inside convert_fx (~1 ms of its work here).
+_CALLS_PER_CHECK = 512
+
+
+@contextlib.contextmanager
+def cancel_inside_calls():
+    """Check for cancel every :data:`_CALLS_PER_CHECK` Python calls made in the block.
+
+    Why: ``convert_fx`` spends most of its time where no observer of ours is called:
+    ``lower_to_fbgemm`` packs every weight and the new GraphModule is compiled (1.5 s
+    and 0.65 s of 3.9 s for the demo MobileNetV2 under load). A profile function sees
+    every call there; raising from it ends convert_fx like any exception, and the
+    half-converted model is the engine's private copy. Only around convert_fx: tracing
+    (prepare_fx, the inventory) patches torch globally and restores it in ``finally``
+    blocks that an exception raised at an arbitrary call could skip. Does nothing when
+    a profiler or debugger already uses the hook.
+    """
+    import sys
+
+    if sys.getprofile() is not None or getattr(_CANCEL, "check", None) is None:
+        yield
+        return
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == "call":
+            calls += 1
+            if calls % _CALLS_PER_CHECK == 0:
+                _check_cancel()
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+
+
+@functools.cache
+def _cancellable(base: type) -> type:
+    """``base`` (an observer class) with a cancel point in construction, forward and
+    calculate_qparams; same name, so messages and tests still say "MinMaxObserver"."""
+
+    class Cancellable(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            _check_cancel()
+            super().__init__(*args, **kwargs)
+
+        def forward(self, x_orig):
+            _check_cancel()
+            return super().forward(x_orig)
+
+        def calculate_qparams(self):  # type: ignore[override]
+            _check_cancel()
+            return super().calculate_qparams()
+
+    Cancellable.__name__ = base.__name__
+    Cancellable.__qualname__ = base.__qualname__
+    return Cancellable
+
+
+@functools.cache
 def _percentile_observer_class():
     """A HistogramObserver that clips at the 0.01st / 99.99th percentile.
 
@@ -193,12 +305,46 @@ def _percentile_observer_class():
     return PercentileObserver
 
 
+@functools.cache
+def _entropy_observer_class():
+    """A HistogramObserver whose range is the KL-divergence (entropy) threshold.
+
+    Why: torch's HistogramObserver picks the range with the least L2 rounding error,
+    which is another method; the recipe says "entropy", so both engines run the same
+    search (:func:`quantstudio.core.engines.ort_engine.entropy_threshold`, ONNX
+    Runtime's algorithm with 128 quantized bins) on a 2048-bin histogram symmetric about
+    zero, re-binned from the observer's own [min, max] histogram (an error of at most
+    one bin, ~0.1% of the range).
+    """
+    import torch
+    from torch.ao.quantization.observer import HistogramObserver
+
+    class EntropyObserver(HistogramObserver):
+        @torch.jit.export
+        def calculate_qparams(self):  # type: ignore[override]
+            from quantstudio.core.engines.ort_engine import ENTROPY_BINS, ENTROPY_QUANTIZED_BINS, entropy_threshold
+
+            if self.min_val == float("inf") and self.max_val == float("-inf"):
+                return super().calculate_qparams()
+            lo, hi = float(self.min_val), float(self.max_val)
+            counts = self.histogram.double().numpy()
+            if counts.sum() <= 0 or hi <= lo:
+                return self._calculate_qparams(self.min_val, self.max_val)
+            centres = lo + (np.arange(counts.size) + 0.5) * (hi - lo) / counts.size
+            t = max(abs(lo), abs(hi))
+            hist, edges = np.histogram(centres, bins=ENTROPY_BINS, range=(-t, t), weights=counts)
+            low, high = entropy_threshold(np.rint(hist).astype(np.int64), edges.astype(np.float32),
+                                          np.float32(lo), np.float32(hi), ENTROPY_QUANTIZED_BINS)
+            return self._calculate_qparams(torch.tensor(float(low)), torch.tensor(float(high)))
+
+    return EntropyObserver
+
+
 def build_qconfig(config: QuantConfig, backend: str):
     """The QConfig for INT8 layers from the calibration method and options."""
     import torch
     from torch.ao.quantization import QConfig
     from torch.ao.quantization.observer import (
-        HistogramObserver,
         MinMaxObserver,
         PerChannelMinMaxObserver,
     )
@@ -207,20 +353,24 @@ def build_qconfig(config: QuantConfig, backend: str):
     # 8-bit activation ranges on CPUs without VNNI, so torch's x86 default reduces the
     # range to 7 bits; qnnpack does not need it.
     reduce_range = backend == "x86"
-    qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
-    act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
+    if config.symmetric_activations and reduce_range:
+        # torch.ao refuses reduce_range with symmetric quint8 ("Cannot reduce range for
+        # symmetric quantization for quint8"; this engine failed with that, reported as
+        # a trace error): the same 7-bit range given explicitly, centred on 64.
+        act_kwargs = dict(dtype=torch.quint8, qscheme=torch.per_tensor_symmetric, quant_min=0, quant_max=127)
+    else:
+        qscheme = torch.per_tensor_symmetric if config.symmetric_activations else torch.per_tensor_affine
+        act_kwargs = dict(dtype=torch.quint8, qscheme=qscheme, reduce_range=reduce_range)
     if config.calibration == "minmax":
-        activation = MinMaxObserver.with_args(**act_kwargs)
+        activation = _cancellable(MinMaxObserver).with_args(**act_kwargs)
     elif config.calibration == "entropy":
-        # HistogramObserver picks the range that minimises the L2 quantization error
-        # over the histogram: torch's counterpart of entropy calibration.
-        activation = HistogramObserver.with_args(**act_kwargs)
+        activation = _cancellable(_entropy_observer_class()).with_args(**act_kwargs)
     else:
-        activation = _percentile_observer_class().with_args(**act_kwargs)
+        activation = _cancellable(_percentile_observer_class()).with_args(**act_kwargs)
     if config.per_channel:
-        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        weight = _cancellable(PerChannelMinMaxObserver).with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     else:
-        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        weight = _cancellable(MinMaxObserver).with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     return QConfig(activation=activation, weight=weight)
 
 
@@ -441,7 +591,10 @@ def _value_kind(value) -> str:
 
 
 def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseException | None]:
-    """Run ``gm`` node by node on the inputs ``example``: each node's output kind, and where it failed."""
+    """Run ``gm`` node by node on the inputs ``example``: each node's output kind, and where it failed.
+
+    A cancel (see :func:`cancel_points`) is checked before every node and raised, not
+    reported as the node's failure."""
     import torch
 
     class Recorder(torch.fx.Interpreter):
@@ -451,6 +604,7 @@ def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseExc
             self.current: str | None = None
 
         def run_node(self, n):
+            _check_cancel()
             self.current = n.name
             out = super().run_node(n)
             self.kinds[n.name] = _value_kind(out)
@@ -459,6 +613,8 @@ def _node_kinds(gm, example: tuple) -> tuple[dict[str, str], str | None, BaseExc
     rec = Recorder(gm)
     try:
         rec.run(*example)
+    except Cancelled:
+        raise
     except Exception as exc:  # noqa: BLE001 - reported back to the caller
         return rec.kinds, rec.current, exc
     return rec.kinds, None, None
@@ -570,6 +726,7 @@ def run_fp16_in_graph(gm, scopes: set[str], example):
         raise exc
     half = _half_candidates(gm, kinds, scopes)
     while half:
+        _check_cancel()
         trial = copy.deepcopy(gm)
         _cast_graph(trial, half, kinds)
         got, failed_at, exc = _node_kinds(trial, example)
@@ -727,6 +884,7 @@ class TorchEngine:
         ctx.check_cancelled()
         ctx.report(0.0, "reading the layer tree")
         tree = build_inventory(model)
+        ctx.check_cancelled()
         decisions = plan.resolve(tree)
         requested = {name: d.effective for name, d in decisions.items()}
         notes = [f"backend {backend} (torch.backends.quantized.engine)"]
@@ -735,13 +893,16 @@ class TorchEngine:
         for name, d in decisions.items():
             if d.effective != d.requested and d.reason:
                 notes.append(f"{name}: {d.requested.value} → {d.effective.value} ({d.reason})")
-        with quiet(), torch.inference_mode(False), torch.no_grad():
-            if config.mode == "static":
-                result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
-            elif config.mode == "dynamic":
-                result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
-            else:
-                result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        try:
+            with quiet(), torch.inference_mode(False), torch.no_grad(), cancel_points(ctx):
+                if config.mode == "static":
+                    result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
+                elif config.mode == "dynamic":
+                    result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
+                else:
+                    result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        finally:
+            release_torch_ao_caches()
         return result
 
     # ------------------------------------------------------------------ static
@@ -752,10 +913,12 @@ class TorchEngine:
         ctx.partial({"type": "stage", "name": "prepare"})
         ctx.report(0.02, "fusing layers and inserting observers")
         float_model = copy.deepcopy(model.module).eval()
+        ctx.check_cancelled()
         try:
             traced = torch.fx.symbolic_trace(float_model)
         except Exception as exc:  # noqa: BLE001 - tracing user code fails in many ways
             raise _trace_error(exc, float_model, model.path) from exc
+        ctx.check_cancelled()
         groups_before = _chain_groups_before(traced)
         mapping, effective = build_qconfig_mapping(config, backend, requested, tree, groups_before)
         for group in groups_before:
@@ -768,6 +931,8 @@ class TorchEngine:
         example = (model.example_input(),)
         try:
             prepared = prepare_fx(float_model, mapping, example)
+        except Cancelled:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise _trace_error(exc, float_model, model.path) from exc
         ctx.check_cancelled()
@@ -787,7 +952,8 @@ class TorchEngine:
 
         ctx.partial({"type": "stage", "name": "convert"})
         ctx.report(0.92, "converting to INT8")
-        converted = convert_fx(prepared)
+        with cancel_inside_calls():
+            converted = convert_fx(prepared)
         converted.eval()
         if backend == "qnnpack":
             guarded = guard_qnnpack_clamps(converted)
@@ -799,6 +965,7 @@ class TorchEngine:
             ctx.report(0.94, "putting the FP16 layers in half precision")
             with quantized_engine(backend):
                 converted, half_nodes = run_fp16_in_graph(converted, scopes, example)
+        ctx.check_cancelled()
         groups = fusion_groups(traced, converted)
         for g in groups:
             ctx.report(0.95, f"fused {' + '.join(g)}")
@@ -1128,6 +1295,10 @@ def torch_layer_sqnr(original, result: QuantizedModel, batches: list, ctx: JobCo
 
     def grab(store, key):
         def hook(mod, args, out):
+            if ctx is not None:
+                # A cancel point per layer, not per batch: one batch through both models
+                # took 1-2 s on a loaded machine (a cancel waited that long).
+                ctx.check_cancelled()
             if key in store:
                 return None  # a module called twice: keep its first call
             t = out[0] if isinstance(out, (tuple, list)) else out
