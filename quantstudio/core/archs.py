@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantstudio.core.errors import InputError
+from quantstudio.core.errors import ErrorKind, InputError
 
 # Key substrings that point at a family: those candidates are tried first, so a
 # typical guess builds a handful of meta models instead of all ~80.
@@ -182,6 +182,8 @@ def build_from_state_dict(path: Path, state_dict: dict, arch: str | None, input_
                 f"unknown architecture '{arch}'",
                 path=path,
                 hint=f"Use one of torchvision's models (quantstudio-cli archs lists them).{suggestion}",
+                app_hint=f"Choose one of torchvision's models from the list.{suggestion}",
+                kind=ErrorKind.NEEDS_ARCHITECTURE,
             )
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         _, num_classes = _score(shapes, _signature(arch))
@@ -206,7 +208,9 @@ def build_from_state_dict(path: Path, state_dict: dict, arch: str | None, input_
                 "could not tell which architecture these weights belong to",
                 path=path,
                 hint="Name it with --arch (quantstudio-cli archs lists them).",
+                app_hint="Choose the network these weights were trained with from the list.",
                 details=details,
+                kind=ErrorKind.NEEDS_ARCHITECTURE,
             )
         arch, num_classes, confidence = guess.arch, guess.num_classes, guess.confidence
         notes.append(f"architecture guessed as {arch} ({confidence:.0%} of keys match)")
@@ -232,6 +236,8 @@ def build_from_state_dict(path: Path, state_dict: dict, arch: str | None, input_
             f"wrong input shape {format_shape(input_shape)}; {arch} expects {format_shape(expected)}",
             path=path,
             hint=f"Use --input-shape {format_shape(expected)} (height and width may differ).",
+            app_hint=f"Give an input shape like {format_shape(expected)} (height and width may differ).",
+            kind=ErrorKind.NEEDS_INPUT_SHAPE,
         )
     model.notes.extend(notes)
     return model
@@ -262,6 +268,8 @@ def _load_strict(path: Path, module, state_dict: dict, arch: str) -> None:
             f"the weights do not fit {arch} ({'; '.join(parts)})",
             path=path,
             hint="Choose the architecture these weights were trained with (--arch), or omit it to let QuantStudio guess.",
+            app_hint="Choose the network these weights were trained with from the list.",
+            kind=ErrorKind.NEEDS_ARCHITECTURE,
             details="\n".join(
                 ["missing: " + k for k in missing]
                 + ["unexpected: " + k for k in unexpected]

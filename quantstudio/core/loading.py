@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantstudio.core.errors import InputError, TrustRequired
+from quantstudio.core.errors import ErrorKind, InputError, TrustRequired
 
 KIND_STATE_DICT = "state_dict"
 KIND_PICKLED = "pickled_module"
@@ -141,6 +141,8 @@ class LoadedModel:
                 "the input shape of this model is unknown",
                 path=self.path,
                 hint="Give it with --input-shape 1,C,H,W.",
+                app_hint="Give the shape of one input when opening the model, e.g. 1,3,224,224.",
+                kind=ErrorKind.NEEDS_INPUT_SHAPE,
             )
         shape = list(self.input_shape)
         if batch is not None:
@@ -545,6 +547,8 @@ def _load_exported(path: Path, input_shape) -> LoadedModel:
             f"the program was exported for input {format_shape(shape)}, not {format_shape(input_shape)}",
             path=path,
             hint=f"Use --input-shape {format_shape(shape)} or export the model again.",
+            app_hint=f"Use the input shape {format_shape(shape)}, or export the model again.",
+            kind=ErrorKind.NEEDS_INPUT_SHAPE,
         )
     model.num_classes = _num_classes_from_module(module)
     return model
@@ -601,6 +605,8 @@ def _load_onnx(path: Path, input_shape) -> LoadedModel:
                 f"wrong input shape {format_shape(input_shape)}; the model expects {_fmt_dims(declared)}",
                 path=path,
                 hint=f"Use --input-shape {_fmt_dims(declared, fill=1)}.",
+                app_hint=f"Use the input shape {_fmt_dims(declared, fill=1)}.",
+                kind=ErrorKind.NEEDS_INPUT_SHAPE,
             )
         shape = tuple(input_shape)
     elif all(d is not None for d in declared[1:]) and declared:
@@ -793,5 +799,7 @@ def check_input_shape(model: LoadedModel) -> None:
             f"the model does not accept input of shape {format_shape(model.input_shape)}",
             path=model.path,
             hint=hint,
+            app_hint=hint.replace("use --input-shape ", "use the input shape ").replace("e.g. --input-shape ", "e.g. "),
+            kind=ErrorKind.NEEDS_INPUT_SHAPE,
             details=f"{type(exc).__name__}: {exc}",
         ) from exc

@@ -52,7 +52,7 @@ def error_texts(exc: BaseException, doing: str = "") -> tuple[str, str, str]:
         where = f"{exc.path.name}: " if exc.path is not None else ""
         message = where + _sentence(exc.message)
         details = "\n\n".join(d for d in (str(exc.path) if exc.path else "", exc.details, tb) if d)
-        return message, _sentence(exc.hint), details
+        return message, _sentence(exc.hint_for_app()), details
     if isinstance(exc, MemoryError):
         return (
             f"Ran out of memory{' while ' + doing if doing else ''}.",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantstudio.core.errors import InputError, TrustRequired
+from quantstudio.core.errors import ErrorKind, InputError, TrustRequired
 
 THUMBNAIL_COUNT = 48
 
@@ -46,11 +46,10 @@ class LoadOutcome:
 
 
 def _fixable(exc: InputError, kind: str) -> str:
-    """Which question to ask the user to get past ``exc`` ("" when none helps)."""
-    text = f"{exc.message} {exc.hint}"
-    if kind == "torch_pickle" and ("--arch" in text or "architecture" in exc.message):
+    """Which question to ask the user to get past ``exc`` ("" when none helps), from its kind."""
+    if exc.kind is ErrorKind.NEEDS_ARCHITECTURE and kind == "torch_pickle":
         return "arch"
-    if "--input-shape" in text or "input shape" in exc.message:
+    if exc.kind is ErrorKind.NEEDS_INPUT_SHAPE:
         return "shape"
     return ""
 

@@ -475,3 +475,29 @@ def test_batch_one_pt2_runs_at_its_batch_and_says_so(tiny_forms):
     assert model.fixed_batch == 1
     assert model.batch_size_for(32) == 1
     assert any("--batch-size 1" in n for n in model.notes)
+
+
+def test_errors_carry_a_kind_front_ends_switch_on(tmp_path):
+    """The app decides which question to ask from the kind, never from the English text."""
+    import torchvision
+
+    from quantstudio.core.errors import ErrorKind, TrustRequired
+    from quantstudio.gui.tasks import _fixable
+    from tests.core.models import tiny_net
+
+    p = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), p)
+    with pytest.raises(InputError) as info:
+        load_model(p, arch="mobilenet_v2")
+    assert info.value.kind is ErrorKind.NEEDS_ARCHITECTURE and _fixable(info.value, "torch_pickle") == "arch"
+    assert "--arch" in info.value.hint and "--arch" not in info.value.hint_for_app()
+    with pytest.raises(InputError) as info:
+        load_model(p, arch="resnet18", input_shape=(1, 1, 64, 64))
+    assert info.value.kind is ErrorKind.NEEDS_INPUT_SHAPE and _fixable(info.value, "torch_pickle") == "shape"
+    whole = tmp_path / "whole.pth"
+    torch.save(tiny_net(), whole)
+    with pytest.raises(TrustRequired) as info:
+        load_model(whole)
+    assert info.value.kind is ErrorKind.NEEDS_TRUST
+    # A message that merely mentions an input shape is not a question to ask.
+    assert _fixable(InputError("the input shape was fine but the file is damaged"), "torch_pickle") == ""
