@@ -156,6 +156,7 @@ class MainWindow(QMainWindow):
         self.project_path: Path | None = None
         self._after_load: dict[str, Any] | None = None  # project to finish applying after its model loads
         self._dirty = False
+        self._autosaved: dict[str, Any] | None = None  # what the autosave file holds (skip rewriting it)
         self._closing = False
         self._shown_run: tasks.RunOutcome | None = None  # the variant the panels show
         self._shown_once = False
@@ -474,7 +475,11 @@ class MainWindow(QMainWindow):
         """Load a model on the worker; questions (architecture, shape, trust) come after.
 
         ``ask=False`` skips the confirmation of a guessed architecture (demo, projects, tests).
+        Unsaved runs or plan edits of the model now open are offered for saving first.
         """
+        if not self.runner.busy and not self.maybe_save_changes(f"Open {Path(path).name}"):
+            self._after_load = None
+            return False
         request = tasks.LoadRequest(str(path), arch, tuple(input_shape) if input_shape else None, trust, source_dir)
         self._ask_import = ask
         return self.start_job(Job(
@@ -985,6 +990,8 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def open_project(self, path: str | Path, *, is_autosave: bool = False) -> bool:
+        if not self.runner.busy and not self.maybe_save_changes(f"Open {Path(path).name}"):
+            return False
         try:
             project = load_project(path)
         except InputError as exc:
@@ -1011,12 +1018,17 @@ class MainWindow(QMainWindow):
         if self.loaded is None or not self._dirty:
             return None
         path = data_dir() / f"autosave{PROJECT_SUFFIX}"
+        project = self.project_dict()
+        if project == self._autosaved:
+            return path
         try:
-            save_project(path, self.project_dict())
+            save_project(path, project)
         except OSError as exc:
             log.warning("Autosave failed: %s", exc)
             return None
-        self._dirty = False
+        # The work stays unsaved (_dirty) until it is saved as a project: an autosave only
+        # protects it against a crash, so closing still offers to save it.
+        self._autosaved = project
         return path
 
     @Slot()
@@ -1101,10 +1113,51 @@ class MainWindow(QMainWindow):
         self.changed_panel.shutdown()
         logging.getLogger("quantstudio").removeHandler(self.log_bridge)
 
+    def has_unsaved_work(self) -> bool:
+        """Runs or precision edits made since the project was last saved (or opened)."""
+        if self.loaded is None or not self._dirty:
+            return False
+        return bool(self.variants_panel.model.runs) or not self.layer_model.undo_stack.isClean()
+
+    def maybe_save_changes(self, doing: str) -> bool:
+        """Ask "Save changes?" when there is unsaved work; False when the user cancels.
+
+        Save writes the project (asking where, the first time); Discard goes on without it
+        (the autosave still holds it: File ▸ Restore autosave); Cancel stops ``doing``.
+        """
+        if not self.has_unsaved_work():
+            return True
+        from PySide6.QtWidgets import QMessageBox
+
+        runs = len(self.variants_panel.model.runs)
+        what = f"{runs} quantization run{'s' if runs != 1 else ''}" if runs else "precision changes"
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Save changes?")
+        box.setText(f"Save the {what} on {Path(self.loaded.path).name} as a project before you go on?")
+        box.setInformativeText(f"{doing}: unsaved work is lost unless you save it "
+                               "(it stays in File ▸ Restore autosave until the next autosave).")
+        buttons = QMessageBox.StandardButton
+        box.setStandardButtons(buttons.Save | buttons.Discard | buttons.Cancel)
+        box.setDefaultButton(buttons.Save)
+        box.setEscapeButton(buttons.Cancel)
+        answer = box.exec()
+        box.deleteLater()
+        if answer == buttons.Save:
+            return self.save_project()
+        if answer == buttons.Discard:
+            self.autosave()
+            self._dirty = False  # asked once: the reloads that follow an answer do not ask again
+            return True
+        return False
+
     def closeEvent(self, event) -> None:
-        """Overrides QWidget.closeEvent: remember the layout, autosave, stop the worker."""
+        """Overrides QWidget.closeEvent: offer to save, remember the layout, autosave, stop the worker."""
         if self.runner.busy and not ask_yes_no(self, "Quit QuantStudio", f"{self.runner.current_name} is still running.",
                                                "Stop it and quit?"):
+            event.ignore()
+            return
+        if not self._closing and not self.maybe_save_changes("Quit QuantStudio"):
             event.ignore()
             return
         try:
