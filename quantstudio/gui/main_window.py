@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QStackedWidget,
     QTabBar,
     QToolBar,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -37,6 +38,7 @@ from quantstudio.core.errors import InputError, TrustRequired
 from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui import plots, style, tasks, warmup
 from quantstudio.gui.data_panel import DataPanel
+from quantstudio.gui.guidance import HintBar, QuantizeButton
 from quantstudio.gui.dialogs import GettingStartedDialog, ImportDialog, ask_yes_no, show_error
 from quantstudio.gui.layer_model import LayerTreeModel
 from quantstudio.gui.layer_view import LayerPanel
@@ -168,7 +170,15 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.layer_panel)
-        self.setCentralWidget(self.stack)
+        self.hint_bar = HintBar()
+        self.hint_bar.dismissed.connect(self._on_hint_dismissed)
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.hint_bar)
+        column.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
 
         self._make_docks()
         self._make_actions()
@@ -307,8 +317,7 @@ class MainWindow(QMainWindow):
             act.setToolTip(style.PRECISION_HELP[p])
             act.triggered.connect(self._on_all_action)
             self.all_actions[p] = act
-        self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R",
-                                            "Quantize with the current plan and settings, then evaluate and benchmark")
+        self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R", style.QUANTIZE_HELP)
         self.cancel_action = self._action("&Cancel", self.cancel_job, "Esc", "Stop the running job")
         self.reset_layout_action = self._action("Reset &layout", self.reset_layout)
         self.getting_started_action = self._action("&Getting started", self.show_getting_started, "F1",
@@ -356,12 +365,36 @@ class MainWindow(QMainWindow):
         for act in (self.open_action, self.undo_tool_action, self.redo_tool_action):
             tb.addAction(act)
         tb.addSeparator()
-        tb.addAction(self.quantize_action)
+        self.quantize_button = QuantizeButton(self.quantize_action)
+        tb.addWidget(self.quantize_button)
         tb.addAction(self.cancel_action)
         tb.addSeparator()
         tb.addAction(self.export_action)
         self.addToolBar(tb)
         self.toolbar = tb
+
+    # ================================================================== first-screen guidance
+    @Slot()
+    def _update_demo_hint(self) -> None:
+        """The one-line hint over the demo, until the user closes it once (remembered)."""
+        is_demo = self.loaded is not None and Path(self.loaded.path).resolve().parent == demo_dir().resolve()
+        if is_demo and not SETTINGS["demo_hint_dismissed"]:
+            self.hint_bar.show_text(style.HINT_DEMO)
+        else:
+            self.hint_bar.hide()
+
+    @Slot()
+    def _on_hint_dismissed(self) -> None:
+        SETTINGS["demo_hint_dismissed"] = True
+
+    @Slot(object)
+    def _on_quantize_stage(self, payload: Any) -> None:
+        if isinstance(payload, dict) and payload.get("type") == "stage":
+            self.quantize_button.show_stage(str(payload.get("name", "")))
+
+    @Slot(float, str)
+    def _on_quantize_progress(self, fraction: float, _message: str) -> None:
+        self.quantize_button.show_fraction(fraction)
 
     def _make_status_bar(self) -> None:
         sb = self.statusBar()
@@ -388,6 +421,10 @@ class MainWindow(QMainWindow):
         self.runner.progress.connect(self._on_progress)
         self.runner.busy_changed.connect(self._on_busy_changed)
         self.runner.partial.connect(self._on_partial)
+        self.runner.partial.connect(self._on_quantize_stage)
+        self.runner.progress.connect(self._on_quantize_progress)
+        self.runner.busy_changed.connect(self.quantize_button.set_busy)
+        self.model_loaded.connect(self._update_demo_hint)
         self.runner.log.connect(self._on_job_log)
         self.data_panel.scan_requested.connect(self.scan_data)
         self.layer_model.plan_changed.connect(self._on_plan_changed)
