@@ -12,6 +12,9 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QSizePolicy, QToolBut
 # The stages the pipeline reports ({"type": "stage", "name": …}), in the user's words.
 STAGE_WORDS = {
     "quantize": "quantizing",
+    "prepare": "preparing",
+    "calibrate": "calibrating",
+    "convert": "converting",
     "evaluate": "evaluating",
     "layer_error": "per-layer error",
     "sensitivity": "sensitivity",
