@@ -5,7 +5,8 @@ The same entry point serves three other purposes, so that a PyInstaller bundle (
 
 - ``quantstudio --child …`` runs a helper process (quantstudio.core.child);
 - ``quantstudio --version`` prints the version without starting Qt or importing torch;
-- ``quantstudio --self-test`` checks an install end to end, offscreen (quantstudio.selftest).
+- ``quantstudio --self-test`` checks an install end to end, offscreen (quantstudio.selftest);
+- ``quantstudio --install-desktop`` adds the menu entry and the .qsproj file type (quantstudio.desktop_entry).
 """
 
 from __future__ import annotations
@@ -37,10 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", help="a model (.pth/.pt/.pt2/.onnx) or project (.qsproj) to open")
     parser.add_argument("--demo", action="store_true", help="open the bundled demo model and its images")
     parser.add_argument("--version", action="version", version=f"QuantStudio {__version__}")
+    parser.add_argument("--install-desktop", action="store_true",
+                        help="add QuantStudio to your applications menu and let it open .qsproj projects (Linux; "
+                             "--install-desktop --uninstall removes them)")
+    parser.add_argument("--uninstall", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--self-test", action="store_true",
                         help="check this installation: open the demo, quantize it with both engines, export, "
                              "reload and compare (offscreen, about a minute); exit code 0 when all is well")
     args, qt_args = parser.parse_known_args(given)
+    if args.install_desktop:
+        from quantstudio.desktop_entry import main as desktop_main
+
+        return desktop_main(["--uninstall"] if args.uninstall else [])
     if args.self_test:
         from quantstudio.selftest import main as self_test_main
 

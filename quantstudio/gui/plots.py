@@ -236,6 +236,12 @@ class PlotPanel(QWidget):
         self.empty_overlay.move(area.x() + (area.width() - width) // 2,
                                 area.y() + max(8, (area.height() - self.empty_overlay.height()) // 2))
 
+    def showEvent(self, event) -> None:
+        """Overrides QWidget.showEvent: a scene whose views are all hidden (a panel in a tab
+        behind another) reports no changes, so look again when the panel comes into sight."""
+        super().showEvent(event)
+        self.update_empty_hint()
+
     def resizeEvent(self, event) -> None:
         """Overrides QWidget.resizeEvent: keep the empty-panel sentence centred on the plots."""
         super().resizeEvent(event)
