@@ -236,6 +236,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # the window logs its progress at INFO: not here
         handler.setLevel(logging.WARNING)
+    # torch notes that triton (its GPU compiler, left out of the packaged app) is absent.
+    logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")  # torch.ao's deprecation notices are not the user's concern here
     return SelfTest().run()
 
