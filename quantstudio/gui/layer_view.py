@@ -46,10 +46,10 @@ KEEP_SENSITIVE_COUNTS = (1, 3, 5, 10)  # choices in the context menu's "Keep mos
 # font (scaled by the font's height). The tree sits between the data panel and the plots:
 # about 440 px wide in a 1366x768 window. Shape, Params and MACs follow, scrolled to.
 FIT_COLUMNS = {  # column: (preferred, minimum)
-    COL_NAME: (190, 100),
-    COL_PRECISION: (95, 70),
-    COL_SQNR: (78, 60),
-    COL_SENSITIVITY: (86, 64),
+    COL_NAME: (190, 96),
+    COL_PRECISION: (95, 66),
+    COL_SQNR: (82, 72),  # "SQNR (dB)" whole
+    COL_SENSITIVITY: (88, 74),
     COL_TYPE: (130, 100),
 }
 OTHER_COLUMN_WIDTHS = {COL_SHAPE: 110, COL_PARAMS: 70, COL_MACS: 70}

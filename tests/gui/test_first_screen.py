@@ -142,3 +142,10 @@ def test_readme_glossary_lists_every_term():
     section = readme[readme.index("### Glossary"):]
     for term in glossary.TERMS:
         assert f"**{term}**" in section, term
+
+
+def test_getting_started_shows_the_glossary():
+    from quantstudio.gui.dialogs import getting_started_markdown
+
+    guide = getting_started_markdown()
+    assert "### Glossary" in guide and "**SQNR (dB)**" in guide
