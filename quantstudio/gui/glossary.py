@@ -86,6 +86,16 @@ MODE_CHOICES = (("static", "Static INT8 (recommended)"), ("dynamic", "Dynamic IN
 BACKEND_CHOICES = (("auto", "Auto — this CPU (recommended)"), ("x86", "x86 (Intel/AMD)"), ("qnnpack", "ARM (qnnpack)"))
 CALIBRATION_CHOICES = (("minmax", "Min-max (recommended)"), ("entropy", "Entropy (histogram)"), ("percentile", "Percentile"))
 
+# ---------------------------------------------------------------- opening a model
+STATE_DICT_HELP = (
+    "This file is a state_dict: it holds only the weights, not the network they belong to. Choose that network "
+    "(architecture); the best guess is pre-selected, and the number of classes is read from the weights."
+)
+INPUT_SHAPE_HELP = (
+    "The size of one input the model was trained on: batch, channels, height, width. 1,3,224,224 is one colour "
+    "image (3 channels) of 224x224 pixels; a grayscale 28x28 digit model would be 1,1,28,28."
+)
+
 # ---------------------------------------------------------------- results
 SQNR_HELP = (
     "SQNR (dB): how far the quantized output is from the original — signal-to-quantization-noise ratio. "
