@@ -514,7 +514,7 @@ class MainWindow(QMainWindow):
         ``ask=False`` skips the confirmation of a guessed architecture (demo, projects, tests).
         Unsaved runs or plan edits of the model now open are offered for saving first.
         """
-        if not self.runner.busy and not self.maybe_save_changes(f"Open {Path(path).name}"):
+        if not self.runner.busy and not self.maybe_save_changes(f"opening {Path(path).name}"):
             self._after_load = None
             return False
         request = tasks.LoadRequest(str(path), arch, tuple(input_shape) if input_shape else None, trust, source_dir)
@@ -1027,7 +1027,7 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def open_project(self, path: str | Path, *, is_autosave: bool = False) -> bool:
-        if not self.runner.busy and not self.maybe_save_changes(f"Open {Path(path).name}"):
+        if not self.runner.busy and not self.maybe_save_changes(f"opening {Path(path).name}"):
             return False
         try:
             project = load_project(path)
@@ -1167,13 +1167,13 @@ class MainWindow(QMainWindow):
         from PySide6.QtWidgets import QMessageBox
 
         runs = len(self.variants_panel.model.runs)
-        what = f"{runs} quantization run{'s' if runs != 1 else ''}" if runs else "precision changes"
+        what = (f"{runs} quantization run{'s are' if runs != 1 else ' is'}" if runs else "Your precision changes are")
         box = QMessageBox(self)
         box.setIcon(QMessageBox.Icon.Question)
         box.setWindowTitle("Save changes?")
-        box.setText(f"Save the {what} on {Path(self.loaded.path).name} as a project before you go on?")
-        box.setInformativeText(f"{doing}: unsaved work is lost unless you save it "
-                               "(it stays in File ▸ Restore autosave until the next autosave).")
+        box.setText(f"Save your work on {Path(self.loaded.path).name} as a project before {doing}?")
+        box.setInformativeText(f"{what} not saved yet. If you discard them, File ▸ Restore autosave "
+                               "still has your work until the next autosave.")
         buttons = QMessageBox.StandardButton
         box.setStandardButtons(buttons.Save | buttons.Discard | buttons.Cancel)
         box.setDefaultButton(buttons.Save)
@@ -1194,7 +1194,7 @@ class MainWindow(QMainWindow):
                                                "Stop it and quit?"):
             event.ignore()
             return
-        if not self._closing and not self.maybe_save_changes("Quit QuantStudio"):
+        if not self._closing and not self.maybe_save_changes("quitting"):
             event.ignore()
             return
         try:

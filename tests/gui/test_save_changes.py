@@ -21,7 +21,7 @@ def answer(monkeypatch):
         asked: list[dict] = []
 
     def fake_exec(box):
-        Answer.asked.append({"title": box.windowTitle(), "text": box.text(),
+        Answer.asked.append({"title": box.windowTitle(), "text": box.text(), "informative": box.informativeText(),
                              "buttons": box.standardButtons()})
         return Answer.button
 
@@ -46,7 +46,8 @@ def test_close_with_a_new_run_asks_and_cancel_keeps_the_window(ran_window, answe
     assert not ran_window.close()
     assert ran_window.isVisible()
     assert [a["title"] for a in answer.asked] == ["Save changes?"]
-    assert "1 quantization run" in answer.asked[0]["text"]
+    assert answer.asked[0]["text"] == "Save your work on tiny.ts.pt as a project before quitting?"
+    assert "1 quantization run is not saved" in answer.asked[0]["informative"]
     assert answer.asked[0]["buttons"] == SAVE | DISCARD | CANCEL
 
 
@@ -109,4 +110,4 @@ def test_a_plan_edit_counts_as_unsaved(qtbot, window, answer, tiny_files):
     assert window.has_unsaved_work()
     answer.button = CANCEL
     assert not window.close()
-    assert "precision changes" in answer.asked[0]["text"]
+    assert "precision changes are not saved" in answer.asked[0]["informative"]
