@@ -124,6 +124,20 @@ CONFUSION_HOVER = (
 )
 TRADEOFF_HOVER = "Each point is one run: further left is faster, higher is more accurate. The best trade-off is top left."
 
+# The layer tree's column headers (hover a header).
+COLUMN_HELP = {
+    "Layer": "The layer's name inside the model; a block (e.g. features) holds the layers indented below it.",
+    "Precision": "How the layer will run: INT8 (small, fast; recommended), FP16 (half precision) or FP32 (original). "
+                 "Double-click to change.",
+    "Type": "The kind of layer (Conv2d, Linear, ...).",
+    "Output shape": "The size of the layer's output for one input, e.g. 1x64x56x56: 64 channels of 56x56 values.",
+    "Params": "Learned numbers (weights) in the layer and everything inside it; they decide the model's size.",
+    "MACs": "Multiply-accumulate operations for one input: how much computing the layer needs (M = million, G = billion).",
+    "SQNR (dB)": "After a run: " + SQNR_HELP,
+    "Sensitivity": "After a run: how much the model's output changes (%) when only this layer is INT8 — "
+                   "keep the highest in FP32.",
+}
+
 # What an empty panel says it will show, and how to fill it.
 EMPTY_PANEL = {
     "latency": "Press Quantize to time the original and the INT8 model here: how long one batch takes, "

@@ -149,3 +149,14 @@ def test_getting_started_shows_the_glossary():
 
     guide = getting_started_markdown()
     assert "### Glossary" in guide and "**SQNR (dB)**" in guide
+
+
+def test_every_tree_column_explains_itself():
+    from PySide6.QtCore import Qt
+
+    from quantstudio.gui.layer_model import COLUMNS, LayerTreeModel
+
+    model = LayerTreeModel()
+    for i, title in enumerate(COLUMNS):
+        tip = model.headerData(i, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+        assert tip == glossary.COLUMN_HELP[title] and len(tip) > 20
