@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean package install-desktop
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,19 @@ bench: $(STAMP)
 	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install -e ".[test,demo]"
 	QT_QPA_PLATFORM=offscreen $(PY) -m tests.benchmarks.run_all
 
+# The standalone app: dist/QuantStudio/ (launcher dist/QuantStudio/QuantStudio), checked by
+# its own end-to-end self-test. How it is built and what it leaves out: packaging/README.md.
+package: $(STAMP)
+	$(PY) -c "import PyInstaller" 2>/dev/null || $(PY) -m pip install -e ".[package]"
+	nice -n 10 $(PY) -m PyInstaller --noconfirm --distpath dist --workpath build packaging/quantstudio.spec
+	dist/QuantStudio/QuantStudio --version
+	dist/QuantStudio/QuantStudio --self-test
+
+# Menu entry, icon and .qsproj file type for this user: the packaged app when it is built,
+# otherwise the .venv install.
+install-desktop: $(STAMP)
+	if [ -x dist/QuantStudio/QuantStudio ]; then dist/QuantStudio/QuantStudio --install-desktop; \
+	else $(VENV)/bin/quantstudio --install-desktop; fi
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

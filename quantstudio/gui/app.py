@@ -7,6 +7,7 @@ on the worker thread.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from types import TracebackType
@@ -76,6 +77,9 @@ def run(model: str | None = None, demo: bool = False, argv: list[str] | None = N
 
     window = MainWindow()
     window.show()
+    if os.environ.get("QUANTSTUDIO_EXIT_WHEN_SHOWN"):
+        # Start-up timing (packaging/README.md): quit once the window has been shown.
+        QTimer.singleShot(0, app.quit)
     if demo:
         QTimer.singleShot(0, window.open_demo)
     elif model:

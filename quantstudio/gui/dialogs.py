@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from quantstudio.core.errors import InputError
+from quantstudio.gui import glossary
 from quantstudio.gui.paths import readme_path
 
 log = logging.getLogger("quantstudio.gui")
@@ -155,16 +156,13 @@ class ImportDialog(QDialog):
                 self.arch_label.setText(f"Best guess: <b>{arch}</b> — {confidence:.0%} of the weights match it.")
             elif not arch:
                 self.arch_label.setText("QuantStudio could not tell; choose the architecture the weights were trained with.")
-            self.arch_combo.setToolTip(
-                "A state_dict holds only the weights. Choose the network they belong to; "
-                "the number of classes is read from the weights."
-            )
+            self.arch_combo.setToolTip(glossary.STATE_DICT_HELP)
             form.addRow("Architecture:", self.arch_combo)
             form.addRow("", self.arch_label)
 
         self.shape_edit = QLineEdit()
         self.shape_edit.setPlaceholderText("e.g. 1,3,224,224")
-        self.shape_edit.setToolTip("Batch, channels, height, width of one input, as the model was trained.")
+        self.shape_edit.setToolTip(glossary.INPUT_SHAPE_HELP)
         if input_shape:
             self.shape_edit.setText(",".join(str(d) for d in input_shape))
         self.shape_label = QLabel(shape_note)

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import QComboBox, QStyledItemDelegate, QWidget
 
 from quantstudio.core.inventory import LayerNode
 from quantstudio.core.plan import LayerDecision, Precision, PrecisionPlan
-from quantstudio.gui import style
+from quantstudio.gui import glossary, style
 
 COLUMNS = ("Layer", "Precision", "Type", "Output shape", "Params", "MACs", "SQNR (dB)", "Sensitivity")
 COL_NAME, COL_PRECISION, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY = range(len(COLUMNS))
@@ -481,16 +481,7 @@ class LayerTreeModel(QAbstractItemModel):
         return "\n".join(lines)
 
 
-_HEADER_TIPS = {
-    COL_NAME: "The layer's name inside the model",
-    COL_TYPE: "The kind of layer (Conv2d, Linear, ...)",
-    COL_SHAPE: "Shape of the layer's output for one input",
-    COL_PARAMS: "Learned numbers (weights) in the layer and everything inside it",
-    COL_MACS: "Multiply-accumulate operations for one input: a measure of compute",
-    COL_PRECISION: "INT8 (small, fast), FP16 (half precision) or FP32 (original). Double-click to change.",
-    COL_SQNR: "After a run: how close this layer's quantized output is to the original (dB, higher is better)",
-    COL_SENSITIVITY: "After a run: how much the model's output changes (%) when only this layer is INT8 — keep the highest in FP32",
-}
+_HEADER_TIPS = {i: glossary.COLUMN_HELP.get(title) for i, title in enumerate(COLUMNS)}  # the words: gui/glossary.py
 
 
 def _sqnr_colour(db: float) -> QColor:

@@ -9,6 +9,7 @@ from PySide6.QtCore import QModelIndex, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QAccessible, QAction
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -23,9 +24,12 @@ from PySide6.QtWidgets import (
 from quantstudio.core.plan import Precision
 from quantstudio.gui import style
 from quantstudio.gui.layer_model import (
+    COL_MACS,
     COL_NAME,
+    COL_PARAMS,
     COL_PRECISION,
     COL_SENSITIVITY,
+    COL_SHAPE,
     COL_SQNR,
     COL_TYPE,
     LayerFilterProxy,
@@ -36,6 +40,20 @@ from quantstudio.gui.layer_model import (
 
 
 KEEP_SENSITIVE_COUNTS = (1, 3, 5, 10)  # choices in the context menu's "Keep most sensitive" submenu
+
+# Columns that must be in sight without scrolling (in this order on screen), with the width
+# each gets where there is room and the least it may shrink to, in pixels at a 9-10 pt
+# font (scaled by the font's height). The tree sits between the data panel and the plots:
+# about 440 px wide in a 1366x768 window. Shape, Params and MACs follow, scrolled to.
+FIT_COLUMNS = {  # column: (preferred, minimum)
+    COL_NAME: (190, 96),
+    COL_PRECISION: (95, 66),
+    COL_SQNR: (82, 72),  # "SQNR (dB)" whole
+    COL_SENSITIVITY: (88, 74),
+    COL_TYPE: (130, 100),
+}
+OTHER_COLUMN_WIDTHS = {COL_SHAPE: 110, COL_PARAMS: 70, COL_MACS: 70}
+NAME_MAX = 360  # beyond this the name column stops growing and the next columns come into sight
 
 
 class LayerTreeView(QTreeView):
@@ -51,6 +69,8 @@ class LayerTreeView(QTreeView):
     only schedules a repaint (Qt merges them into one paint), and a change of the top
     row re-measures it once, after the burst.
     """
+
+    resized = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -69,6 +89,11 @@ class LayerTreeView(QTreeView):
         if not top_left.parent().isValid() and not self._remeasure.isActive():
             self._remeasure.start()
         self.viewport().update()
+
+    def resizeEvent(self, event) -> None:
+        """Overrides QAbstractScrollArea.resizeEvent: the panel fits its columns to the new width."""
+        super().resizeEvent(event)
+        self.resized.emit()
 
     def refresh(self) -> None:
         """Repaint every row (and measure the top row again): after a change made with the model's signals blocked."""
@@ -138,11 +163,12 @@ class LayerPanel(QWidget):
         header.moveSection(header.visualIndex(COL_SQNR), 2)
         header.moveSection(header.visualIndex(COL_SENSITIVITY), 3)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.view.setColumnWidth(COL_NAME, 200)
-        self.view.setColumnWidth(COL_PRECISION, 120)
-        self.view.setColumnWidth(COL_TYPE, 130)
-        self.view.setColumnWidth(COL_SQNR, 80)
-        self.view.setColumnWidth(COL_SENSITIVITY, 90)
+        self._fitting = False
+        self.user_sized_columns = False  # the user dragged a column edge: keep their widths
+        header.sectionResized.connect(self._on_section_resized)
+        self.view.resized.connect(self.fit_columns)
+        for col, width in OTHER_COLUMN_WIDTHS.items():
+            self.view.setColumnWidth(col, width)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
 
         self.summary = QLabel()
@@ -180,8 +206,52 @@ class LayerPanel(QWidget):
     def _show_result_columns(self) -> None:
         # SQNR and sensitivity columns appear once a run has filled them: before, they
         # would only push the type and shape columns out of sight.
+        changed = False
         for col, filled in self.model.has_results().items():
-            self.view.setColumnHidden(col, not filled)
+            if self.view.isColumnHidden(col) == filled:
+                self.view.setColumnHidden(col, not filled)
+                changed = True
+        if changed:
+            self.fit_columns()
+
+    @Slot()
+    def fit_columns(self) -> None:
+        """Widths that show Layer, Precision, the results and Type without scrolling.
+
+        Each shown column of FIT_COLUMNS gets its preferred width where the tree has room,
+        and all shrink evenly towards their minimum where it has not; the layer name takes
+        what is left over. Not after the user has dragged a column edge.
+        """
+        if self.user_sized_columns:
+            return
+        available = self.view.viewport().width()
+        if available <= 0:
+            return
+        scale = max(1.0, self.view.fontMetrics().height() / 17.0)
+        cols = [c for c in FIT_COLUMNS if not self.view.isColumnHidden(c)]
+        pref = {c: int(FIT_COLUMNS[c][0] * scale) for c in cols}
+        least = {c: int(FIT_COLUMNS[c][1] * scale) for c in cols}
+        total_pref, total_min = sum(pref.values()), sum(least.values())
+        if available >= total_pref:
+            widths = dict(pref)
+            widths[COL_NAME] = min(pref[COL_NAME] + available - total_pref, int(NAME_MAX * scale))
+        elif available > total_min:
+            t = (available - total_min) / (total_pref - total_min)
+            widths = {c: int(least[c] + t * (pref[c] - least[c])) for c in cols}
+            widths[COL_NAME] += available - sum(widths.values())  # rounding: fill the row exactly
+        else:
+            widths = least
+        self._fitting = True
+        try:
+            for c, w in widths.items():
+                self.view.setColumnWidth(c, w)
+        finally:
+            self._fitting = False
+
+    @Slot(int, int, int)
+    def _on_section_resized(self, _col: int, _old: int, _new: int) -> None:
+        if not self._fitting and QApplication.mouseButtons() & Qt.MouseButton.LeftButton:
+            self.user_sized_columns = True
 
     # ------------------------------------------------------------------ slots
     @Slot(str)

@@ -41,6 +41,7 @@ from quantstudio.core.errors import InputError, TrustRequired
 from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui import plots, style, tasks, warmup
 from quantstudio.gui.data_panel import DataPanel
+from quantstudio.gui.guidance import HintBar, QuantizeButton
 from quantstudio.gui.dialogs import GettingStartedDialog, ImportDialog, ask_yes_no, show_error
 from quantstudio.gui.layer_model import LayerTreeModel
 from quantstudio.gui.layer_view import LayerPanel
@@ -228,6 +229,7 @@ class MainWindow(QMainWindow):
         self.project_path: Path | None = None
         self._after_load: dict[str, Any] | None = None  # project to finish applying after its model loads
         self._dirty = False
+        self._autosaved: dict[str, Any] | None = None  # what the autosave file holds (skip rewriting it)
         self._closing = False
         self._shown_run: tasks.RunOutcome | None = None  # the variant the panels show
         self._shown_once = False
@@ -239,13 +241,16 @@ class MainWindow(QMainWindow):
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(self.layer_panel)
+        self.hint_bar = HintBar()
+        self.hint_bar.dismissed.connect(self._on_hint_dismissed)
         self.warning_banner = WarningBanner()
         central = QWidget()
-        central_layout = QVBoxLayout(central)
-        central_layout.setContentsMargins(0, 0, 0, 0)
-        central_layout.setSpacing(2)
-        central_layout.addWidget(self.warning_banner)
-        central_layout.addWidget(self.stack, 1)
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addWidget(self.hint_bar)
+        column.addWidget(self.warning_banner)
+        column.addWidget(self.stack, 1)
         self.setCentralWidget(central)
 
         self._make_docks()
@@ -385,8 +390,7 @@ class MainWindow(QMainWindow):
             act.setToolTip(style.PRECISION_HELP[p])
             act.triggered.connect(self._on_all_action)
             self.all_actions[p] = act
-        self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R",
-                                            "Quantize with the current plan and settings, then evaluate and benchmark")
+        self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R", style.QUANTIZE_HELP)
         self.cancel_action = self._action("&Cancel", self.cancel_job, "Esc", "Stop the running job")
         self.reset_layout_action = self._action("Reset &layout", self.reset_layout)
         self.getting_started_action = self._action("&Getting started", self.show_getting_started, "F1",
@@ -434,12 +438,36 @@ class MainWindow(QMainWindow):
         for act in (self.open_action, self.undo_tool_action, self.redo_tool_action):
             tb.addAction(act)
         tb.addSeparator()
-        tb.addAction(self.quantize_action)
+        self.quantize_button = QuantizeButton(self.quantize_action)
+        tb.addWidget(self.quantize_button)
         tb.addAction(self.cancel_action)
         tb.addSeparator()
         tb.addAction(self.export_action)
         self.addToolBar(tb)
         self.toolbar = tb
+
+    # ================================================================== first-screen guidance
+    @Slot()
+    def _update_demo_hint(self) -> None:
+        """The one-line hint over the demo, until the user closes it once (remembered)."""
+        is_demo = self.loaded is not None and Path(self.loaded.path).resolve().parent == demo_dir().resolve()
+        if is_demo and not SETTINGS["demo_hint_dismissed"]:
+            self.hint_bar.show_text(style.HINT_DEMO)
+        else:
+            self.hint_bar.hide()
+
+    @Slot()
+    def _on_hint_dismissed(self) -> None:
+        SETTINGS["demo_hint_dismissed"] = True
+
+    @Slot(object)
+    def _on_quantize_stage(self, payload: Any) -> None:
+        if isinstance(payload, dict) and payload.get("type") == "stage":
+            self.quantize_button.show_stage(str(payload.get("name", "")))
+
+    @Slot(float, str)
+    def _on_quantize_progress(self, fraction: float, _message: str) -> None:
+        self.quantize_button.show_fraction(fraction)
 
     def _make_status_bar(self) -> None:
         sb = self.statusBar()
@@ -466,6 +494,10 @@ class MainWindow(QMainWindow):
         self.runner.progress.connect(self._on_progress)
         self.runner.busy_changed.connect(self._on_busy_changed)
         self.runner.partial.connect(self._on_partial)
+        self.runner.partial.connect(self._on_quantize_stage)
+        self.runner.progress.connect(self._on_quantize_progress)
+        self.runner.busy_changed.connect(self.quantize_button.set_busy)
+        self.model_loaded.connect(self._update_demo_hint)
         self.runner.log.connect(self._on_job_log)
         self.data_panel.scan_requested.connect(self.scan_data)
         self.layer_model.plan_changed.connect(self._on_plan_changed)
@@ -553,7 +585,11 @@ class MainWindow(QMainWindow):
         """Load a model on the worker; questions (architecture, shape, trust) come after.
 
         ``ask=False`` skips the confirmation of a guessed architecture (demo, projects, tests).
+        Unsaved runs or plan edits of the model now open are offered for saving first.
         """
+        if not self.runner.busy and not self.maybe_save_changes(f"opening {Path(path).name}"):
+            self._after_load = None
+            return False
         if input_shape is None:
             remembered = remembered_input(path)
             if remembered is not None:
@@ -1086,6 +1122,8 @@ class MainWindow(QMainWindow):
             self.open_project(path)
 
     def open_project(self, path: str | Path, *, is_autosave: bool = False) -> bool:
+        if not self.runner.busy and not self.maybe_save_changes(f"opening {Path(path).name}"):
+            return False
         try:
             project = load_project(path)
         except InputError as exc:
@@ -1114,12 +1152,17 @@ class MainWindow(QMainWindow):
         if self.loaded is None or not self._dirty:
             return None
         path = data_dir() / f"autosave{PROJECT_SUFFIX}"
+        project = self.project_dict()
+        if project == self._autosaved:
+            return path
         try:
-            save_project(path, self.project_dict())
+            save_project(path, project)
         except OSError as exc:
             log.warning("Autosave failed: %s", exc)
             return None
-        self._dirty = False
+        # The work stays unsaved (_dirty) until it is saved as a project: an autosave only
+        # protects it against a crash, so closing still offers to save it.
+        self._autosaved = project
         return path
 
     @Slot()
@@ -1204,10 +1247,51 @@ class MainWindow(QMainWindow):
         self.changed_panel.shutdown()
         logging.getLogger("quantstudio").removeHandler(self.log_bridge)
 
+    def has_unsaved_work(self) -> bool:
+        """Runs or precision edits made since the project was last saved (or opened)."""
+        if self.loaded is None or not self._dirty:
+            return False
+        return bool(self.variants_panel.model.runs) or not self.layer_model.undo_stack.isClean()
+
+    def maybe_save_changes(self, doing: str) -> bool:
+        """Ask "Save changes?" when there is unsaved work; False when the user cancels.
+
+        Save writes the project (asking where, the first time); Discard goes on without it
+        (the autosave still holds it: File ▸ Restore autosave); Cancel stops ``doing``.
+        """
+        if not self.has_unsaved_work():
+            return True
+        from PySide6.QtWidgets import QMessageBox
+
+        runs = len(self.variants_panel.model.runs)
+        what = (f"{runs} quantization run{'s are' if runs != 1 else ' is'}" if runs else "Your precision changes are")
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Save changes?")
+        box.setText(f"Save your work on {Path(self.loaded.path).name} as a project before {doing}?")
+        box.setInformativeText(f"{what} not saved yet. If you discard them, File ▸ Restore autosave "
+                               "still has your work until the next autosave.")
+        buttons = QMessageBox.StandardButton
+        box.setStandardButtons(buttons.Save | buttons.Discard | buttons.Cancel)
+        box.setDefaultButton(buttons.Save)
+        box.setEscapeButton(buttons.Cancel)
+        answer = box.exec()
+        box.deleteLater()
+        if answer == buttons.Save:
+            return self.save_project()
+        if answer == buttons.Discard:
+            self.autosave()
+            self._dirty = False  # asked once: the reloads that follow an answer do not ask again
+            return True
+        return False
+
     def closeEvent(self, event) -> None:
-        """Overrides QWidget.closeEvent: remember the layout, autosave, stop the worker."""
+        """Overrides QWidget.closeEvent: offer to save, remember the layout, autosave, stop the worker."""
         if self.runner.busy and not ask_yes_no(self, "Quit QuantStudio", f"{self.runner.current_name} is still running.",
                                                "Stop it and quit?"):
+            event.ignore()
+            return
+        if not self._closing and not self.maybe_save_changes("quitting"):
             event.ignore()
             return
         try:

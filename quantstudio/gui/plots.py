@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from quantstudio.core.plan import Precision
-from quantstudio.gui import style
+from quantstudio.gui import glossary, style
 from quantstudio.gui.thumbnails import ThumbnailModel
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
@@ -73,18 +73,44 @@ def _render_svg(view: QWidget, path: Path) -> Path:
 
 
 class PlotPanel(QWidget):
-    """Base: a title row with a Save button, a pyqtgraph area, coalesced redraws."""
+    """Base: a title row with a Save button, a pyqtgraph area, coalesced redraws.
+
+    While the panel's plots hold no data, a sentence over them (``empty_text``, set by
+    each panel) says what the panel will show and how to fill it, instead of empty 0-1
+    axes. Whether there is data is read from the plot items themselves whenever a scene
+    changes, so the panels need not report it.
+    """
 
     title = "Plot"
+    empty_text = "Press Quantize to fill this panel."
+    hover_text = ""  # what the figures mean, as the plots' tooltip
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.empty_overlay = QLabel(self.empty_text, self)
+        self.empty_overlay.setObjectName("emptyPanelHint")
+        self.empty_overlay.setWordWrap(True)
+        self.empty_overlay.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.empty_overlay.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.empty_overlay.setStyleSheet(
+            "#emptyPanelHint { background: rgba(255, 255, 255, 235); color: #444; border: 1px solid #ccc;"
+            " border-radius: 6px; padding: 10px; font-size: 10.5pt; }")
+        self._watched_scenes: list[Any] = []
+        # The plots are made by the subclass after this constructor: watch them once it is done.
+        self._watch_timer = QTimer(self)
+        self._watch_timer.setSingleShot(True)
+        self._watch_timer.setInterval(0)
+        self._watch_timer.timeout.connect(self._watch_scenes)
+        self._watch_timer.start()
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(2, 2, 2, 2)
         self._layout.setSpacing(2)
         self.header = QHBoxLayout()
         self.note_label = QLabel()
         self.note_label.setStyleSheet("color: #a05000")
+        # A long note wraps instead of widening the panel (and its dock) to its full length.
+        self.note_label.setWordWrap(True)
+        self.note_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.header.addWidget(self.note_label, 1)
         self.save_button = QToolButton()
         self.save_button.setText("Save…")
@@ -142,6 +168,85 @@ class PlotPanel(QWidget):
 
     def set_note(self, text: str) -> None:
         self.note_label.setText(text)
+
+    # ------------------------------------------------------------------ empty-panel hint
+    def _views(self) -> list[pg.GraphicsView]:
+        return self.findChildren(pg.GraphicsView)
+
+    @Slot()
+    def _watch_scenes(self) -> None:
+        for view in self._views():
+            scene = view.scene()
+            if scene is not None and scene not in self._watched_scenes:
+                scene.changed.connect(self._on_scene_changed)
+                self._watched_scenes.append(scene)
+            if self.hover_text and not view.toolTip():
+                view.setToolTip(self.hover_text)
+        self.update_empty_hint()
+
+    @Slot(list)
+    def _on_scene_changed(self, _regions) -> None:
+        self.update_empty_hint()
+
+    def has_data(self) -> bool:
+        """True when any plot item of this panel holds something to look at."""
+        for view in self._views():
+            scene = view.scene()
+            if scene is None:
+                continue
+            for item in scene.items():
+                if not item.isVisible():
+                    continue
+                if isinstance(item, pg.PlotDataItem):
+                    x, _y = item.getData()
+                    if x is not None and len(x):
+                        return True
+                elif isinstance(item, pg.ScatterPlotItem):
+                    if len(item.data):
+                        return True
+                elif isinstance(item, pg.BarGraphItem):
+                    height = item.opts.get("height")
+                    if height is not None and len(height):
+                        return True
+                elif isinstance(item, pg.ImageItem):
+                    image = item.image
+                    if image is not None and image.size > 1:
+                        return True
+        return False
+
+    def update_empty_hint(self) -> None:
+        """Show the sentence over the plots while they are empty; hide it once they are not."""
+        empty = not self.has_data()
+        if empty:
+            self._place_empty_hint()
+        if self.empty_overlay.isHidden() == empty:
+            self.empty_overlay.setVisible(empty)
+        if empty:
+            self.empty_overlay.raise_()
+
+    def _place_empty_hint(self) -> None:
+        views = [v for v in self._views() if not v.isHidden()]
+        area = views[0].geometry() if views else self.rect()
+        for v in views[1:]:
+            area = area.united(v.geometry())
+        width = max(120, min(area.width() - 24, 420))
+        self.empty_overlay.setFixedWidth(width)
+        height = self.empty_overlay.heightForWidth(width)
+        self.empty_overlay.setFixedHeight(max(height, 40))
+        self.empty_overlay.move(area.x() + (area.width() - width) // 2,
+                                area.y() + max(8, (area.height() - self.empty_overlay.height()) // 2))
+
+    def showEvent(self, event) -> None:
+        """Overrides QWidget.showEvent: a scene whose views are all hidden (a panel in a tab
+        behind another) reports no changes, so look again when the panel comes into sight."""
+        super().showEvent(event)
+        self.update_empty_hint()
+
+    def resizeEvent(self, event) -> None:
+        """Overrides QWidget.resizeEvent: keep the empty-panel sentence centred on the plots."""
+        super().resizeEvent(event)
+        if not self.empty_overlay.isHidden():
+            self._place_empty_hint()
 
 
 def _plot_widget(title: str, left: str, bottom: str) -> pg.PlotWidget:
@@ -369,6 +474,8 @@ class LatencyPanel(PlotPanel):
     """
 
     title = "Latency"
+    empty_text = glossary.EMPTY_PANEL["latency"]
+    hover_text = glossary.LATENCY_HOVER
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -654,6 +761,8 @@ class AccuracyPanel(_BarsPanel):
     """
 
     title = "Accuracy"
+    empty_text = glossary.EMPTY_PANEL["accuracy"]
+    hover_text = glossary.ACCURACY_HOVER
     categories = ("top-1", "top-5", "F1", "agreement")
     value_format = "{:.1f}"
 
@@ -728,6 +837,7 @@ class SizePanel(_BarsPanel):
     """Model size per variant, and the memory running it takes (MB)."""
 
     title = "Size and memory"
+    empty_text = glossary.EMPTY_PANEL["size"]
     categories = ("model size", "memory running it")
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -779,6 +889,8 @@ class LayerErrorPanel(PlotPanel):
     """
 
     title = "Per-layer error"
+    empty_text = glossary.EMPTY_PANEL["layer_error"]
+    hover_text = glossary.LAYER_ERROR_HOVER
     layer_clicked = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -898,6 +1010,8 @@ class ConfusionPanel(PlotPanel):
     """Confusion matrix (rows: true class, columns: predicted) of a chosen variant of the shown run."""
 
     title = "Confusion matrix"
+    empty_text = glossary.EMPTY_PANEL["confusion"]
+    hover_text = glossary.CONFUSION_HOVER
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -981,6 +1095,8 @@ class TradeoffPanel(PlotPanel):
     """
 
     title = "Speed vs accuracy"
+    empty_text = glossary.EMPTY_PANEL["tradeoff"]
+    hover_text = glossary.TRADEOFF_HOVER
     LOG_RATIO = 10.0  # latencies spanning more than this use a log x axis
 
     def __init__(self, parent: QWidget | None = None) -> None:

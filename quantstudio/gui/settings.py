@@ -63,6 +63,8 @@ _DECLARED = [
     Setting("window_geometry", QByteArray, QByteArray(), "main window geometry"),
     Setting("window_state", QByteArray, QByteArray(), "dock and toolbar layout"),
     Setting("tree_header_state", QByteArray, QByteArray(), "layer tree column widths"),
+    # first-screen guidance
+    Setting("demo_hint_dismissed", bool, False, "the user closed the hint bar shown over the demo"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Colours, icons and plain-language texts shared by the widgets."""
+"""Colours and icons shared by the widgets; their plain-language texts live in
+:mod:`quantstudio.gui.glossary` and are re-exported here for the code that reads them from style."""
 
 from __future__ import annotations
 
@@ -6,6 +7,22 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPen, QPixmap
 
 from quantstudio.core.plan import Precision
+from quantstudio.gui.glossary import (  # noqa: F401 - re-exported: widgets read the words from style
+    AGREEMENT_HELP,
+    BACKEND_HELP,
+    CALIBRATION_HELP,
+    CALIBRATION_METHOD_HELP,
+    ENGINE_HELP,
+    HINT_DEMO,
+    MEMORY_HELP,
+    MODE_HELP,
+    PER_CHANNEL_HELP,
+    PRECISION_HELP,
+    QUANTIZE_HELP,
+    RANDOM_DATA_LABEL,
+    SENSITIVITY_HELP,
+    SQNR_HELP,
+)
 
 # Cell backgrounds of the precision column (light, so black text stays readable).
 PRECISION_BACKGROUND = {
@@ -23,62 +40,6 @@ MIXED_BACKGROUND = QColor(235, 235, 235)
 NOT_QUANTIZABLE_FOREGROUND = QColor(140, 140, 140)
 
 PRECISION_LABEL = {Precision.INT8: "INT8", Precision.FP16: "FP16", Precision.FP32: "FP32"}
-
-PRECISION_HELP = {
-    Precision.INT8: (
-        "INT8: numbers stored as 8-bit integers. About 4x smaller and usually 2-4x faster "
-        "on a CPU; may lose a little accuracy. Needs calibration data to choose the ranges."
-    ),
-    Precision.FP16: (
-        "FP16: half-precision floating point. 2x smaller, nearly no accuracy loss; "
-        "faster only on hardware with FP16 support (most CPUs gain little)."
-    ),
-    Precision.FP32: (
-        "FP32: the original full-precision floating point. No change: the safest choice "
-        "for layers that are sensitive to quantization."
-    ),
-}
-
-CALIBRATION_HELP = (
-    "Calibration: the model is run on a few hundred of your images to measure the range "
-    "of values inside every layer. INT8 uses those ranges, so use images like the ones the "
-    "model will see in use."
-)
-CALIBRATION_METHOD_HELP = {
-    "minmax": "Min-max: the range covers every value seen. Simple and fast; outliers widen it.",
-    "entropy": ("Histogram: builds a histogram of the values and picks the range that loses the least: "
-                "ONNX Runtime minimises the information lost (entropy, KL divergence), PyTorch the squared "
-                "rounding error (MSE). Slower than min-max, often more accurate."),
-    "percentile": "Percentile: ignores the rarest extreme values (e.g. the top 0.01%), so outliers do not widen the range.",
-}
-MODE_HELP = {
-    "static": "Static INT8: weights and activations in INT8, ranges measured on calibration data. The fastest on CPUs.",
-    "dynamic": "Dynamic INT8: weights in INT8, activation ranges computed while running. For Linear/LSTM-heavy models; no calibration.",
-    "fp16": "FP16: every layer the plan leaves at INT8 runs in half precision instead.",
-}
-ENGINE_HELP = {
-    "onnxruntime": "ONNX Runtime: exports the model to ONNX and quantizes it there. Fast INT8 on x86 CPUs; gives an .onnx file.",
-    "torch": "PyTorch: quantizes the PyTorch model itself (FX graph mode). Gives a .pth (TorchScript) file.",
-}
-BACKEND_HELP = {
-    "auto": "Auto: chosen from this computer's CPU.",
-    "x86": "x86: Intel/AMD desktop and server CPUs (fbgemm/oneDNN).",
-    "qnnpack": "ARM: phones, Raspberry Pi, Apple silicon (qnnpack).",
-}
-PER_CHANNEL_HELP = (
-    "Per-channel: each output channel of a layer gets its own INT8 scale. Usually more "
-    "accurate than one scale per layer, at no speed cost."
-)
-SENSITIVITY_HELP = (
-    "After the run, quantize one layer at a time to INT8 and measure how much the output "
-    "changes. The layers that change it most are the ones to keep in FP32 (right-click the "
-    "tree). PyTorch models only; on a large model this adds about a minute."
-)
-MEMORY_HELP = (
-    "After the run, load the original and the quantized model each in a fresh process and "
-    "measure how much memory running them takes. Adds a few seconds."
-)
-RANDOM_DATA_LABEL = "Random data — speed only (accuracy not meaningful)"
 
 
 def swatch_icon(colour: QColor, size: int = 12) -> QIcon:

@@ -60,7 +60,8 @@ class WelcomePage(QWidget):
         self.open_button.setMinimumHeight(36)
         self.open_button.setDefault(True)
         self.demo_button = QPushButton("Open demo")
-        self.demo_button.setToolTip("A small digit classifier with its images, bundled with QuantStudio")
+        self.demo_button.setToolTip("Recommended for a first try: a small digit classifier with its images, "
+                                    "bundled with QuantStudio. Everything is set up; just press Quantize.")
         self.demo_button.setMinimumHeight(36)
         self.project_button = QPushButton("Open project…")
         self.project_button.setMinimumHeight(36)
@@ -70,7 +71,9 @@ class WelcomePage(QWidget):
         for b in (self.open_button, self.demo_button, self.project_button):
             buttons.addWidget(b)
         col.addLayout(buttons)
-        hint = QLabel("You can also drop a model file onto this window.")
+        hint = QLabel("You can also drop a model file onto this window. New to quantization? "
+                      "Open the demo, and see Help ▸ Getting started (F1) for a five-minute tour and a glossary.")
+        hint.setWordWrap(True)
         hint.setStyleSheet("color: #777")
         col.addWidget(hint)
         col.addSpacing(10)

@@ -38,6 +38,10 @@ def no_dialogs(monkeypatch):
     shown: list[dict] = []
 
     def fake_exec(box):
+        if box.standardButtons() & QMessageBox.StandardButton.Discard:
+            # "Save changes?" before closing or opening another model: go on without saving
+            # (tests/gui/test_save_changes.py answers it itself).
+            return QMessageBox.StandardButton.Discard
         shown.append({"title": box.windowTitle(), "text": box.text(), "hint": box.informativeText(),
                       "details": box.detailedText()})
         return QMessageBox.StandardButton.Ok
