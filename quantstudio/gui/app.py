@@ -77,6 +77,12 @@ def run(model: str | None = None, demo: bool = False, argv: list[str] | None = N
 
     window = MainWindow()
     window.show()
+    # An export killed halfway (power cut, kill -9) is finished or undone now, before the
+    # user looks at those files (a listing of each recent export folder: cheap).
+    from quantstudio.core.transaction import recover_recent
+
+    for note in recover_recent():
+        logging.getLogger("quantstudio").info("%s", note)
     if os.environ.get("QUANTSTUDIO_EXIT_WHEN_SHOWN"):
         # Start-up timing (packaging/README.md): quit once the window has been shown.
         QTimer.singleShot(0, app.quit)

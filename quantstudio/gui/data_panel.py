@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from quantstudio.gui import style
+from quantstudio.gui import glossary, style
 from quantstudio.gui.settings import SETTINGS
 from quantstudio.gui.thumbnails import ThumbnailModel
 
@@ -198,13 +198,11 @@ class DataPanel(QScrollArea):
         qform = QFormLayout(q_box)
         self.engine_combo = _combo((("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch")), style.ENGINE_HELP)
         self.engine_combo.setToolTip("\n".join(style.ENGINE_HELP.values()))
-        self.mode_combo = _combo((("static", "Static INT8"), ("dynamic", "Dynamic INT8"), ("fp16", "FP16")), style.MODE_HELP)
+        self.mode_combo = _combo(glossary.MODE_CHOICES, style.MODE_HELP)
         self.mode_combo.setToolTip("\n".join(style.MODE_HELP.values()))
-        self.backend_combo = _combo((("auto", "Auto (this CPU)"), ("x86", "x86 (Intel/AMD)"), ("qnnpack", "ARM (qnnpack)")), style.BACKEND_HELP)
+        self.backend_combo = _combo(glossary.BACKEND_CHOICES, style.BACKEND_HELP)
         self.backend_combo.setToolTip("The processor the quantized model will run on.\n" + "\n".join(style.BACKEND_HELP.values()))
-        self.calib_combo = _combo(
-            (("minmax", "Min-max"), ("entropy", "Entropy (histogram)"), ("percentile", "Percentile")), style.CALIBRATION_METHOD_HELP
-        )
+        self.calib_combo = _combo(glossary.CALIBRATION_CHOICES, style.CALIBRATION_METHOD_HELP)
         self.calib_combo.setToolTip(style.CALIBRATION_HELP + "\n\n" + "\n".join(style.CALIBRATION_METHOD_HELP.values()))
         self._torch_reason = ""  # why the PyTorch engine cannot quantize the open model ("" when it can)
         self.per_channel_check = QCheckBox("Per-channel weights")
