@@ -127,7 +127,7 @@ def guess_architecture(state_dict: dict) -> ArchGuess:
         if needle in keys:
             first += [n for n in names if n.startswith(prefixes) and n not in first]
     ranking: list[tuple[str, float]] = []
-    best = (None, 0.0, None)
+    best: tuple[str | None, float, int | None] = (None, 0.0, None)
     for pool in (first, [n for n in names if n not in first]):
         for arch in pool:
             score, nc = _score(shapes, _signature(arch))

@@ -358,8 +358,10 @@ def variant_from_file(path: str | Path, name: str | None = None, *, threads: int
         sess = make_ort_session(model.onnx_model.SerializeToString(), threads)
         input_name = model.onnx_input_name
 
-        def runner(x, _s=sess, _n=input_name):
+        def onnx_runner(x: Any, _s: Any = sess, _n: Any = input_name) -> Any:
             return _s.run(None, {_n: x})
+
+        runner: Callable[[Any], Any] = onnx_runner
 
         kind = "onnxruntime"
         param_bytes = sum(_tensor_bytes(i) for i in model.onnx_model.graph.initializer)
@@ -368,9 +370,11 @@ def variant_from_file(path: str | Path, name: str | None = None, *, threads: int
 
         module = model.module
 
-        def runner(x, _m=module):
+        def torch_runner(x: Any, _m: Any = module) -> Any:
             with torch.inference_mode():
                 return _m(torch.from_numpy(x))
+
+        runner = torch_runner
 
         kind = "pytorch"
         param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
@@ -506,7 +510,7 @@ def measure_memory_many(files: dict[str, Path], input_shape: Sequence[int], thre
             reason = "timed out" if proc.returncode is None else ""
             if proc.returncode == 0:
                 try:
-                    out[name] = _parse_memory(proc.stdout.read())
+                    out[name] = _parse_memory(proc.stdout.read() if proc.stdout is not None else "")
                 except (ValueError, KeyError, IndexError):
                     reason = "its output could not be read"
             elif proc.returncode is not None:
@@ -520,6 +524,7 @@ def measure_memory_many(files: dict[str, Path], input_shape: Sequence[int], thre
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
             err.close()
     return out

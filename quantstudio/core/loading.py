@@ -206,7 +206,7 @@ def sniff_kind(path: Path) -> str:
 
 def _zip_names(path: Path) -> list[str]:
     """The member names of a ZIP archive, after checking every member's CRC."""
-    damaged = {"path": path, "hint": "Copy or save the model again."}
+    damaged: dict[str, Any] = {"path": path, "hint": "Copy or save the model again."}
     try:
         if not zipfile.is_zipfile(path):
             raise InputError("the file is truncated or damaged (incomplete ZIP archive)", **damaged)
@@ -711,17 +711,17 @@ def _nonfinite_tensors(model: LoadedModel) -> list[str]:
     module = model.module
     if module is None:
         return []
-    tensors: dict[str, Any] = {}
+    named: dict[str, Any] = {}
     try:
-        tensors.update(module.state_dict())
+        named.update(module.state_dict())
     except (RuntimeError, AttributeError, TypeError):  # an exotic module without a state_dict
         pass
     ep = getattr(model, "exported_program", None)
     if ep is not None:
-        tensors.update({k: v for k, v in ep.state_dict.items() if k not in tensors})
-        tensors.update({k: v for k, v in getattr(ep, "constants", {}).items() if k not in tensors})
+        named.update({k: v for k, v in ep.state_dict.items() if k not in named})
+        named.update({k: v for k, v in getattr(ep, "constants", {}).items() if k not in named})
     bad = []
-    for name, t in tensors.items():
+    for name, t in named.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_quantized:
             with torch.no_grad():
                 if not bool(torch.isfinite(t.detach()).all()):

@@ -318,7 +318,7 @@ def describe_error(error: Any) -> str:
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         field = missing if where == "(the whole file)" else f"{where}.{missing}"
         return f"field {field} is missing"
-    allowed = schema.get("x-allowed")
+    allowed: str | None = schema.get("x-allowed")
     if error.validator == "format" and schema.get("format") == "regex":
         allowed = "a valid regular expression"
     if not allowed:
