@@ -137,10 +137,10 @@ def guess_architecture(state_dict: dict) -> ArchGuess:
         if best[1] >= 0.999:
             break
     ranking.sort(key=lambda t: -t[1])
-    arch, score, nc = best
-    if arch is not None and nc is None:
-        nc = _classifier_rows(shapes, arch)
-    return ArchGuess(arch=arch if score > 0.5 else None, confidence=score, num_classes=nc, ranking=ranking[:5])
+    found, score, nc = best
+    if found is not None and nc is None:
+        nc = _classifier_rows(shapes, found)
+    return ArchGuess(arch=found if score > 0.5 else None, confidence=score, num_classes=nc, ranking=ranking[:5])
 
 
 def _classifier_rows(shapes, arch) -> int | None:

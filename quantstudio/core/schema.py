@@ -311,9 +311,9 @@ def describe_error(error: Any) -> str:
         known = set(schema.get("properties", {}))
         unknown = sorted(k for k in error.instance if k not in known) if isinstance(error.instance, dict) else []
         names = ", ".join(repr(k) for k in unknown)
-        allowed = ", ".join(sorted(known)) or "none"
+        fields = ", ".join(sorted(known)) or "none"
         inside = "" if where == "(the whole file)" else f" in {where}"
-        return f"unknown field{'s' if len(unknown) != 1 else ''} {names}{inside}; allowed fields: {allowed}"
+        return f"unknown field{'s' if len(unknown) != 1 else ''} {names}{inside}; allowed fields: {fields}"
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         field = missing if where == "(the whole file)" else f"{where}.{missing}"
