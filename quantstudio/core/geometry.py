@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quantstudio.core.data import Preprocessing, _pair, folder_image_sizes
+from quantstudio.core.data import Preprocessing, folder_image_sizes
+from quantstudio.core.data.preprocessing import _pair
 
 # Torchvision classifiers downsample 32x; a smaller common image size is not taken as
 # the model's input size (the images were upsampled in training).

@@ -610,11 +610,6 @@ class DataPanel(QScrollArea):
         for key in self._keys():
             SETTINGS[key] = state[key]
 
-    @staticmethod
-    def _keys() -> tuple[str, ...]:
-        return (
-            "data_kind", "data_path", "eval_data_path", "preprocess_preset", "preprocess_resize", "preprocess_crop",
-            "preprocess_mean", "preprocess_std", "calib_samples", "eval_samples", "engine", "backend",
-            "mode", "calibration", "per_channel", "benchmark_runs", "benchmark_batches", "sensitivity",
-            "measure_memory",
-        )
+    def _keys(self) -> tuple[str, ...]:
+        """The settings this panel keeps: the keys of :meth:`state`, so they are listed once."""
+        return tuple(self.state())

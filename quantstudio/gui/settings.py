@@ -16,6 +16,8 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
+from quantstudio.core.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES
+
 ORGANIZATION = "QuantStudio"
 APPLICATION = "QuantStudio"
 MAX_RECENT = 10
@@ -47,8 +49,8 @@ _DECLARED = [
     Setting("preprocess_crop", str, "", "custom centre crop (empty: none)"),
     Setting("preprocess_mean", str, "0.485,0.456,0.406", "custom mean per channel"),
     Setting("preprocess_std", str, "0.229,0.224,0.225", "custom std per channel"),
-    Setting("calib_samples", int, 256, "samples used to calibrate"),
-    Setting("eval_samples", int, 500, "samples used to evaluate"),
+    Setting("calib_samples", int, DEFAULT_CALIBRATION_SAMPLES, "samples used to calibrate"),
+    Setting("eval_samples", int, DEFAULT_EVALUATION_SAMPLES, "samples used to evaluate"),
     # quantization
     Setting("engine", str, "onnxruntime", "torch | onnxruntime"),
     Setting("backend", str, "auto", "auto | x86 | qnnpack"),

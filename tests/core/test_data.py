@@ -23,6 +23,7 @@ from quantstudio.core.data import (
     parse_floats,
     parse_size,
 )
+from quantstudio.core.data import image_folders
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import RecordingContext
 
@@ -155,13 +156,13 @@ def test_corrupt_and_empty_images_are_skipped_and_counted(tmp_path):
 def test_decoding_is_lazy_batch_by_batch(tmp_path, monkeypatch):
     class_folder(tmp_path, {"a": 5, "b": 5})
     opened: list[str] = []
-    real = data_mod._open_image
+    real = image_folders._open_image
 
     def counting(path, channels):
         opened.append(path)
         return real(path, channels)
 
-    monkeypatch.setattr(data_mod, "_open_image", counting)
+    monkeypatch.setattr(image_folders, "_open_image", counting)
     src = open_data(tmp_path, input_shape=SHAPE)
     assert opened == []  # scanning decodes nothing
     for n, batch in enumerate(src.batches(batch_size=4), start=1):
