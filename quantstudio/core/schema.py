@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 from quantstudio.core.errors import InputError
 
-MAX_IMAGE_SIDE = 8192  # pixels; 8192x8192x3 float32 is 0.8 GB per sample already
+# One limit for recipes and command-line flags (8192x8192x3 float32 is 0.8 GB per sample).
+from quantstudio.core.data.preprocessing import MAX_IMAGE_SIDE  # noqa: E402
 MAX_SAMPLES = 1_000_000
 MAX_BATCH = 4096
 MAX_SEED = 2**32 - 1  # numpy's RandomState accepts 0 .. 2**32-1

@@ -42,8 +42,9 @@ DATA_KINDS = (
     ("random", style.RANDOM_DATA_LABEL),
 )
 PRESETS = (("default", "Default (model's size, ImageNet mean/std)"), ("imagenet", "ImageNet (resize 256, crop 224)"), ("custom", "Custom…"))
-IMAGENET_MEAN = "0.485,0.456,0.406"
-IMAGENET_STD = "0.229,0.224,0.225"
+# The custom fields show core's ImageNet statistics (declared once, in core.data).
+IMAGENET_MEAN = SETTINGS.declared["preprocess_mean"].default
+IMAGENET_STD = SETTINGS.declared["preprocess_std"].default
 # The PyTorch engine quantizes eager modules (FX graph mode): a state_dict rebuilt into its
 # architecture, or a whole saved model. Other files hold no Python module to rewrite.
 TORCH_ENGINE_NEEDS = (

@@ -16,7 +16,12 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, QStandardPaths
 
-from quantstudio.core.data import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_EVALUATION_SAMPLES
+from quantstudio.core.data import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_EVALUATION_SAMPLES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
 
 ORGANIZATION = "QuantStudio"
 APPLICATION = "QuantStudio"
@@ -47,8 +52,8 @@ _DECLARED = [
     Setting("preprocess_preset", str, "default", "default | imagenet | custom"),
     Setting("preprocess_resize", str, "", "custom resize, e.g. 256 or 224,224 (empty: model size)"),
     Setting("preprocess_crop", str, "", "custom centre crop (empty: none)"),
-    Setting("preprocess_mean", str, "0.485,0.456,0.406", "custom mean per channel"),
-    Setting("preprocess_std", str, "0.229,0.224,0.225", "custom std per channel"),
+    Setting("preprocess_mean", str, ",".join(map(str, IMAGENET_MEAN)), "custom mean per channel"),
+    Setting("preprocess_std", str, ",".join(map(str, IMAGENET_STD)), "custom std per channel"),
     Setting("calib_samples", int, DEFAULT_CALIBRATION_SAMPLES, "samples used to calibrate"),
     Setting("eval_samples", int, DEFAULT_EVALUATION_SAMPLES, "samples used to evaluate"),
     # quantization
