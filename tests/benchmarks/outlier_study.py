@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -45,7 +46,8 @@ import numpy as np
 
 from tests.benchmarks.outlier_models import WORK, Variant, _log, damaged_models, digits_split
 
-CACHE = WORK / "study.json"
+# One cache file per concurrent run (OUTLIERS_CACHE=name.json); --render merges every study*.json.
+CACHE = WORK / os.environ.get("OUTLIERS_CACHE", "study.json")
 N_CALIB = 256
 LAT_ROUNDS = 40
 
@@ -216,14 +218,44 @@ def latencies(runners: dict[str, object], x1: np.ndarray, rounds: int = LAT_ROUN
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
-def load_cache() -> dict:
-    return json.loads(CACHE.read_text()) if CACHE.exists() else {"rows": {}, "meta": {}}
+def fp32_runner(variant: Variant, qm):
+    """ORT: the engine's pre-processed FP32 ONNX model in a session; torch: the eager module."""
+    import torch
+
+    if qm.reference_artifact is not None:
+        from quantstudio.core.engines.ort_engine import OrtRunner, make_session
+
+        return OrtRunner(make_session(qm.reference_artifact))
+
+    def run(x):
+        with torch.inference_mode():
+            return variant.module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def load_cache(path: Path = CACHE) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"rows": {}, "meta": {}}
+
+
+def load_all() -> dict:
+    """Every study*.json in WORK merged (newer files win a key both hold)."""
+    merged = {"rows": {}, "meta": {}}
+    for p in sorted(WORK.glob("study*.json"), key=lambda p: p.stat().st_mtime):
+        c = load_cache(p)
+        merged["rows"].update(c["rows"])
+        merged["meta"].update(c["meta"])
+    return merged
 
 
 def save_cache(cache: dict) -> None:
+    """Merge this run's rows into the file on disk (another run may have written it meanwhile)."""
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
+    disk = load_cache()
+    disk["rows"].update(cache["rows"])
+    disk["meta"].update(cache["meta"])
+    tmp = CACHE.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(disk, indent=1))
     tmp.rename(CACHE)
 
 
@@ -272,6 +304,8 @@ def run(models: list[str], recipes: list[str], engines: list[str], force: bool =
                     continue
                 acc = top1(qm.forward_numpy, test_x, test_y)
                 runners[recipe] = qm.forward_numpy
+                if "FP32" not in runners:  # the same runtime's FP32 model: the speed-up reference
+                    runners["FP32"] = fp32_runner(v, qm)
                 fp32_layers = sorted(k for k, p in qm.layer_precisions.items() if str(p).lower().endswith("fp32"))
                 cache["rows"][key] = {"model": v.name, "engine": engine, "recipe": recipe, "fp32_top1": fp32,
                                       "int8_top1": acc, "quantize_s": secs, "n_test": len(test_y),
@@ -279,8 +313,10 @@ def run(models: list[str], recipes: list[str], engines: list[str], force: bool =
                 _log(f"  {key}: INT8 {acc:.2%} (FP32 {fp32:.2%}) quantized in {secs:.0f} s")
             if runners:
                 ms = latencies(runners, x1)
+                fp32_ms = ms.pop("FP32", None)
                 for recipe, t in ms.items():
                     row = cache["rows"][f"{v.name}|{engine}|{recipe}"]
+                    row["fp32_ms"] = fp32_ms
                     row["ms"] = t
                     row["ms_vs_minmax"] = t / ms["minmax"]
                 _log(f"  {engine} latency ms: " + ", ".join(f"{k} {t:.2f}" for k, t in ms.items()))
@@ -297,10 +333,14 @@ def cpu_info() -> tuple[str, bool]:
 
 
 def render_table(cache: dict) -> list[str]:
+    """One row per (model, recipe); cells: INT8 top-1 (points vs FP32) and batch-1 ms (ratio to the
+    same engine's min-max model, timed interleaved). The FP32 ms of each runtime is in the model's
+    min-max row."""
     rows = cache["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows.values()))
-    lines = ["| model | FP32 | recipe | torch INT8 | torch ms (x minmax) | ORT INT8 | ORT ms (x minmax) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model (FP32 top-1) | recipe | torch INT8 top-1 (pts) | torch ms (x minmax) | "
+             "ORT INT8 top-1 (pts) | ORT ms (x minmax) |",
+             "|---|---|---|---|---|---|"]
     for m in models:
         fp32 = next((r["fp32_top1"] for r in rows.values() if r["model"] == m and "fp32_top1" in r), None)
         for recipe in RECIPES:
@@ -313,11 +353,15 @@ def render_table(cache: dict) -> list[str]:
                     cells += [f"failed: {r['error'][:60]}", ""]
                 else:
                     d = 100 * (r["int8_top1"] - r["fp32_top1"])
-                    cells += [f"{r['int8_top1']:.2%} ({d:+.1f})",
-                              f"{r['ms']:.2f} ({r['ms_vs_minmax']:.2f})" if "ms" in r else ""]
+                    ms = ""
+                    if "ms" in r:
+                        ms = f"{r['ms']:.2f} ({r['ms_vs_minmax']:.2f})"
+                        if recipe == "minmax" and r.get("fp32_ms"):
+                            ms += f"; FP32 {r['fp32_ms']:.2f}"
+                    cells += [f"{r['int8_top1']:.2%} ({d:+.1f})", ms]
             if all(c == "" for c in cells):
                 continue
-            lines.append(f"| {m} | {fp32:.2%} | {recipe} | " + " | ".join(cells) + " |")
+            lines.append(f"| {m} ({fp32:.2%}) | {recipe} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -333,7 +377,7 @@ def main(argv=None) -> int:
         recipes = list(RECIPES) if args.recipes == ["all"] else args.recipes
         run(args.models, recipes, args.engines, args.force)
     if args.render or not args.models:
-        print("\n".join(render_table(load_cache())))
+        print("\n".join(render_table(load_all())))
     return 0
 
 
