@@ -60,6 +60,7 @@ RECIPES = (
     "CLE + minmax",
     "CLE + percentile 99.99",
     "bias-corr + minmax",
+    "CLE + stream-EQ + minmax",
     "fp32 consumer",
     "fp32 consumer+producer",
 )
@@ -157,6 +158,61 @@ def equalized(variant: Variant):
     return m
 
 
+def mobilenet_stages(module) -> list[tuple[int, int]]:
+    """(first, last) of every residual stage: features.first has no skip, first+1..last add to it."""
+    stages, k, n = [], 1, len(module.features)
+    while k < n:
+        blk = module.features[k]
+        if hasattr(blk, "use_res_connect") and not blk.use_res_connect:
+            last = k
+            while last + 1 < n and getattr(module.features[last + 1], "use_res_connect", False):
+                last += 1
+            if last > k:
+                stages.append((k, last))
+            k = last + 1
+        else:
+            k += 1
+    return stages
+
+
+def stream_equalized(module, calib: list, alpha: float = 0.5):
+    """Prototype: SmoothQuant-style equalization of each MobileNetV2 residual *stream*.
+
+    Pairwise CLE cannot reach a residual stream: it has several producers (every block's
+    projection BN adds into it) and several readers (every next expansion conv). Scaling
+    stream channel c by 1/s_c in *all* producers' BNs and by s_c in *all* readers' input
+    weights is exact (the adds are linear, nothing clips in between). s_c =
+    a_c**alpha / w_c**(1-alpha) with a_c the channel's max |activation| over the stream's
+    tensors on the calibration data and w_c the readers' max |weight| on input channel c.
+    """
+    import torch
+
+    m = copy.deepcopy(module).eval()
+    for first, last in mobilenet_stages(m):
+        blocks = [m.features[k] for k in range(first, last + 1)]
+        amax = None
+        acts = []
+        hs = [b.register_forward_hook(lambda mod, a, out: acts.append(out.detach().abs().amax(dim=(0, 2, 3))))
+              for b in blocks]
+        with torch.no_grad():
+            for x in calib:
+                m(torch.as_tensor(x))
+        for h in hs:
+            h.remove()
+        amax = torch.stack(acts).amax(0).clamp(min=1e-8)
+        readers = [m.features[k].conv[0][0] for k in range(first + 1, last + 2)]
+        wmax = torch.stack([r.weight.detach().abs().amax(dim=(0, 2, 3)) for r in readers]).amax(0).clamp(min=1e-8)
+        s = amax.pow(alpha) / wmax.pow(1 - alpha)
+        with torch.no_grad():
+            for b in blocks:
+                bn = b.conv[-1]
+                bn.weight /= s
+                bn.bias /= s
+            for r in readers:
+                r.weight *= s.view(1, -1, 1, 1)
+    return m
+
+
 def plan_for(recipe: str, variant: Variant):
     from quantstudio.core.plan import PrecisionPlan
 
@@ -185,6 +241,8 @@ def quantize(variant: Variant, engine: str, recipe: str, calib: list[np.ndarray]
     module = variant.module
     if recipe.startswith("CLE"):
         module = equalized(variant)
+        if "stream-EQ" in recipe and variant.arch == "mobilenet_v2":
+            module = stream_equalized(module, calib)
     elif recipe.startswith("bias-corr"):
         from tests.benchmarks.layer_isolation import bias_corrected
 
