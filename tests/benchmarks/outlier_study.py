@@ -61,6 +61,7 @@ RECIPES = (
     "CLE + percentile 99.99",
     "bias-corr + minmax",
     "CLE + stream-EQ + minmax",
+    "CLE + gated stream-EQ + minmax",
     "fp32 consumer",
     "fp32 consumer+producer",
 )
@@ -197,7 +198,7 @@ def mobilenet_stages(module) -> list[tuple[int, int]]:
     return stages
 
 
-def stream_equalized(module, calib: list, alpha: float = 0.5):
+def stream_equalized(module, calib: list, alpha: float = 0.5, gate: float | None = None):
     """Prototype: SmoothQuant-style equalization of each MobileNetV2 residual *stream*.
 
     Pairwise CLE cannot reach a residual stream: it has several producers (every block's
@@ -206,6 +207,10 @@ def stream_equalized(module, calib: list, alpha: float = 0.5):
     weights is exact (the adds are linear, nothing clips in between). s_c =
     a_c**alpha / w_c**(1-alpha) with a_c the channel's max |activation| over the stream's
     tensors on the calibration data and w_c the readers' max |weight| on input channel c.
+
+    ``gate`` (e.g. 4): touch only outlier channels, a_c > gate * median(a), bringing them down to
+    gate * median(a) (s_c = a_c / (gate * median(a))); every other channel keeps s_c = 1, so a
+    model without outliers is left exactly as it is.
     """
     import torch
 
@@ -224,7 +229,10 @@ def stream_equalized(module, calib: list, alpha: float = 0.5):
         amax = torch.stack(acts).amax(0).clamp(min=1e-8)
         readers = [m.features[k].conv[0][0] for k in range(first + 1, last + 2)]
         wmax = torch.stack([r.weight.detach().abs().amax(dim=(0, 2, 3)) for r in readers]).amax(0).clamp(min=1e-8)
-        s = amax.pow(alpha) / wmax.pow(1 - alpha)
+        if gate is None:
+            s = amax.pow(alpha) / wmax.pow(1 - alpha)
+        else:
+            s = (amax / (gate * amax.median())).clamp(min=1.0)
         with torch.no_grad():
             for b in blocks:
                 bn = b.conv[-1]
@@ -264,7 +272,7 @@ def quantize(variant: Variant, engine: str, recipe: str, calib: list[np.ndarray]
     if recipe.startswith("CLE"):
         module = equalized(variant)
         if "stream-EQ" in recipe and variant.arch == "mobilenet_v2":
-            module = stream_equalized(module, calib)
+            module = stream_equalized(module, calib, gate=4.0 if "gated" in recipe else None)
     elif recipe.startswith("bias-corr"):
         from tests.benchmarks.layer_isolation import bias_corrected
 
