@@ -275,13 +275,15 @@ def main() -> int:
     torch.manual_seed(0)
     variants = damaged_models()
     bases = {v.arch: v.module for v in variants if v.name.endswith("normal")}
-    _, _, tx, ty = digits_split(RESNET_SIZE)
-    x = tx[:64]
+    data = {}
     for v in variants:
-        rel = check_function_preserved(bases[v.arch], v, x)
+        if v.size not in data:
+            data[v.size] = digits_split(v.size)[2:]
+        tx, ty = data[v.size]
+        rel = check_function_preserved(bases[v.arch], v, tx[:64])
         with torch.no_grad():
             top1 = float((v.module(tx).argmax(1) == ty).float().mean())
-        print(f"{v.name:40s} rel max diff {rel:.2e}  FP32 top-1 {top1:.2%}  "
+        print(f"{v.name:40s} {v.size}x{v.size} rel max diff {rel:.2e}  FP32 top-1 {top1:.2%}  "
               f"sites {[(d.bns[0], d.consumers[0], len(d.consumers), d.channels) for d in v.damages]}")
     return 0
 
