@@ -109,7 +109,7 @@ def test_a_confirmed_input_shape_is_remembered_for_the_file(qtbot, window, tiny_
     from PySide6.QtWidgets import QDialog
 
     from quantstudio.gui.dialogs import ImportDialog
-    from quantstudio.gui.main_window import remembered_input
+    from quantstudio.gui.model_import import remembered_input
 
     asked: list[str] = []
 
