@@ -142,13 +142,13 @@ class ExportDialog(QDialog):
         # A source every engine can quantize (a state_dict, a trusted pickle), so the format
         # this variant's engine does not write can be built on export.
         source = getattr(run.raw, "model", None)
-        pytorch_source = can_model and source is not None and all(
+        every_engine_source = can_model and source is not None and all(
             e.unsupported_reason(source) is None for e in available_engines())
         native = get_engine(engine).formats if engine in ENGINES else {}
         for check, suffix, label in ((self.onnx_check, ".onnx", "Quantized model (.onnx)"),
                                      (self.pth_check, ".pth", "Quantized model (.pth, TorchScript)")):
             own = suffix in native
-            check.setEnabled(can_model and (own or pytorch_source))
+            check.setEnabled(can_model and (own or every_engine_source))
             check.setChecked(can_model and own)
             check.setText(label + ("" if own or not check.isEnabled() else BUILT_ON_EXPORT))
             check.setToolTip(
