@@ -21,7 +21,7 @@ from quantstudio.core.engines.ort.runtime import make_session, quiet
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
 
-PERCENTILE = 99.99
+PERCENTILE = 99.99  # percentile calibration keeps this share of |x| (as the PyTorch engine)
 
 
 # Dynamic INT8: only ops ONNX Runtime runs faster that way. ConvInteger is slower than

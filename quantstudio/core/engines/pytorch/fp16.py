@@ -8,8 +8,6 @@ from quantstudio.core.engines.pytorch.cancel import _check_cancel
 from quantstudio.core.engines.pytorch.fx import _innermost_scope, _node_kinds
 from quantstudio.core.plan import Precision
 
-# --------------------------------------------------------------------------- fp16
-
 
 def run_in_half(module) -> None:
     """Make an eager ``module`` compute in FP16 while taking and returning float32 tensors.

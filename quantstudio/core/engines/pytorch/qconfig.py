@@ -10,7 +10,7 @@ from quantstudio.core.engines.base import QuantConfig
 from quantstudio.core.engines.pytorch.cancel import _cancellable
 from quantstudio.core.plan import Precision
 
-PERCENTILE = 99.99
+PERCENTILE = 99.99  # percentile calibration clips 0.01 % at each end (as the ONNX Runtime engine)
 
 
 @functools.cache

@@ -14,6 +14,7 @@ import numpy as np
 from quantstudio.core.errors import InputError
 from quantstudio.core.tracing import refuse_value_dependent_trace
 
+
 @contextlib.contextmanager
 def quiet():
     """torch.ao prints deprecation warnings in torch 2.14 a user cannot act on."""
