@@ -386,6 +386,8 @@ def _mb(n: int | None) -> str:
 
 
 def _add_quantize(sub) -> None:
+    from quantstudio.core.engines.base import ENGINES, QuantConfig
+
     p = sub.add_parser(
         "quantize",
         help="quantize a model (static/dynamic INT8, FP16, mixed) on your data, compare it with the original, export it",
@@ -400,7 +402,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects (default RGB)")
-    p.add_argument("--engine", choices=["torch", "onnxruntime"], help="quantization engine (default onnxruntime)")
+    p.add_argument("--engine", choices=list(ENGINES), help=f"quantization engine (default {QuantConfig().engine})")
     p.add_argument("--mode", choices=["static", "dynamic", "fp16"], help="static INT8 (default), dynamic INT8, or FP16")
     p.add_argument("--backend", choices=["auto", "x86", "qnnpack"], help="CPU the model will run on (default auto: this one)")
     p.add_argument(

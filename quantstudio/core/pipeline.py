@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -431,49 +430,29 @@ def _unmatched_rule_warnings(model: Any, plan: PrecisionPlan) -> list[str]:
 
 
 def layer_sqnr(model: Any, qm: QuantizedModel, batches: list[np.ndarray], ctx: JobContext | None = None) -> dict[str, float]:
-    """Per-layer SQNR (dB) for either engine; {} where it cannot be measured."""
-    if qm.engine == "torch":
-        from quantstudio.core.engines.torch_engine import torch_layer_sqnr
-
-        return torch_layer_sqnr(model.module, qm, batches, ctx)
-    from quantstudio.core.engines.ort_engine import ort_layer_sqnr
-
-    return ort_layer_sqnr(qm, batches, ctx)
-
-
-def _torch_bytes(module: Any) -> int:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.tell()
+    """Per-layer SQNR (dB), measured by the engine that made ``qm``; {} where it cannot be measured."""
+    return get_engine(qm.engine).layer_error(model, qm, batches, ctx)
 
 
 def model_sizes(model: Any, qm: QuantizedModel) -> dict[str, int | None]:
     """Serialized size of the original and the quantized model, in bytes."""
     try:
-        if qm.engine == "onnxruntime":
-            original = len(qm.reference_artifact.SerializeToString()) if qm.reference_artifact is not None else None
-            quantized = len(qm.artifact.SerializeToString())
-        else:
-            original = _torch_bytes(model.module)
-            quantized = _torch_bytes(qm.artifact)
+        return get_engine(qm.engine).sizes(model, qm)
     except Exception:  # noqa: BLE001 - a size is informative, never worth failing the run
         return {"original_bytes": None, "quantized_bytes": None}
-    return {"original_bytes": original, "quantized_bytes": quantized}
 
 
 def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     from quantstudio.core.benchmark import Variant, run_benchmark
 
+    engine = get_engine(qm.engine)
     variants = [
         Variant("original", model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
     ]
-    if qm.engine == "onnxruntime" and qm.reference_artifact is not None and model.framework != "onnx":
-        from quantstudio.core.engines.ort_engine import OrtRunner, make_session
-
+    reference = engine.reference_runner(model, qm)
+    if reference is not None:
         # Same runtime, FP32: the fair baseline for the INT8 speed-up.
-        variants.append(Variant("original (onnxruntime)", OrtRunner(make_session(qm.reference_artifact)), kind="onnxruntime fp32"))
+        variants.append(Variant(f"original ({engine.name})", reference, kind=f"{engine.name} fp32"))
     variants.append(Variant("quantized", qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
     shape = tuple(model.input_shape)
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
@@ -482,41 +461,20 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
 def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
     """Peak memory of the original and the quantized model, each run in a fresh process.
 
-    Both run in the quantized model's runtime (the FP32 ONNX for the ONNX Runtime
-    engine, a TorchScript trace for the PyTorch one), so the bars compare models, not
-    runtimes. The files go to a temporary folder that is removed afterwards. Returns the
-    measurements and, per model that could not be measured, why.
+    Both run in the quantized model's runtime (the engine writes both files: the FP32
+    ONNX for the ONNX Runtime engine, a TorchScript trace for the PyTorch one), so the
+    bars compare models, not runtimes. The files go to a temporary folder that is
+    removed afterwards. Returns the measurements and, per model that could not be
+    measured, why.
     """
     import tempfile
 
     from quantstudio.core.benchmark import measure_memory_many
 
     shape = tuple(model.input_shape)
-    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="quantstudio-memory-") as tmp:
-        files: dict[str, Path] = {}
         ctx.report(0.0, "writing temporary copies to measure memory")
-        if qm.engine == "onnxruntime":
-            if qm.reference_artifact is not None:
-                files["original"] = Path(tmp) / "original.onnx"
-                files["original"].write_bytes(qm.reference_artifact.SerializeToString())
-            elif model.framework == "onnx":
-                files["original"] = Path(model.path)
-            files["quantized"] = Path(tmp) / "quantized.onnx"
-            files["quantized"].write_bytes(qm.artifact.SerializeToString())
-        else:
-            from quantstudio.core.export import _write_torchscript
-
-            example = np.zeros(shape, dtype=np.float32)
-            backend = getattr(qm.runner, "backend", None)  # the quantized engine it was converted for
-            for name, module, engine in (("original", model.module, None), ("quantized", qm.artifact, backend)):
-                ctx.check_cancelled()
-                files[name] = Path(tmp) / f"{name}.pth"
-                try:
-                    _write_torchscript(module, example, files[name], backend=engine)
-                except InputError as exc:
-                    files.pop(name)  # a model TorchScript cannot trace: no bar, not a failed run
-                    failed[name] = exc.message
+        files, failed = get_engine(qm.engine).memory_files(model, qm, Path(tmp), ctx)
         ctx.check_cancelled()
         ctx.report(0.3, "measuring memory in fresh processes")
         return measure_memory_many(files, shape, ctx=ctx, errors=failed), failed
@@ -525,7 +483,8 @@ def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, 
 def _speed_notes(bench, qm: QuantizedModel) -> list[str]:
     """Say so when the quantized model is not faster (the most common complaint)."""
     names = [v.name for v in bench.variants]
-    base = "original (onnxruntime)" if "original (onnxruntime)" in names else "original"
+    # The same-runtime FP32 baseline ("original (<engine>)") where the engine gave one.
+    base = next((n for n in names if n.startswith("original (")), "original")
     try:
         batch = min(bench.by_name("quantized").latency)
         ratio = bench.speedup(base, "quantized", batch)
