@@ -186,6 +186,7 @@ def export_set(
                     r.path.name: {"format": r.format, "bytes": r.size_bytes, "sha256": sha256_of(txn.temp_for(r.path))}
                     for r in results
                 }
+                assert recipe_path is not None  # set whenever a recipe is written
                 txn.write_text(recipe_path, json.dumps(doc, indent=2) + "\n")
                 for r in results:
                     r.recipe_path = recipe_path

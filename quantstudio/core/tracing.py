@@ -112,7 +112,7 @@ def _input_dependent_error(found, caught) -> InputError:
     """The error for a trace that froze decisions taken on the example input's values."""
     import torch
 
-    texts = {}
+    texts: dict[tuple[str, int], str] = {}
     for w in caught:
         if issubclass(w.category, torch.jit.TracerWarning) and str(w.message).startswith("Converting a tensor"):
             texts.setdefault((w.filename, w.lineno), str(w.message))

@@ -42,7 +42,8 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, lo: Any, hi: Any, num
     dtype = edges.dtype
     cumulative = np.concatenate([[0], np.cumsum(hist)])
     total = cumulative[-1]
-    best, best_div = None, np.inf
+    best: tuple[float, float] | None = None
+    best_div = np.inf
     for i in range(half, zero + 1):
         start, end = zero - i, min(zero + i + 1, num_bins)
         sliced = hist[start:end]
@@ -62,6 +63,7 @@ def entropy_threshold(hist: np.ndarray, edges: np.ndarray, lo: Any, hi: Any, num
         div = np.inf if ps is None or qs is None else float(np.array(entropy(ps, qs), dtype=dtype))
         if best is None or div < best_div:  # the first of equal minima, as np.argmin
             best, best_div = (edges[start], edges[end]), div
+    assert best is not None  # the loop runs at least once (start < end for the first window)
     low, high = best
     if low < lo:
         low = lo

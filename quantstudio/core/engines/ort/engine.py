@@ -48,7 +48,7 @@ from quantstudio.core.jobs import JobContext
 from quantstudio.core.metrics import ErrorAccumulator
 from quantstudio.core.plan import Precision, PrecisionPlan
 
-def _gemm_to_matmul(model, keep: set[str] = frozenset()) -> Any:
+def _gemm_to_matmul(model, keep: frozenset[str] | set[str] = frozenset()) -> Any:
     """Gemm (Linear layers) → MatMul + Add, so dynamic INT8 (MatMulInteger) covers them.
 
     Nodes in ``keep`` (the plan's float layers) stay Gemm."""
@@ -85,9 +85,9 @@ def _gemm_to_matmul(model, keep: set[str] = frozenset()) -> Any:
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     used = {i for n in m.graph.node for i in n.input}
-    keep = [i for i in m.graph.initializer if i.name in used]
+    kept = [i for i in m.graph.initializer if i.name in used]
     del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
+    m.graph.initializer.extend(kept)
     return m
 
 
@@ -221,7 +221,7 @@ class OrtEngine:
         if reduce_range:
             why += "; 7-bit weights (reduce_range) because this CPU has no VNNI and 8-bit U8S8 could saturate"
         method = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}[config.calibration]
-        extra = {"ActivationSymmetric": bool(config.symmetric_activations), "WeightSymmetric": True}
+        extra: dict[str, Any] = {"ActivationSymmetric": bool(config.symmetric_activations), "WeightSymmetric": True}
         if config.calibration == "percentile":
             extra["CalibPercentile"] = PERCENTILE
         notes.append(

@@ -34,7 +34,7 @@ def torch_to_onnx(model: Any, path: Path | None = None):
             torch.onnx.export(
                 module,
                 (example,),
-                buf if path is None else str(path),
+                buf if path is None else str(path),  # type: ignore[arg-type]  # torch accepts a file object
                 dynamo=False,
                 opset_version=OPSET,
                 training=torch.onnx.TrainingMode.PRESERVE,

@@ -214,7 +214,7 @@ def built_layer_precisions(model: Any, node_plan: dict[str, tuple[Precision, str
             bias = 2 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else -1
             found = [k for j, i in enumerate(node.input) if i and j != bias and (k := weight(i)) is not None]
         if found:
-            weighted.setdefault(layer, []).append(max(found, key=_WIDTH.get))
+            weighted.setdefault(layer, []).append(max(found, key=_WIDTH.__getitem__))
             continue
         if any(o.endswith(FP16_SUFFIX) for o in node.output):
             p = Precision.FP16
@@ -229,5 +229,5 @@ def built_layer_precisions(model: Any, node_plan: dict[str, tuple[Precision, str
         if layer in out:
             continue
         seen = weighted.get(layer) or other.get(layer)
-        out[layer] = (max(seen, key=_WIDTH.get) if seen else planned).value
+        out[layer] = (max(seen, key=_WIDTH.__getitem__) if seen else planned).value
     return out

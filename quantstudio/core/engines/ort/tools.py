@@ -12,7 +12,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sized
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class ProgressReader(_Reader):
                  label: str = "calibrating") -> None:
         self._it: Iterator[Any] = iter(batches)
         self.label = label
-        self.total = len(batches) if hasattr(batches, "__len__") else None
+        self.total = len(batches) if isinstance(batches, Sized) else None
         self.input_name = input_name
         self.ctx = ctx
         self.lo, self.hi = lo, hi
@@ -139,7 +139,7 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
                 except subprocess.TimeoutExpired:
                     pass
                 ctx.check_cancelled()
-                if "progress" in job:
+                if "progress" in job and until is not None:
                     seen = _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
         finally:
             if proc.poll() is None:
@@ -185,7 +185,7 @@ def _tool_main(job_path: str) -> int:
     """The child process: run the job, write {"ok": ...} to the job's result file."""
     # onnxruntime.tools imports torch when it can find it (2 s here) and the tools never
     # use it: a None entry makes it unfindable.
-    sys.modules.setdefault("torch", None)
+    sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
     job = json.loads(Path(job_path).read_text())
     # ONNX Runtime's quantizers write their own temporary files (the calibrator's
     # augmented model, 43 MB for a ResNet-18) under tempfile's folder; a cancel kills
@@ -259,7 +259,7 @@ def _run_tool(job: dict[str, Any]) -> None:
     elif job["tool"] == "static":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        reader = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
+        reader: _FileReader | None = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
         cache = None
         if job["method"] == "Entropy":
             cache = Path(job["dst"]).with_name("entropy-ranges.json")

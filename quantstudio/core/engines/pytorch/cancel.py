@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from typing import Any
 
 from quantstudio.core.jobs import JobContext
 
@@ -77,7 +78,7 @@ def cancel_inside_calls():
 
 
 @functools.cache
-def _cancellable(base: type) -> type:
+def _cancellable(base: type) -> Any:
     """``base`` (an observer class) with a cancel point in construction, forward and
     calculate_qparams; same name, so messages and tests still say "MinMaxObserver"."""
 

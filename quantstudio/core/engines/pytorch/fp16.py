@@ -267,7 +267,7 @@ def run_fp16_in_graph(gm, scopes: set[str], example):
         wrong = {n for n in half if n in got and got[n] != "f16"}
         if exc is not None and not wrong:
             # A kernel without half support, or a node after it: give up on what did not run.
-            wrong = ({failed_at} & half) or {n for n in half if n not in got}
+            wrong = ({failed_at} & half if failed_at is not None else set()) or {n for n in half if n not in got}
         if not wrong:
             if exc is not None:
                 raise exc

@@ -43,8 +43,8 @@ def quantized_engine(backend: str | None):
     import torch
 
     previous = torch.backends.quantized.engine
-    switch = bool(backend) and backend != previous
-    if switch:
+    switch = backend is not None and backend != previous
+    if backend is not None and switch:
         torch.backends.quantized.engine = backend
     try:
         yield
