@@ -6,12 +6,13 @@ phases (fuse/prepare, calibrate, convert). Original and quantized model are eval
 exactly the same decoded tensors (:func:`quantstudio.core.evaluation.evaluate`), and
 timed interleaved (:func:`quantstudio.core.benchmark.run_benchmark`).
 
-Live plot data goes out through ``ctx.partial`` as dicts with a ``"type"`` key:
-``stage`` (name), ``fused`` (groups), ``metrics`` (original, quantized), ``layer_sqnr``
-(values: layer → dB), ``layer_sensitivity`` (values: layer → % output error with only
-that layer INT8), ``size`` (bytes), ``benchmark`` (the result dict), ``memory`` (variant,
-peak_rss_bytes, model_peak_bytes — one per variant, from a fresh process); the benchmark
-itself streams ``latency``/``throughput`` payloads.
+Live plot data goes out through ``ctx.partial`` as the typed events of
+:mod:`quantstudio.core.results` (``StageStarted``, ``LayersFused``, ``MetricsReady``,
+``LayerErrors``, ``LayerSensitivity``, ``SizesMeasured``, ``BenchmarkDone``,
+``MemoryMeasured``; the benchmark streams ``LatencySample``/``ThroughputMeasured``, the
+evaluation ``EvaluationProgress``). The finished run's figures are one
+:class:`~quantstudio.core.results.RunSummary` (``QuantizeResult.summary()``), which the
+CLI, the GUI, the report and projects all read.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engin
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext, Stages
 from quantstudio.core.plan import PrecisionPlan
+from quantstudio.core.results import (BenchmarkDone, LayerErrors, LayerSensitivity, LayersFused, MemoryMeasured,
+                                      MetricsReady, RunSummary, SizesMeasured, StageStarted, VariantMetrics,
+                                      VariantRole, finite_values, smallest_batch_latency, speedup, speedup_baseline)
 
 DEFAULT_EVAL_SAMPLES = 1000
 SQNR_BATCHES = 2
@@ -74,41 +78,56 @@ class QuantizeResult:
     @property
     def latency_ms(self) -> dict[str, float]:
         """p50 latency at the smallest batch size, per benchmark variant."""
-        if self.benchmark is None:
-            return {}
-        out = {}
-        for v in self.benchmark.variants:
-            if v.latency:
-                out[v.name] = v.latency[min(v.latency)].p50_ms
-        return out
+        return smallest_batch_latency(self.benchmark)
+
+    def summary(self) -> RunSummary:
+        """The run's figures as the one result model every consumer reads."""
+        variants = {VariantRole.ORIGINAL.value: VariantMetrics.from_evaluation(self.original_metrics),
+                    VariantRole.QUANTIZED.value: VariantMetrics.from_evaluation(self.quantized_metrics)}
+        variants[VariantRole.ORIGINAL.value].size_bytes = self.sizes.get("original_bytes")
+        variants[VariantRole.QUANTIZED.value].size_bytes = self.sizes.get("quantized_bytes")
+        latency_samples: dict[str, dict[int, list[float]]] = {}
+        if self.benchmark is not None:
+            for v in self.benchmark.variants:
+                m = variants.setdefault(v.name, VariantMetrics())
+                m.param_bytes = v.param_bytes
+                m.throughput = {int(b): float(x) for b, x in v.throughput.items() if np.isfinite(x)}
+                latency_samples[v.name] = {int(b): [float(x) for x in xs] for b, xs in v.samples_ms.items()}
+            for name, ms in self.latency_ms.items():
+                variants[name].latency_ms = ms
+        for name, mem in self.memory.items():
+            m = variants.setdefault(name, VariantMetrics())
+            m.peak_rss_bytes, m.model_peak_bytes = mem.get("peak_rss_bytes"), mem.get("model_peak_bytes")
+        return RunSummary(
+            engine=self.config.engine,
+            mode=self.config.mode,
+            config=self.config.to_dict(),
+            plan=self.plan.to_dict(),
+            variants=variants,
+            evaluation={VariantRole.ORIGINAL.value: self.original_metrics.to_dict() if self.original_metrics is not None else None,
+                        VariantRole.QUANTIZED.value: self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None},
+            latency_samples=latency_samples,
+            layer_sqnr=dict(self.layer_sqnr),
+            sensitivity=dict(self.sensitivity),
+            memory={k: dict(v) for k, v in self.memory.items()},
+            layer_precisions=dict(self.quantized.layer_precisions),
+            fused=[list(g) for g in self.fused],
+            benchmark=self.benchmark.to_dict() if self.benchmark is not None else None,
+            sizes=dict(self.sizes),
+            notes=list(self.notes),
+            warnings=list(self.warnings),
+            random_data=self.random_data,
+            calibration_samples=self.calibration_samples,
+            evaluation_samples=self.evaluation_samples,
+            calibration_data=self.calibration_data,
+            evaluation_data=self.evaluation_data,
+            preprocessing={**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
+                           "steps": list(self.preprocessing_steps)},
+            input_shape=list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "engine": self.config.engine,
-            "mode": self.config.mode,
-            "config": self.config.to_dict(),
-            "plan": self.plan.to_dict(),
-            "random_data": self.random_data,
-            "calibration_samples": self.calibration_samples,
-            "evaluation_samples": self.evaluation_samples,
-            "calibration_data": self.calibration_data,
-            "evaluation_data": self.evaluation_data,
-            "preprocessing": {**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
-                              "steps": list(self.preprocessing_steps)},
-            "input_shape": list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
-            "original": self.original_metrics.to_dict() if self.original_metrics is not None else None,
-            "quantized": self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None,
-            "layer_sqnr": {k: _json_float(v) for k, v in self.layer_sqnr.items()},
-            "layer_sensitivity": {k: _json_float(v) for k, v in self.sensitivity.items()},
-            "memory": {k: dict(v) for k, v in self.memory.items()},
-            "layer_precisions": dict(self.quantized.layer_precisions),
-            "fused": [list(g) for g in self.fused],
-            "latency_ms": {k: _json_float(v) for k, v in self.latency_ms.items()},
-            "benchmark": self.benchmark.to_dict() if self.benchmark is not None else None,
-            "sizes": dict(self.sizes),
-            "notes": list(self.notes),
-            "warnings": list(self.warnings),
-        }
+        return self.summary().to_dict()
 
 
 def run_quantize(
@@ -213,7 +232,7 @@ def run_quantize(
 
     # ---------------------------------------------------------------- quantize
     st = stages.stage("quantize")
-    ctx.partial({"type": "stage", "name": "quantize"})
+    ctx.partial(StageStarted("quantize"))
     calib = data.batches(split.calibration, batch_size=batch_size, message="calibrating")
     if len(calib.indices) == 0:
         raise InputError("there is no calibration data", path=data.path, hint="Choose data with at least one sample.")
@@ -222,12 +241,12 @@ def run_quantize(
         warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
     notes.extend(qm.notes)
     if qm.fused:
-        ctx.partial({"type": "fused", "groups": [list(g) for g in qm.fused]})
+        ctx.partial(LayersFused(tuple(tuple(g) for g in qm.fused)))
     ctx.check_cancelled()
 
     # ---------------------------------------------------------------- evaluate
     st = stages.stage("evaluate")
-    ctx.partial({"type": "stage", "name": "evaluate"})
+    ctx.partial(StageStarted("evaluate"))
     seen: list[np.ndarray] = []
     runner = qm.runner
 
@@ -252,7 +271,7 @@ def run_quantize(
         for w in ev.warnings + near_chance_warnings(original_metrics, evaluation_source, model):
             if w not in warnings:
                 warnings.append(w)
-        ctx.partial({"type": "metrics", "original": original_metrics.to_dict(), "quantized": quantized_metrics.to_dict()})
+        ctx.partial(MetricsReady(VariantMetrics.from_evaluation(original_metrics), VariantMetrics.from_evaluation(quantized_metrics)))
     else:
         notes.append("no samples were left for evaluation: accuracy not measured (use more data or fewer calibration samples)")
         x, _, _ = data.read(np.asarray(split.calibration[:batch_size]))
@@ -261,11 +280,11 @@ def run_quantize(
 
     # ---------------------------------------------------------------- per-layer error
     st = stages.stage("layer_error")
-    ctx.partial({"type": "stage", "name": "layer_error"})
+    ctx.partial(StageStarted("layer_error"))
     st.report(0.0, "measuring per-layer error")
     sqnr = layer_sqnr(model, qm, seen[: max(sqnr_batches, 1)], st)
     if sqnr:
-        ctx.partial({"type": "layer_sqnr", "values": {k: _json_float(v) for k, v in sqnr.items()}})
+        ctx.partial(LayerErrors(finite_values(sqnr)))
     st.report(1.0, "per-layer error measured")
     ctx.check_cancelled()
 
@@ -273,37 +292,37 @@ def run_quantize(
     layer_sens: dict[str, float] = {}
     if sensitivity:
         st = stages.stage("sensitivity")
-        ctx.partial({"type": "stage", "name": "sensitivity"})
+        ctx.partial(StageStarted("sensitivity"))
         if can_measure(model):
             from quantstudio.core.sensitivity import layer_sensitivity
 
             layer_sens = layer_sensitivity(model, [np.concatenate(seen)[:sensitivity_samples]], config, st)
             if layer_sens:
-                ctx.partial({"type": "layer_sensitivity", "values": {k: _json_float(v) for k, v in layer_sens.items()}})
+                ctx.partial(LayerSensitivity(finite_values(layer_sens)))
         else:
             notes.append(UNAVAILABLE_NOTE)
         ctx.check_cancelled()
 
     check = np.concatenate(seen)[: fixed or CHECK_SAMPLES] if seen else None  # a fixed batch runs exactly that many
     sizes = model_sizes(model, qm)
-    ctx.partial({"type": "size", **sizes})
+    ctx.partial(SizesMeasured(sizes.get("original_bytes"), sizes.get("quantized_bytes")))
 
     # ---------------------------------------------------------------- benchmark
     bench = None
     if benchmark:
         st = stages.stage("benchmark")
-        ctx.partial({"type": "stage", "name": "benchmark"})
+        ctx.partial(StageStarted("benchmark"))
         bench = _benchmark(model, qm, batch_sizes, benchmark_runs, st, sizes)
-        ctx.partial({"type": "benchmark", "result": bench.to_dict()})
+        ctx.partial(BenchmarkDone(tuple(bench.warnings), bench.to_dict()))
         notes.extend(_speed_notes(bench, qm))
         warnings.extend(w for w in bench.warnings if w not in warnings)
     memory: dict[str, dict[str, int]] = {}
     if measure_memory:
         st = stages.stage("memory")
-        ctx.partial({"type": "stage", "name": "memory"})
+        ctx.partial(StageStarted("memory"))
         memory, failed = _memory(model, qm, st)
         for name, m in memory.items():
-            ctx.partial({"type": "memory", "variant": name, **m})
+            ctx.partial(MemoryMeasured(name, m.get("peak_rss_bytes"), m.get("model_peak_bytes")))
         for name, reason in failed.items():
             notes.append(f"peak memory of the {name} model could not be measured: {reason}")
     ctx.report(1.0, "done")
@@ -467,14 +486,14 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     from quantstudio.core.benchmark import Variant, run_benchmark
 
     variants = [
-        Variant("original", model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
+        Variant(VariantRole.ORIGINAL.value, model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
     ]
     if qm.engine == "onnxruntime" and qm.reference_artifact is not None and model.framework != "onnx":
         from quantstudio.core.engines.ort_engine import OrtRunner, make_session
 
         # Same runtime, FP32: the fair baseline for the INT8 speed-up.
-        variants.append(Variant("original (onnxruntime)", OrtRunner(make_session(qm.reference_artifact)), kind="onnxruntime fp32"))
-    variants.append(Variant("quantized", qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
+        variants.append(Variant(VariantRole.ORIGINAL_SAME_RUNTIME.value, OrtRunner(make_session(qm.reference_artifact)), kind="onnxruntime fp32"))
+    variants.append(Variant(VariantRole.QUANTIZED.value, qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
     shape = tuple(model.input_shape)
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
 
@@ -524,13 +543,12 @@ def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, 
 
 def _speed_notes(bench, qm: QuantizedModel) -> list[str]:
     """Say so when the quantized model is not faster (the most common complaint)."""
-    names = [v.name for v in bench.variants]
-    base = "original (onnxruntime)" if "original (onnxruntime)" in names else "original"
-    try:
-        batch = min(bench.by_name("quantized").latency)
-        ratio = bench.speedup(base, "quantized", batch)
-    except (KeyError, ValueError, StopIteration, ZeroDivisionError):
+    # The same p50-at-smallest-batch and baseline rule as every other speed-up shown.
+    latency = smallest_batch_latency(bench)
+    base, ratio = speedup_baseline(latency), speedup(latency)
+    if base is None or ratio is None:
         return []
+    batch = min(bench.by_name(VariantRole.QUANTIZED.value).latency)
     if ratio >= 1.1:
         return [f"quantized model {ratio:.1f}x faster than {base} at batch {batch}"]
     why = ""
