@@ -14,7 +14,6 @@ from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 
 from quantstudio.core.results import VariantRole
 
-SPEED_BASELINE = VariantRole.ORIGINAL_SAME_RUNTIME.value  # kept for callers; the rule lives in core.results.speedup
 
 
 def run(ctx, request: QuantizeRequest) -> RunOutcome:

@@ -224,6 +224,8 @@ def scan_data_job(
 class RunOutcome:
     """One finished run, reduced to what the GUI shows and a project stores.
 
+    Built from the core's ``RunSummary`` (:meth:`from_summary`), so its figures are the
+    CLI's; its stored form (``to_dict``) is the project format of release 1, unchanged.
     ``metrics`` maps a variant name ("original", the quantized name) to plain numbers:
     top1, top5, precision, recall, f1, agreement, sqnr_db, cosine (fractions / dB),
     latency_ms (median at the smallest batch), size_bytes, param_bytes, peak_rss_bytes
