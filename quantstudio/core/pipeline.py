@@ -27,7 +27,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from quantstudio.core.data import Split
-from quantstudio.core.evaluation import _json_float
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engine
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext, Stages
