@@ -583,7 +583,8 @@ def _cmd_quantize(args) -> int:
             signal.signal(signal.SIGTERM, previous_term)
     if recipe is not None:
         result.warnings.extend(_recipe_data_warnings(recipe, exported.recipe_path))
-    d = result.to_dict()
+    summary = result.summary()  # the one result model: --json and the text below read the same figures
+    d = summary.to_dict()
     if args.json:
         d["model"] = str(model.path)
         d["export"] = exported.to_dict()
@@ -616,9 +617,11 @@ def _cmd_quantize(args) -> int:
             sqnr = "inf" if m.sqnr_db is not None and m.sqnr_db == float("inf") else f"{m.sqnr_db:.1f}"
             parts.append(f"agreement {m.agreement:.2%}  SQNR {sqnr} dB")
         print("  ".join(parts) + f"  (n={m.n})")
-    lat = result.latency_ms
+    lat = summary.latency_ms
     if lat:
         print("latency (batch 1, p50): " + ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items()))
+    if summary.speedup is not None:
+        print(f"speed-up: {summary.speedup:.2f}x against {summary.speedup_baseline}")
     s = result.sizes
     if s.get("original_bytes") and s.get("quantized_bytes"):
         print(f"size: {s['original_bytes'] / 1e6:.2f} MB → {s['quantized_bytes'] / 1e6:.2f} MB")

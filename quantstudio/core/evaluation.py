@@ -26,6 +26,7 @@ from quantstudio.core.data import RANDOM_DATA_NOTE, DataSource, SkippedFile, mod
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext, NullContext
 from quantstudio.core.metrics import ErrorAccumulator
+from quantstudio.core.results import EvaluationProgress
 
 TOP_K = 5
 NO_LABELS_NOTE = "the data has no labels: accuracy cannot be measured, only agreement between variants"
@@ -433,14 +434,11 @@ def evaluate(
                 paths=batch.paths,
                 reference_logits=None if name == reference else ref_out,
             )
-        ctx.partial(
-            {
-                "type": "evaluation",
-                "done": int(stream.samples_read),
-                "total": int(len(stream.indices)),
-                "top1": {n: _running_top1(a) for n, a in accumulators.items()},
-            }
-        )
+        ctx.partial(EvaluationProgress(
+            done=int(stream.samples_read),
+            total=int(len(stream.indices)),
+            top1={n: _running_top1(a) for n, a in accumulators.items()},
+        ))
     if stream.samples_read == 0:
         raise InputError(
             f"none of the {len(stream.indices)} samples could be read",

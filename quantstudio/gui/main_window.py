@@ -554,22 +554,23 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
 
     @Slot(object)
     def _on_partial(self, payload: Any) -> None:
-        if not isinstance(payload, dict):
+        from quantstudio.core.results import LayerErrors, LayerSensitivity, LayersFused, StageStarted, as_event
+
+        event = as_event(payload)  # typed once here; the engines' own stage dicts included
+        if event is None:
             return
         for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
-            panel.feed(payload)
-        kind = payload.get("type")
-        if kind == "stage":
-            log.info("Stage: %s", str(payload.get("name", "")).replace("_", " "))
-        elif kind == "fused" and payload.get("groups"):
-            self.layer_panel.set_layer_results(fused=payload["groups"])
-        elif kind == "layer_sqnr" and payload.get("values"):
-            values = {k: float(v) for k, v in payload["values"].items() if v is not None}
+            panel.feed(event)
+        if isinstance(event, StageStarted):
+            log.info("Stage: %s", event.name.replace("_", " "))
+        elif isinstance(event, LayersFused) and event.groups:
+            self.layer_panel.set_layer_results(fused=[list(g) for g in event.groups])
+        elif isinstance(event, LayerErrors) and event.values:
+            values = dict(event.values)
             self.layer_panel.set_layer_results(sqnr=values)
             self.layer_error_panel.set_layers(values, {k: self.layer_model.precision_of(k) or "" for k in values})
-        elif kind == "layer_sensitivity" and payload.get("values"):
-            self.layer_panel.set_layer_results(
-                sensitivity={k: float(v) for k, v in payload["values"].items() if v is not None})
+        elif isinstance(event, LayerSensitivity) and event.values:
+            self.layer_panel.set_layer_results(sensitivity=dict(event.values))
 
     def _on_run_done(self, run: tasks.RunOutcome) -> None:
         self.variants_panel.model.add(run)
@@ -578,9 +579,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         q = run.metrics.get(run.quantized, {})
         ref = run.metrics.get(run.reference, {})
         parts = [f"Finished {run.name} in {run.seconds:.1f} s"]
-        from quantstudio.gui.variants import speedup
-
-        ratio = speedup(run)
+        ratio = run.speedup
         if ratio is not None:
             parts.append(f"{ratio:.2f}× the speed of the FP32 model" if ratio < 1.1 else f"{ratio:.2f}× faster")
         if q.get("top1") is not None and ref.get("top1") is not None:

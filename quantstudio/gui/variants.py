@@ -90,11 +90,7 @@ def _pct(v: Any) -> str:
 
 def speedup(run: RunOutcome) -> float | None:
     """Against the FP32 model in the same runtime when the run timed it (a fair comparison)."""
-    base = run.metrics.get("original (onnxruntime)") or reference_metrics(run)
-    a, b = base.get("latency_ms"), quantized_metrics(run).get("latency_ms")
-    if a and b:
-        return float(a) / float(b)
-    return None
+    return run.speedup
 
 
 class VariantTableModel(QAbstractTableModel):
