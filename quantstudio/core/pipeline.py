@@ -217,7 +217,12 @@ def run_quantize(
     calib = data.batches(split.calibration, batch_size=batch_size, message="calibrating")
     if len(calib.indices) == 0:
         raise InputError("there is no calibration data", path=data.path, hint="Choose data with at least one sample.")
-    qm = engine.quantize(model, plan, config, calib, st)
+    from quantstudio.core.equalize import equalized_model
+
+    # Only the engine (and the per-layer error, whose FP32 activations must be the ones the
+    # engine quantized) sees the equalized copy; ``model`` stays the reference.
+    to_quantize = equalized_model(model, config, notes)
+    qm = engine.quantize(to_quantize, plan, config, calib, st)
     if calib.skipped:
         warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
     notes.extend(qm.notes)
@@ -263,7 +268,7 @@ def run_quantize(
     st = stages.stage("layer_error")
     ctx.partial({"type": "stage", "name": "layer_error"})
     st.report(0.0, "measuring per-layer error")
-    sqnr = layer_sqnr(model, qm, seen[: max(sqnr_batches, 1)], st)
+    sqnr = layer_sqnr(to_quantize, qm, seen[: max(sqnr_batches, 1)], st)
     if sqnr:
         ctx.partial({"type": "layer_sqnr", "values": {k: _json_float(v) for k, v in sqnr.items()}})
     st.report(1.0, "per-layer error measured")

@@ -455,6 +455,7 @@ def project_schema() -> dict[str, Any]:
             "mode": nullable_text,
             "calibration": nullable_text,
             "per_channel": _BOOL,
+            "equalize": _BOOL,
             "benchmark_runs": _int(1, 100_000),
             "benchmark_batches": text,
             "sensitivity": _BOOL,
