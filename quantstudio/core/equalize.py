@@ -269,6 +269,11 @@ def equalize(module: Any, example_input: Any = None) -> EqualizeReport:
             module.eval()
             with torch.no_grad():
                 a, b = _first_tensor(module(example_input)), _first_tensor(eq(example_input))
+        except Exception as exc:  # noqa: BLE001 - e.g. a half-precision model given a float32 input
+            # Unchecked is not used: an equalized copy must be known to compute the same.
+            return EqualizeReport(module, notes=[
+                f"outlier-channel equalization was skipped: the model could not be checked on an example "
+                f"input ({type(exc).__name__})"])
         finally:
             module.train(ref_mode)
         if a is not None and b is not None:

@@ -126,6 +126,10 @@ def test_untraceable_models_come_back_unchanged_with_a_note():
     notes: list[str] = []
     lm = loaded(net, (1, 3, 8, 8))
     assert equalized_model(lm, QuantConfig(), notes) is lm and "could not be traced" in notes[0]
+    # a model that fails on the example input is not used unchecked
+    half = torchvision.models.resnet18(num_classes=10).eval().half()
+    report = equalize(half, torch.randn(1, 3, 32, 32))
+    assert report.module is half and "could not be checked" in report.notes[0]
 
 
 def test_equalized_model_applies_to_static_int8_of_eager_models_only(damaged):
