@@ -250,7 +250,7 @@ def equalize(module: Any, example_input: Any = None) -> EqualizeReport:
     for _ in range(MAX_ROUNDS):
         worst = 0.0
         for p in pairs:
-            conv1, bn, _act, conv2 = (mods[p[0]], mods[p[1]], p[2], mods[p[3]])
+            conv1, bn, conv2 = mods[p[0]], mods[p[1]], mods[p[3]]
             with torch.no_grad():
                 s = _scales(conv1, bn, conv2)
                 _apply(bn, conv2, s)
