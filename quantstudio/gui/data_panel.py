@@ -213,7 +213,7 @@ class DataPanel(QScrollArea):
         qform.addRow("Target CPU:", self.backend_combo)
         qform.addRow("Calibration:", self.calib_combo)
         qform.addRow("", self.per_channel_check)
-        self.equalize_check = QCheckBox("Equalize outlier channels (recommended)")
+        self.equalize_check = QCheckBox("Equalize outlier channels")  # "(recommended)" is in the tooltip: the panel must stay narrow
         self.equalize_check.setToolTip(glossary.EQUALIZE_HELP)
         self.equalize_check.setChecked(True)  # the default: see core/equalize.py for the measured reason
         qform.addRow("", self.equalize_check)
