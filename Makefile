@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(VENV)/bin/quantstudio --demo
 
 test: $(STAMP)
+	$(PY) -m mypy
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests
 
 bench: $(STAMP)

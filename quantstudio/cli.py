@@ -386,6 +386,8 @@ def _mb(n: int | None) -> str:
 
 
 def _add_quantize(sub) -> None:
+    from quantstudio.core.engines.base import ENGINES, QuantConfig
+
     p = sub.add_parser(
         "quantize",
         help="quantize a model (static/dynamic INT8, FP16, mixed) on your data, compare it with the original, export it",
@@ -400,7 +402,7 @@ def _add_quantize(sub) -> None:
     p.add_argument("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")
     p.add_argument("--std", help="per-channel std, e.g. 0.229,0.224,0.225")
     p.add_argument("--channel-order", choices=["RGB", "BGR"], help="channel order the model expects (default RGB)")
-    p.add_argument("--engine", choices=["torch", "onnxruntime"], help="quantization engine (default onnxruntime)")
+    p.add_argument("--engine", choices=list(ENGINES), help=f"quantization engine (default {QuantConfig().engine})")
     p.add_argument("--mode", choices=["static", "dynamic", "fp16"], help="static INT8 (default), dynamic INT8, or FP16")
     p.add_argument("--backend", choices=["auto", "x86", "qnnpack"], help="CPU the model will run on (default auto: this one)")
     p.add_argument(
@@ -586,7 +588,8 @@ def _cmd_quantize(args) -> int:
             signal.signal(signal.SIGTERM, previous_term)
     if recipe is not None:
         result.warnings.extend(_recipe_data_warnings(recipe, exported.recipe_path))
-    d = result.to_dict()
+    summary = result.summary()  # the one result model: --json and the text below read the same figures
+    d = summary.to_dict()
     if args.json:
         d["model"] = str(model.path)
         d["export"] = exported.to_dict()
@@ -619,9 +622,11 @@ def _cmd_quantize(args) -> int:
             sqnr = "inf" if m.sqnr_db is not None and m.sqnr_db == float("inf") else f"{m.sqnr_db:.1f}"
             parts.append(f"agreement {m.agreement:.2%}  SQNR {sqnr} dB")
         print("  ".join(parts) + f"  (n={m.n})")
-    lat = result.latency_ms
+    lat = summary.latency_ms
     if lat:
         print("latency (batch 1, p50): " + ", ".join(f"{k} {v:.2f} ms" for k, v in lat.items()))
+    if summary.speedup is not None:
+        print(f"speed-up: {summary.speedup:.2f}x against {summary.speedup_baseline}")
     s = result.sizes
     if s.get("original_bytes") and s.get("quantized_bytes"):
         print(f"size: {s['original_bytes'] / 1e6:.2f} MB → {s['quantized_bytes'] / 1e6:.2f} MB")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from quantstudio.core.jobs import JobContext, NullContext
+from quantstudio.core.results import LatencySample, MemoryMeasured, ThroughputMeasured
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 # Stop growing the batch when one input batch alone would take this much memory.
@@ -269,7 +270,7 @@ def run_benchmark(
                 v.runner(x)
                 ms = (clock() - t0) * 1000.0
                 samples[v.name].append(ms)
-                ctx.partial({"type": "latency", "variant": v.name, "batch": batch, "ms": ms})
+                ctx.partial(LatencySample(v.name, batch, ms))
             step += 1
             ctx.report(step / total_steps, f"timing batch {batch}: run {i + 1}/{runs}")
         for v in current:
@@ -278,7 +279,7 @@ def run_benchmark(
             r.samples_ms[batch] = samples[v.name]
             r.latency[batch] = stats
             r.throughput[batch] = batch / (stats.p50_ms / 1000.0) if stats.p50_ms > 0 else float("inf")
-            ctx.partial({"type": "throughput", "variant": v.name, "batch": batch, "value": r.throughput[batch]})
+            ctx.partial(ThroughputMeasured(v.name, batch, r.throughput[batch]))
     load = meter.stop()
     for v in variants:
         r = results[v.name]
@@ -291,8 +292,7 @@ def run_benchmark(
             mem = measure_memory(Path(v.file), input_shape)
             if mem is not None:
                 r.peak_rss_bytes, r.inference_rss_bytes = mem
-            ctx.partial({"type": "memory", "variant": v.name, "peak_rss_bytes": r.peak_rss_bytes,
-                         "size_bytes": r.size_bytes})
+            ctx.partial(MemoryMeasured(v.name, r.peak_rss_bytes, size_bytes=r.size_bytes))
     return BenchmarkResult(
         variants=list(results.values()),
         threads=threads,

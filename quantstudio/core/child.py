@@ -9,7 +9,7 @@ helper is ``python -m quantstudio.core.child TASK ARGS``; in a bundle it is
 Tasks:
 
 * ``ort-tool JOB.json`` - one of ONNX Runtime's tools (pre-processing, quantizers, the
-  session check) on files, see :func:`quantstudio.core.engines.ort_engine._tool_main`.
+  session check) on files, see :func:`quantstudio.core.engines.ort.tools._tool_main`.
 * ``memory MODEL SHAPE_JSON THREADS`` - the peak-memory probe of
   :func:`quantstudio.core.benchmark.memory_probe_main`.
 
@@ -93,7 +93,7 @@ def die_with_parent(cleanup: Path | None = None, parent: int | None = None) -> N
 
 
 def _ort_tool(args: list[str]) -> int:
-    from quantstudio.core.engines.ort_engine import _tool_main
+    from quantstudio.core.engines.ort.tools import _tool_main
 
     return _tool_main(args[0])
 

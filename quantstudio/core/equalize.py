@@ -246,7 +246,7 @@ def equalize(module: Any, example_input: Any = None) -> EqualizeReport:
     was_training = eq.training
     eq.eval()
     mods = dict(eq.named_modules())
-    total = {p: None for p in pairs}
+    total: dict[tuple[str, str, str | None, str], Any] = {p: None for p in pairs}  # per-channel product of scales
     for _ in range(MAX_ROUNDS):
         worst = 0.0
         for p in pairs:

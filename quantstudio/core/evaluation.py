@@ -25,6 +25,8 @@ import numpy as np
 from quantstudio.core.data import RANDOM_DATA_NOTE, DataSource, SkippedFile, model_fit_warnings
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext, NullContext
+from quantstudio.core.metrics import ErrorAccumulator
+from quantstudio.core.results import EvaluationProgress
 
 TOP_K = 5
 NO_LABELS_NOTE = "the data has no labels: accuracy cannot be measured, only agreement between variants"
@@ -235,8 +237,7 @@ class MetricAccumulator:
         self._paths: list[str | None] = []
         self._ref_top1: list[np.ndarray] = []
         self._cos: list[np.ndarray] = []
-        self._signal = 0.0
-        self._noise = 0.0
+        self._error = ErrorAccumulator()  # output SQNR vs the reference
         self._compare = reference is not None
         self.warnings: list[str] = []
 
@@ -273,8 +274,7 @@ class MetricAccumulator:
                 self._compare = False
                 return
             ref64, out64 = ref.astype(np.float64), logits.astype(np.float64)
-            self._signal += float(np.sum(ref64**2))
-            self._noise += float(np.sum((ref64 - out64) ** 2))
+            self._error.add(ref64, out64)
             self._ref_top1.append(_topk(ref, 1)[:, 0])
             self._cos.append(_cosine(ref64, out64))
 
@@ -301,7 +301,7 @@ class MetricAccumulator:
             ref_pred = np.concatenate(self._ref_top1)
             res.reference = self.reference
             res.agreement = float(np.mean(ref_pred == pred))
-            res.sqnr_db = _sqnr(self._signal, self._noise)
+            res.sqnr_db = self._error.sqnr_db()
             res.cosine = float(np.mean(np.concatenate(self._cos)))
             for row in np.flatnonzero(ref_pred != pred):
                 res.changed.append(
@@ -329,14 +329,6 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     both_zero = (na == 0) & (nb == 0)
     cos = np.where(both_zero, 1.0, np.where((na == 0) | (nb == 0), 0.0, cos))
     return np.clip(cos, -1.0, 1.0)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 def _label_metrics(res: EvaluationResult, pred: np.ndarray, topk: np.ndarray, labels: np.ndarray, names: Mapping[int, str]) -> None:
@@ -442,14 +434,11 @@ def evaluate(
                 paths=batch.paths,
                 reference_logits=None if name == reference else ref_out,
             )
-        ctx.partial(
-            {
-                "type": "evaluation",
-                "done": int(stream.samples_read),
-                "total": int(len(stream.indices)),
-                "top1": {n: _running_top1(a) for n, a in accumulators.items()},
-            }
-        )
+        ctx.partial(EvaluationProgress(
+            done=int(stream.samples_read),
+            total=int(len(stream.indices)),
+            top1={n: _running_top1(a) for n, a in accumulators.items()},
+        ))
     if stream.samples_read == 0:
         raise InputError(
             f"none of the {len(stream.indices)} samples could be read",

@@ -1,11 +1,12 @@
 """Exports that are checked before they are called done, written atomically.
 
-``.onnx`` (ONNX Runtime engine): the quantized graph, which must pass
-``onnx.checker.check_model`` and give, in a *fresh* InferenceSession, the outputs the
-app measured. ``.pth`` (PyTorch engine): a traced and frozen TorchScript archive —
+The engine that made a result writes it (``Engine.write``; the file suffixes it writes
+are its ``formats``) and loads it back afresh (``Engine.reload``): ``.onnx`` (ONNX
+Runtime engine) must pass ``onnx.checker.check_model`` and run in a *fresh*
+InferenceSession; ``.pth`` (PyTorch engine) is a traced and frozen TorchScript archive —
 DESIGN: ``torch.save`` of a converted FX INT8 model does not load back in torch 2.14,
 the TorchScript archive does and needs only ``torch.jit.load``. Either file is checked
-by loading it back from disk and comparing outputs on the given samples.
+here by comparing the reloaded outputs with the in-app ones on the given samples.
 
 Every file goes to a temporary name in the destination folder, is fsynced and checked;
 then the model(s), the recipe (``X.recipe.json``, which records each model file's
@@ -24,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from quantstudio.core.engines.base import engine_writing, get_engine
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext
 from quantstudio.core.recipe import recipe_path_for
@@ -37,11 +39,15 @@ from quantstudio.core.transaction import (  # noqa: F401 - temp_path_beside is u
     temp_path_beside,
 )
 
-# What an engine can write: extension → format.
-FORMATS = {
-    "onnxruntime": {".onnx": "onnx"},
-    "torch": {".pth": "torchscript", ".pt": "torchscript"},
-}
+
+def __getattr__(name: str) -> Any:
+    # FORMATS (engine name → {suffix: format}) is derived from the engines' own ``formats``
+    # for gui/pipeline_adapter.py, which still reads it; new code asks the engine.
+    if name == "FORMATS":
+        from quantstudio.core.engines.base import available_engines
+
+        return {e.name: dict(e.formats) for e in available_engines()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -94,12 +100,12 @@ class ExportResult:
 def export_format(engine: str, path: str | Path) -> str:
     """The format ``path``'s extension asks for; InputError if ``engine`` cannot write it."""
     suffix = Path(path).suffix.lower()
-    allowed = FORMATS.get(engine, {})
+    allowed = get_engine(engine).formats
     if suffix not in allowed:
-        other = [e for e, f in FORMATS.items() if suffix in f]
+        other = engine_writing(suffix)
         hint = (
             f"The {engine} engine writes {', '.join(allowed)}"
-            + (f"; {suffix} files come from the {other[0]} engine (--engine {other[0]})" if other else "")
+            + (f"; {suffix} files come from the {other.name} engine (--engine {other.name})" if other else "")
             + "."
         )
         raise InputError(f"cannot export a {engine} result as '{suffix or Path(path).name}'", path=path, hint=hint)
@@ -180,6 +186,7 @@ def export_set(
                     r.path.name: {"format": r.format, "bytes": r.size_bytes, "sha256": sha256_of(txn.temp_for(r.path))}
                     for r in results
                 }
+                assert recipe_path is not None  # set whenever a recipe is written
                 txn.write_text(recipe_path, json.dumps(doc, indent=2) + "\n")
                 for r in results:
                     r.recipe_path = recipe_path
@@ -238,22 +245,13 @@ def _write_and_check(item: ExportItem, fmt: str, txn: ExportTransaction, ctx: An
     ctx.check_cancelled()
     ctx.report(0.05, f"writing {path.name}")
     tmp = txn.temp_for(path)
-    backend = getattr(result.runner, "backend", None)  # PyTorch: the quantized engine it was built for
-    if fmt == "onnx":
-        _write_onnx(result.artifact, tmp)
-    else:
-        _write_torchscript(result.artifact, samples[:1], tmp, backend=backend)
+    engine = get_engine(result.engine)
+    engine.write(result, tmp, samples[:1])
     fsync_file(tmp)
     ctx.check_cancelled()
     ctx.report(0.4, f"checking {path.name}: reloading it")
     expected = np.asarray(result.runner(samples), dtype=np.float32)
-    if fmt == "onnx":
-        got, how = _reload_onnx(tmp, samples), "onnx.checker + a fresh onnxruntime.InferenceSession"
-    else:
-        from quantstudio.core.engines.torch_engine import quantized_engine
-
-        with quantized_engine(backend):  # as the in-app runner ran it
-            got, how = _reload_torchscript(tmp, samples), "torch.jit.load"
+    got, how = engine.reload(result, tmp, samples)
     check = compare_outputs(expected, got, how, random_input)
     if not check.passed:
         raise InputError(
@@ -299,70 +297,6 @@ def compare_outputs(expected: np.ndarray, got: np.ndarray, how: str, random_inpu
     agree = float(np.mean(np.argmax(e, 1) == np.argmax(g, 1))) if e.size else 1.0
     tol = 1e-4 * max(1.0, float(np.max(np.abs(e))) if e.size else 1.0)
     return ExportCheck(len(e), diff, agree, tol, diff <= tol and agree == 1.0, how, random_input)
-
-
-# --------------------------------------------------------------------------- formats
-
-
-def _write_onnx(model: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        f.write(model.SerializeToString())
-
-
-def _reload_onnx(path: Path, samples: np.ndarray) -> np.ndarray:
-    import onnx
-
-    from quantstudio.core.engines.ort_engine import make_session
-
-    try:
-        onnx.checker.check_model(str(path))
-        sess = make_session(str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(
-            "the exported ONNX file is not valid",
-            path=path,
-            hint="Nothing was written. Try keeping more layers in FP32.",
-            details=str(exc)[-4000:],
-        ) from exc
-    name = sess.get_inputs()[0].name
-    return sess.run(None, {name: samples})[0]
-
-
-def _write_torchscript(module: Any, example: np.ndarray, path: Path, *, backend: str | None = None) -> None:
-    """Trace + freeze ``module`` to ``path``; ``backend``: the quantized engine it was converted for."""
-    import torch
-
-    from quantstudio.core.engines.torch_engine import quantized_engine, quiet, to_torchscript
-
-    try:
-        with quantized_engine(backend):
-            scripted = to_torchscript(module, torch.from_numpy(example))
-    except InputError:
-        raise  # already says what is wrong and what to do (e.g. a branch on tensor values)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(
-            "the quantized model could not be saved as TorchScript",
-            hint="Use the ONNX Runtime engine and export .onnx instead.",
-            details=str(exc)[-4000:],
-        ) from exc
-    with quiet():
-        torch.jit.save(scripted, str(path))
-
-
-def _reload_torchscript(path: Path, samples: np.ndarray) -> np.ndarray:
-    import torch
-
-    from quantstudio.core.engines.torch_engine import quiet
-
-    with quiet():
-        loaded = torch.jit.load(str(path), map_location="cpu")
-        with torch.inference_mode():
-            out = loaded(torch.from_numpy(samples))
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if getattr(out, "is_quantized", False):
-        out = out.dequantize()
-    return out.float().numpy()
 
 
 def commit(tmp: Path, path: Path) -> Path:

@@ -6,19 +6,19 @@ phases (fuse/prepare, calibrate, convert). Original and quantized model are eval
 exactly the same decoded tensors (:func:`quantstudio.core.evaluation.evaluate`), and
 timed interleaved (:func:`quantstudio.core.benchmark.run_benchmark`).
 
-Live plot data goes out through ``ctx.partial`` as dicts with a ``"type"`` key:
-``stage`` (name), ``fused`` (groups), ``metrics`` (original, quantized), ``layer_sqnr``
-(values: layer → dB), ``layer_sensitivity`` (values: layer → % output error with only
-that layer INT8), ``size`` (bytes), ``benchmark`` (the result dict), ``memory`` (variant,
-peak_rss_bytes, model_peak_bytes — one per variant, from a fresh process); the benchmark
-itself streams ``latency``/``throughput`` payloads.
+Live plot data goes out through ``ctx.partial`` as the typed events of
+:mod:`quantstudio.core.results` (``StageStarted``, ``LayersFused``, ``MetricsReady``,
+``LayerErrors``, ``LayerSensitivity``, ``SizesMeasured``, ``BenchmarkDone``,
+``MemoryMeasured``; the benchmark streams ``LatencySample``/``ThroughputMeasured``, the
+evaluation ``EvaluationProgress``). The finished run's figures are one
+:class:`~quantstudio.core.results.RunSummary` (``QuantizeResult.summary()``), which the
+CLI, the GUI, the report and projects all read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,11 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from quantstudio.core.data import Split
-from quantstudio.core.evaluation import _json_float
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel, get_engine
 from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext, NullContext, Stages
 from quantstudio.core.plan import PrecisionPlan
+from quantstudio.core.results import (BenchmarkDone, LayerErrors, LayerSensitivity, LayersFused, MemoryMeasured,
+                                      MetricsReady, RunSummary, SizesMeasured, StageStarted, VariantMetrics,
+                                      VariantRole, finite_values, smallest_batch_latency, speedup, speedup_baseline)
 
 DEFAULT_EVAL_SAMPLES = 1000
 SQNR_BATCHES = 2
@@ -74,41 +76,56 @@ class QuantizeResult:
     @property
     def latency_ms(self) -> dict[str, float]:
         """p50 latency at the smallest batch size, per benchmark variant."""
-        if self.benchmark is None:
-            return {}
-        out = {}
-        for v in self.benchmark.variants:
-            if v.latency:
-                out[v.name] = v.latency[min(v.latency)].p50_ms
-        return out
+        return smallest_batch_latency(self.benchmark)
+
+    def summary(self) -> RunSummary:
+        """The run's figures as the one result model every consumer reads."""
+        variants = {VariantRole.ORIGINAL.value: VariantMetrics.from_evaluation(self.original_metrics),
+                    VariantRole.QUANTIZED.value: VariantMetrics.from_evaluation(self.quantized_metrics)}
+        variants[VariantRole.ORIGINAL.value].size_bytes = self.sizes.get("original_bytes")
+        variants[VariantRole.QUANTIZED.value].size_bytes = self.sizes.get("quantized_bytes")
+        latency_samples: dict[str, dict[int, list[float]]] = {}
+        if self.benchmark is not None:
+            for v in self.benchmark.variants:
+                m = variants.setdefault(v.name, VariantMetrics())
+                m.param_bytes = v.param_bytes
+                m.throughput = {int(b): float(x) for b, x in v.throughput.items() if np.isfinite(x)}
+                latency_samples[v.name] = {int(b): [float(x) for x in xs] for b, xs in v.samples_ms.items()}
+            for name, ms in self.latency_ms.items():
+                variants[name].latency_ms = ms
+        for name, mem in self.memory.items():
+            m = variants.setdefault(name, VariantMetrics())
+            m.peak_rss_bytes, m.model_peak_bytes = mem.get("peak_rss_bytes"), mem.get("model_peak_bytes")
+        return RunSummary(
+            engine=self.config.engine,
+            mode=self.config.mode,
+            config=self.config.to_dict(),
+            plan=self.plan.to_dict(),
+            variants=variants,
+            evaluation={VariantRole.ORIGINAL.value: self.original_metrics.to_dict() if self.original_metrics is not None else None,
+                        VariantRole.QUANTIZED.value: self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None},
+            latency_samples=latency_samples,
+            layer_sqnr=dict(self.layer_sqnr),
+            sensitivity=dict(self.sensitivity),
+            memory={k: dict(v) for k, v in self.memory.items()},
+            layer_precisions=dict(self.quantized.layer_precisions),
+            fused=[list(g) for g in self.fused],
+            benchmark=self.benchmark.to_dict() if self.benchmark is not None else None,
+            sizes=dict(self.sizes),
+            notes=list(self.notes),
+            warnings=list(self.warnings),
+            random_data=self.random_data,
+            calibration_samples=self.calibration_samples,
+            evaluation_samples=self.evaluation_samples,
+            calibration_data=self.calibration_data,
+            evaluation_data=self.evaluation_data,
+            preprocessing={**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
+                           "steps": list(self.preprocessing_steps)},
+            input_shape=list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "engine": self.config.engine,
-            "mode": self.config.mode,
-            "config": self.config.to_dict(),
-            "plan": self.plan.to_dict(),
-            "random_data": self.random_data,
-            "calibration_samples": self.calibration_samples,
-            "evaluation_samples": self.evaluation_samples,
-            "calibration_data": self.calibration_data,
-            "evaluation_data": self.evaluation_data,
-            "preprocessing": {**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
-                              "steps": list(self.preprocessing_steps)},
-            "input_shape": list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
-            "original": self.original_metrics.to_dict() if self.original_metrics is not None else None,
-            "quantized": self.quantized_metrics.to_dict() if self.quantized_metrics is not None else None,
-            "layer_sqnr": {k: _json_float(v) for k, v in self.layer_sqnr.items()},
-            "layer_sensitivity": {k: _json_float(v) for k, v in self.sensitivity.items()},
-            "memory": {k: dict(v) for k, v in self.memory.items()},
-            "layer_precisions": dict(self.quantized.layer_precisions),
-            "fused": [list(g) for g in self.fused],
-            "latency_ms": {k: _json_float(v) for k, v in self.latency_ms.items()},
-            "benchmark": self.benchmark.to_dict() if self.benchmark is not None else None,
-            "sizes": dict(self.sizes),
-            "notes": list(self.notes),
-            "warnings": list(self.warnings),
-        }
+        return self.summary().to_dict()
 
 
 def run_quantize(
@@ -159,18 +176,8 @@ def run_quantize(
         )
     data = data_source
     engine = get_engine(config.engine)
-    from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, can_measure
 
-    weights = [("quantize", 6.0), ("evaluate", 3.0), ("layer_error", 1.0)]
     sensitivity = sensitivity and sensitivity_samples > 0
-    if sensitivity:
-        weights.append(("sensitivity", 2.0))
-    if benchmark:
-        weights.append(("benchmark", 3.0))
-    if measure_memory:
-        weights.append(("memory", 1.0))
-    stages = Stages(ctx, weights)
-
     fixed = getattr(model, "fixed_batch", None)
     if fixed:
         # An input exported without a dynamic batch axis takes exactly ``fixed`` samples per
@@ -211,128 +218,51 @@ def run_quantize(
     if data.is_random and RANDOM_NOTE not in warnings:
         warnings.insert(0, RANDOM_NOTE)
 
-    # ---------------------------------------------------------------- quantize
-    st = stages.stage("quantize")
-    ctx.partial({"type": "stage", "name": "quantize"})
-    calib = data.batches(split.calibration, batch_size=batch_size, message="calibrating")
-    if len(calib.indices) == 0:
-        raise InputError("there is no calibration data", path=data.path, hint="Choose data with at least one sample.")
-    from quantstudio.core.equalize import equalized_model
-
-    # Only the engine (and the per-layer error, whose FP32 activations must be the ones the
-    # engine quantized) sees the equalized copy; ``model`` stays the reference.
-    to_quantize = equalized_model(model, config, notes)
-    qm = engine.quantize(to_quantize, plan, config, calib, st)
-    if calib.skipped:
-        warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
-    notes.extend(qm.notes)
-    if qm.fused:
-        ctx.partial({"type": "fused", "groups": [list(g) for g in qm.fused]})
-    ctx.check_cancelled()
-
-    # ---------------------------------------------------------------- evaluate
-    st = stages.stage("evaluate")
-    ctx.partial({"type": "stage", "name": "evaluate"})
-    seen: list[np.ndarray] = []
-    runner = qm.runner
-
-    def quantized_variant(x):
-        if len(seen) < max(sqnr_batches, 1):
-            seen.append(np.array(x, dtype=np.float32, copy=True))
-        return runner(x)
-
-    original_metrics = quantized_metrics = None
-    if len(split.evaluation):
-        from quantstudio.core.evaluation import evaluate
-
-        ev = evaluate(
-            {"original": model, "quantized": quantized_variant},
-            evaluation_source,
-            split.evaluation,
-            reference="original",
-            batch_size=batch_size,
-            ctx=st,
-        )
-        original_metrics, quantized_metrics = ev["original"], ev["quantized"]
-        for w in ev.warnings + near_chance_warnings(original_metrics, evaluation_source, model):
-            if w not in warnings:
-                warnings.append(w)
-        ctx.partial({"type": "metrics", "original": original_metrics.to_dict(), "quantized": quantized_metrics.to_dict()})
-    else:
-        notes.append("no samples were left for evaluation: accuracy not measured (use more data or fewer calibration samples)")
-        x, _, _ = data.read(np.asarray(split.calibration[:batch_size]))
-        seen.append(x)
-    ctx.check_cancelled()
-
-    # ---------------------------------------------------------------- per-layer error
-    st = stages.stage("layer_error")
-    ctx.partial({"type": "stage", "name": "layer_error"})
-    st.report(0.0, "measuring per-layer error")
-    sqnr = layer_sqnr(to_quantize, qm, seen[: max(sqnr_batches, 1)], st)
-    if sqnr:
-        ctx.partial({"type": "layer_sqnr", "values": {k: _json_float(v) for k, v in sqnr.items()}})
-    st.report(1.0, "per-layer error measured")
-    ctx.check_cancelled()
-
-    # ---------------------------------------------------------------- sensitivity
-    layer_sens: dict[str, float] = {}
-    if sensitivity:
-        st = stages.stage("sensitivity")
-        ctx.partial({"type": "stage", "name": "sensitivity"})
-        if can_measure(model):
-            from quantstudio.core.sensitivity import layer_sensitivity
-
-            layer_sens = layer_sensitivity(model, [np.concatenate(seen)[:sensitivity_samples]], config, st)
-            if layer_sens:
-                ctx.partial({"type": "layer_sensitivity", "values": {k: _json_float(v) for k, v in layer_sens.items()}})
-        else:
-            notes.append(UNAVAILABLE_NOTE)
+    state = _RunState(model=model, data=data, evaluation_source=evaluation_source, config=config, plan=plan,
+                      engine=engine, split=split, batch_size=batch_size, batch_sizes=tuple(batch_sizes), fixed=fixed,
+                      sqnr_batches=sqnr_batches, sensitivity_samples=sensitivity_samples,
+                      benchmark_runs=benchmark_runs, notes=notes, warnings=warnings)
+    # (name, weight ≈ expected share of the time, function): the run is this list, in order.
+    stages = [
+        ("quantize", 6.0, _quantize_stage),
+        ("evaluate", 3.0, _evaluate_stage),
+        ("layer_error", 1.0, _layer_error_stage),
+        *([("sensitivity", 2.0, _sensitivity_stage)] if sensitivity else []),
+        ("sizes", 0.0, _sizes_step),
+        *([("benchmark", 3.0, _benchmark_stage)] if benchmark else []),
+        *([("memory", 1.0, _memory_stage)] if measure_memory else []),
+    ]
+    progress = Stages(ctx, [(name, weight) for name, weight, _ in stages])
+    for name, weight, run_stage in stages:
+        st = progress.stage(name)
+        if weight > 0:  # a zero-weight step is bookkeeping, not a stage the user is told about
+            ctx.partial(StageStarted(name))
+        run_stage(state, st)
         ctx.check_cancelled()
-
-    check = np.concatenate(seen)[: fixed or CHECK_SAMPLES] if seen else None  # a fixed batch runs exactly that many
-    sizes = model_sizes(model, qm)
-    ctx.partial({"type": "size", **sizes})
-
-    # ---------------------------------------------------------------- benchmark
-    bench = None
-    if benchmark:
-        st = stages.stage("benchmark")
-        ctx.partial({"type": "stage", "name": "benchmark"})
-        bench = _benchmark(model, qm, batch_sizes, benchmark_runs, st, sizes)
-        ctx.partial({"type": "benchmark", "result": bench.to_dict()})
-        notes.extend(_speed_notes(bench, qm))
-        warnings.extend(w for w in bench.warnings if w not in warnings)
-    memory: dict[str, dict[str, int]] = {}
-    if measure_memory:
-        st = stages.stage("memory")
-        ctx.partial({"type": "stage", "name": "memory"})
-        memory, failed = _memory(model, qm, st)
-        for name, m in memory.items():
-            ctx.partial({"type": "memory", "variant": name, **m})
-        for name, reason in failed.items():
-            notes.append(f"peak memory of the {name} model could not be measured: {reason}")
     ctx.report(1.0, "done")
+    qm = state.quantized
+    seen, original_metrics, quantized_metrics = state.seen, state.original_metrics, state.quantized_metrics
     return QuantizeResult(
         quantized=qm,
         config=config,
         plan=plan.copy(),
         original_metrics=original_metrics,
         quantized_metrics=quantized_metrics,
-        layer_sqnr=sqnr,
-        sensitivity=layer_sens,
-        memory=memory,
+        layer_sqnr=state.sqnr,
+        sensitivity=state.layer_sens,
+        memory=state.memory,
         fused=[list(g) for g in qm.fused],
         notes=notes,
         warnings=warnings,
-        benchmark=bench,
-        sizes=sizes,
+        benchmark=state.bench,
+        sizes=state.sizes,
         random_data=bool(data.is_random),
         calibration_samples=int(len(split.calibration)) if static else 0,
         evaluation_samples=int(quantized_metrics.n) if quantized_metrics is not None else 0,
         calibration_data=_source_text(data) if static else "",
         evaluation_data=_evaluation_text(data, eval_data, quantized_metrics, static),
         preprocessing_steps=data.preprocessing_steps(),
-        check_samples=check,
+        check_samples=np.concatenate(seen)[: fixed or CHECK_SAMPLES] if seen else None,  # a fixed batch runs exactly that many
         model=model,
         data=data,
         eval_data=eval_data,
@@ -340,6 +270,136 @@ def run_quantize(
         calibration_indices=np.asarray(split.calibration if static else [], dtype=np.int64),
         batch_size=batch_size,
     )
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class _RunState:
+    """What the stages of one run share: its inputs, and what each stage adds for the next."""
+
+    model: Any
+    data: Any
+    evaluation_source: Any
+    config: QuantConfig
+    plan: PrecisionPlan
+    engine: Any
+    split: Split
+    batch_size: int
+    batch_sizes: tuple[int, ...]
+    fixed: int | None
+    sqnr_batches: int
+    sensitivity_samples: int
+    benchmark_runs: int
+    notes: list[str]
+    warnings: list[str]
+    qm: QuantizedModel | None = None
+    # What the engine quantized: ``model``, or its outlier-equalized copy (core/equalize.py).
+    # ``model`` stays the FP32 reference for accuracy and speed.
+    quantized_source: Any = None
+    seen: list[np.ndarray] = field(default_factory=list)  # quantized-model inputs kept for SQNR, sensitivity, checks
+    original_metrics: Any = None
+    quantized_metrics: Any = None
+    sqnr: dict[str, float] = field(default_factory=dict)
+    layer_sens: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, int | None] = field(default_factory=dict)
+    bench: Any = None
+    memory: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> QuantizedModel:
+        """The quantized model (every stage after "quantize" runs with one)."""
+        assert self.qm is not None, "the quantize stage runs first"
+        return self.qm
+
+
+def _quantize_stage(s: _RunState, st: JobContext) -> None:
+    calib = s.data.batches(s.split.calibration, batch_size=s.batch_size, message="calibrating")
+    if len(calib.indices) == 0:
+        raise InputError("there is no calibration data", path=s.data.path, hint="Choose data with at least one sample.")
+    from quantstudio.core.equalize import equalized_model
+
+    s.quantized_source = equalized_model(s.model, s.config, s.notes)
+    s.qm = s.engine.quantize(s.quantized_source, s.plan, s.config, calib, st)
+    if calib.skipped:
+        s.warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
+    s.notes.extend(s.quantized.notes)
+    if s.quantized.fused:
+        st.partial(LayersFused(tuple(tuple(g) for g in s.quantized.fused)))
+
+
+def _evaluate_stage(s: _RunState, st: JobContext) -> None:
+    runner = s.quantized.runner
+    keep = max(s.sqnr_batches, 1)
+
+    def quantized_variant(x):
+        if len(s.seen) < keep:
+            s.seen.append(np.array(x, dtype=np.float32, copy=True))
+        return runner(x)
+
+    if not len(s.split.evaluation):
+        s.notes.append("no samples were left for evaluation: accuracy not measured (use more data or fewer calibration samples)")
+        x, _, _ = s.data.read(np.asarray(s.split.calibration[: s.batch_size]))
+        s.seen.append(x)
+        return
+    from quantstudio.core.evaluation import evaluate
+
+    ev = evaluate(
+        {VariantRole.ORIGINAL.value: s.model, VariantRole.QUANTIZED.value: quantized_variant},
+        s.evaluation_source,
+        s.split.evaluation,
+        reference=VariantRole.ORIGINAL.value,
+        batch_size=s.batch_size,
+        ctx=st,
+    )
+    s.original_metrics, s.quantized_metrics = ev[VariantRole.ORIGINAL.value], ev[VariantRole.QUANTIZED.value]
+    for w in ev.warnings + near_chance_warnings(s.original_metrics, s.evaluation_source, s.model):
+        if w not in s.warnings:
+            s.warnings.append(w)
+    st.partial(MetricsReady(VariantMetrics.from_evaluation(s.original_metrics),
+                            VariantMetrics.from_evaluation(s.quantized_metrics)))
+
+
+def _layer_error_stage(s: _RunState, st: JobContext) -> None:
+    st.report(0.0, "measuring per-layer error")
+    # The FP32 activations compared must be the ones the engine quantized (equalization
+    # rescales channels between conv pairs; the names are the same).
+    s.sqnr = layer_sqnr(s.quantized_source or s.model, s.quantized, s.seen[: max(s.sqnr_batches, 1)], st)
+    if s.sqnr:
+        st.partial(LayerErrors(finite_values(s.sqnr)))
+    st.report(1.0, "per-layer error measured")
+
+
+def _sensitivity_stage(s: _RunState, st: JobContext) -> None:
+    from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, can_measure, layer_sensitivity
+
+    if not can_measure(s.model):
+        s.notes.append(UNAVAILABLE_NOTE)
+        return
+    s.layer_sens = layer_sensitivity(s.model, [np.concatenate(s.seen)[: s.sensitivity_samples]], s.config, st)
+    if s.layer_sens:
+        st.partial(LayerSensitivity(finite_values(s.layer_sens)))
+
+
+def _sizes_step(s: _RunState, st: JobContext) -> None:
+    s.sizes = model_sizes(s.model, s.quantized)
+    st.partial(SizesMeasured(s.sizes.get("original_bytes"), s.sizes.get("quantized_bytes")))
+
+
+def _benchmark_stage(s: _RunState, st: JobContext) -> None:
+    s.bench = _benchmark(s.model, s.quantized, s.batch_sizes, s.benchmark_runs, st, s.sizes)
+    st.partial(BenchmarkDone(tuple(s.bench.warnings), s.bench.to_dict()))
+    s.notes.extend(_speed_notes(s.bench, s.quantized))
+    s.warnings.extend(w for w in s.bench.warnings if w not in s.warnings)
+
+
+def _memory_stage(s: _RunState, st: JobContext) -> None:
+    s.memory, failed = _memory(s.model, s.quantized, st)
+    for name, m in s.memory.items():
+        st.partial(MemoryMeasured(name, m.get("peak_rss_bytes"), m.get("model_peak_bytes")))
+    for name, reason in failed.items():
+        s.notes.append(f"peak memory of the {name} model could not be measured: {reason}")
 
 
 def result_recipe(result: QuantizeResult, data_spec: str | None = None, eval_data_spec: str | None = None):
@@ -436,50 +496,31 @@ def _unmatched_rule_warnings(model: Any, plan: PrecisionPlan) -> list[str]:
 
 
 def layer_sqnr(model: Any, qm: QuantizedModel, batches: list[np.ndarray], ctx: JobContext | None = None) -> dict[str, float]:
-    """Per-layer SQNR (dB) for either engine; {} where it cannot be measured."""
-    if qm.engine == "torch":
-        from quantstudio.core.engines.torch_engine import torch_layer_sqnr
-
-        return torch_layer_sqnr(model.module, qm, batches, ctx)
-    from quantstudio.core.engines.ort_engine import ort_layer_sqnr
-
-    return ort_layer_sqnr(qm, batches, ctx)
-
-
-def _torch_bytes(module: Any) -> int:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
-    return buf.tell()
+    """Per-layer SQNR (dB), measured by the engine that made ``qm``; {} where it cannot be measured."""
+    return get_engine(qm.engine).layer_error(model, qm, batches, ctx)
 
 
 def model_sizes(model: Any, qm: QuantizedModel) -> dict[str, int | None]:
     """Serialized size of the original and the quantized model, in bytes."""
     try:
-        if qm.engine == "onnxruntime":
-            original = len(qm.reference_artifact.SerializeToString()) if qm.reference_artifact is not None else None
-            quantized = len(qm.artifact.SerializeToString())
-        else:
-            original = _torch_bytes(model.module)
-            quantized = _torch_bytes(qm.artifact)
+        return get_engine(qm.engine).sizes(model, qm)
     except Exception:  # noqa: BLE001 - a size is informative, never worth failing the run
         return {"original_bytes": None, "quantized_bytes": None}
-    return {"original_bytes": original, "quantized_bytes": quantized}
 
 
 def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     from quantstudio.core.benchmark import Variant, run_benchmark
 
+    engine = get_engine(qm.engine)
     variants = [
-        Variant("original", model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
+        Variant(VariantRole.ORIGINAL.value, model.forward_numpy, file=None, param_bytes=sizes.get("original_bytes"), kind=f"{model.framework} fp32"),
     ]
-    if qm.engine == "onnxruntime" and qm.reference_artifact is not None and model.framework != "onnx":
-        from quantstudio.core.engines.ort_engine import OrtRunner, make_session
-
+    reference = engine.reference_runner(model, qm)
+    if reference is not None:
         # Same runtime, FP32: the fair baseline for the INT8 speed-up.
-        variants.append(Variant("original (onnxruntime)", OrtRunner(make_session(qm.reference_artifact)), kind="onnxruntime fp32"))
-    variants.append(Variant("quantized", qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
+        # Today only ONNX Runtime times the original in its own runtime; the role's name says so.
+        variants.append(Variant(VariantRole.ORIGINAL_SAME_RUNTIME.value, reference, kind=f"{engine.name} fp32"))
+    variants.append(Variant(VariantRole.QUANTIZED.value, qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
     shape = tuple(model.input_shape)
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)
 
@@ -487,41 +528,20 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
 def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
     """Peak memory of the original and the quantized model, each run in a fresh process.
 
-    Both run in the quantized model's runtime (the FP32 ONNX for the ONNX Runtime
-    engine, a TorchScript trace for the PyTorch one), so the bars compare models, not
-    runtimes. The files go to a temporary folder that is removed afterwards. Returns the
-    measurements and, per model that could not be measured, why.
+    Both run in the quantized model's runtime (the engine writes both files: the FP32
+    ONNX for the ONNX Runtime engine, a TorchScript trace for the PyTorch one), so the
+    bars compare models, not runtimes. The files go to a temporary folder that is
+    removed afterwards. Returns the measurements and, per model that could not be
+    measured, why.
     """
     import tempfile
 
     from quantstudio.core.benchmark import measure_memory_many
 
     shape = tuple(model.input_shape)
-    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="quantstudio-memory-") as tmp:
-        files: dict[str, Path] = {}
         ctx.report(0.0, "writing temporary copies to measure memory")
-        if qm.engine == "onnxruntime":
-            if qm.reference_artifact is not None:
-                files["original"] = Path(tmp) / "original.onnx"
-                files["original"].write_bytes(qm.reference_artifact.SerializeToString())
-            elif model.framework == "onnx":
-                files["original"] = Path(model.path)
-            files["quantized"] = Path(tmp) / "quantized.onnx"
-            files["quantized"].write_bytes(qm.artifact.SerializeToString())
-        else:
-            from quantstudio.core.export import _write_torchscript
-
-            example = np.zeros(shape, dtype=np.float32)
-            backend = getattr(qm.runner, "backend", None)  # the quantized engine it was converted for
-            for name, module, engine in (("original", model.module, None), ("quantized", qm.artifact, backend)):
-                ctx.check_cancelled()
-                files[name] = Path(tmp) / f"{name}.pth"
-                try:
-                    _write_torchscript(module, example, files[name], backend=engine)
-                except InputError as exc:
-                    files.pop(name)  # a model TorchScript cannot trace: no bar, not a failed run
-                    failed[name] = exc.message
+        files, failed = get_engine(qm.engine).memory_files(model, qm, Path(tmp), ctx)
         ctx.check_cancelled()
         ctx.report(0.3, "measuring memory in fresh processes")
         return measure_memory_many(files, shape, ctx=ctx, errors=failed), failed
@@ -529,13 +549,12 @@ def _memory(model: Any, qm: QuantizedModel, ctx: JobContext) -> tuple[dict[str, 
 
 def _speed_notes(bench, qm: QuantizedModel) -> list[str]:
     """Say so when the quantized model is not faster (the most common complaint)."""
-    names = [v.name for v in bench.variants]
-    base = "original (onnxruntime)" if "original (onnxruntime)" in names else "original"
-    try:
-        batch = min(bench.by_name("quantized").latency)
-        ratio = bench.speedup(base, "quantized", batch)
-    except (KeyError, ValueError, StopIteration, ZeroDivisionError):
+    # The same p50-at-smallest-batch and baseline rule as every other speed-up shown.
+    latency = smallest_batch_latency(bench)
+    base, ratio = speedup_baseline(latency), speedup(latency)
+    if base is None or ratio is None:
         return []
+    batch = min(bench.by_name(VariantRole.QUANTIZED.value).latency)
     if ratio >= 1.1:
         return [f"quantized model {ratio:.1f}x faster than {base} at batch {batch}"]
     why = ""

@@ -12,7 +12,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from quantstudio.core.errors import InputError
 
@@ -75,11 +75,18 @@ class PrecisionPlan:
 
     # ------------------------------------------------------------------ queries
     def precision_for(self, name: str, type_name: str = "") -> Precision:
-        result = self.default
+        return self.precision_for_any(((name, type_name),))[0]
+
+    def precision_for_any(self, candidates: Iterable[tuple[str, str]]) -> tuple[Precision, PlanRule | None]:
+        """The precision for a layer known by several (name, type) pairs, and the rule that
+        set it (None: the default). An exported ONNX node is known by its PyTorch module and
+        by its own ONNX name; a rule matching any of them applies, and later rules win."""
+        pairs = tuple(candidates)
+        precision, source = self.default, None
         for rule in self.rules:
-            if rule.matches(name, type_name):
-                result = rule.precision
-        return result
+            if any(rule.matches(name, type_name) for name, type_name in pairs):
+                precision, source = rule.precision, rule
+        return precision, source
 
     def resolve(self, tree: "LayerNode") -> dict[str, LayerDecision]:
         """Per leaf layer: requested and effective precision (INT8 falls back to FP32

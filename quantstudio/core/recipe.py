@@ -189,7 +189,7 @@ def make_recipe(
     preprocessing: Any = None,
     data: Any = None,
     data_spec: str | None = None,
-    calibration_indices: Sequence[int] | None = None,
+    calibration_indices: Sequence[int] | Any | None = None,  # a list or a numpy array
     evaluation_samples: int | None = None,
     batch_size: int | None = None,
 ) -> Recipe:

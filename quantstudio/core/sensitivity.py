@@ -9,7 +9,7 @@ the relative error of the model's final output against the FP32 output, in perce
 Why not ``prepare_fx`` once per layer: a full prepare/calibrate/convert per layer costs
 seconds each (minutes for a ResNet), and FX's observer modules are hard to map back to a
 layer once fusion renamed them. Here the observers and fake-quant ops are torch.ao's own
-(:func:`~quantstudio.core.engines.torch_engine.build_qconfig` builds the same observers
+(:func:`~quantstudio.core.engines.pytorch.qconfig.build_qconfig` builds the same observers
 the engine calibrates with); only the "one layer at a time" loop is ours. BatchNorm is
 not folded first: per-channel weight quantization is unaffected by the per-channel
 scale folding applies, so the figure is close to the fused layer's.
@@ -64,7 +64,8 @@ def layer_sensitivity(
     """
     import torch
 
-    from quantstudio.core.engines.torch_engine import build_qconfig, quiet, resolve_backend
+    from quantstudio.core.engines.pytorch.qconfig import build_qconfig
+    from quantstudio.core.engines.pytorch.runner import quiet, resolve_backend
 
     ctx = ctx or NullContext()
     if not can_measure(model) or not batches:

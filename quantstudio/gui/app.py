@@ -51,7 +51,7 @@ def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackT
 # makes dozens of them stalled the window for 100-350 ms (30-40 ms at 0.5 ms). A shorter
 # interval only costs something while both threads want the GIL. (Code that releases
 # and retakes the GIL thousands of times a second starves the GUI thread at any interval:
-# see ort_engine's tools, which run in a child process for that reason.)
+# see core/engines/ort/tools.py, which run in a child process for that reason.)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from quantstudio.core.engines.base import QuantConfig, available_engines
 from quantstudio.gui import glossary, style
 from quantstudio.gui.settings import SETTINGS
 from quantstudio.gui.thumbnails import ThumbnailModel
@@ -45,12 +46,6 @@ PRESETS = (("default", "Default (model's size, ImageNet mean/std)"), ("imagenet"
 # The custom fields show core's ImageNet statistics (declared once, in core.data).
 IMAGENET_MEAN = SETTINGS.declared["preprocess_mean"].default
 IMAGENET_STD = SETTINGS.declared["preprocess_std"].default
-# The PyTorch engine quantizes eager modules (FX graph mode): a state_dict rebuilt into its
-# architecture, or a whole saved model. Other files hold no Python module to rewrite.
-TORCH_ENGINE_NEEDS = (
-    "The PyTorch engine needs the model's Python code (a state_dict or a whole saved model); "
-    "{what} is quantized with ONNX Runtime."
-)
 COMBO_MIN_CHARS = 14  # combo boxes shrink to this and elide longer items (full text in the popup)
 
 
@@ -197,7 +192,11 @@ class DataPanel(QScrollArea):
         # ---------------------------------------------------------------- quantization
         q_box = QGroupBox("Quantization")
         qform = QFormLayout(q_box)
-        self.engine_combo = _combo((("onnxruntime", "ONNX Runtime"), ("torch", "PyTorch")), style.ENGINE_HELP)
+        # The registered engines, in registry order; each says itself which models it cannot take.
+        self._engines = available_engines()
+        default_engine = QuantConfig().engine
+        self.engine_combo = _combo(((e.name, e.label + (" (recommended)" if e.name == default_engine else ""))
+                                    for e in self._engines), style.ENGINE_HELP)
         self.engine_combo.setToolTip("\n".join(style.ENGINE_HELP.values()))
         self.mode_combo = _combo(glossary.MODE_CHOICES, style.MODE_HELP)
         self.mode_combo.setToolTip("\n".join(style.MODE_HELP.values()))
@@ -205,7 +204,7 @@ class DataPanel(QScrollArea):
         self.backend_combo.setToolTip("The processor the quantized model will run on.\n" + "\n".join(style.BACKEND_HELP.values()))
         self.calib_combo = _combo(glossary.CALIBRATION_CHOICES, style.CALIBRATION_METHOD_HELP)
         self.calib_combo.setToolTip(style.CALIBRATION_HELP + "\n\n" + "\n".join(style.CALIBRATION_METHOD_HELP.values()))
-        self._torch_reason = ""  # why the PyTorch engine cannot quantize the open model ("" when it can)
+        self._engine_reasons: dict[str, str] = {}  # engine name → why it cannot quantize the open model
         self.per_channel_check = QCheckBox("Per-channel weights")
         self.per_channel_check.setToolTip(style.PER_CHANNEL_HELP)
         qform.addRow("Engine:", self.engine_combo)
@@ -270,34 +269,56 @@ class DataPanel(QScrollArea):
     def _show_current_in_tooltip(self, combo: QComboBox) -> None:
         # A narrow combo elides its text: its tooltip starts with the full current choice.
         base = getattr(self, "_base_tips", {}).get(combo, "")
-        extra = f"\n\n{self._torch_reason}" if combo is self.engine_combo and self._torch_reason else ""
+        reasons = "\n\n".join(self._engine_reason_text(n) for n in self._engine_reasons)
+        extra = f"\n\n{reasons}" if combo is self.engine_combo and reasons else ""
         combo.setToolTip(f"<b>{combo.currentText()}</b><br>" + (base + extra).replace("\n", "<br>"))
 
     # ------------------------------------------------------------------ the model
     def set_model(self, model: Any) -> bool:
         """Offer only the engines that can quantize ``model`` (a core LoadedModel, or None).
 
-        The PyTorch engine is greyed out, with the reason as its tooltip, for models it
-        cannot quantize; when it was chosen, ONNX Runtime is chosen instead and
+        An engine whose ``unsupported_reason`` names one is greyed out, with the reason as
+        its tooltip; when it was chosen, the first engine that can is chosen instead and
         ``engine_note`` says so. Returns True when the engine changed.
         """
-        eager = model is None or bool(getattr(model, "is_eager", True))
-        what = getattr(model, "kind_label", "this model")
-        what = f"a{'n' if what[:1].lower() in 'aeiou' else ''} {what}" if model is not None else what
-        self._torch_reason = "" if eager else TORCH_ENGINE_NEEDS.format(what=what)
-        i = self.engine_combo.findData("torch")
+        self._engine_reasons = {}
+        if model is not None:
+            for engine in self._engines:
+                reason = engine.unsupported_reason(model)
+                if reason:
+                    self._engine_reasons[engine.name] = reason
         combo_model = self.engine_combo.model()
-        if isinstance(combo_model, QStandardItemModel) and i >= 0:
-            item = combo_model.item(i)
-            item.setEnabled(eager)
-            item.setToolTip(style.ENGINE_HELP["torch"] if eager else self._torch_reason)
-        changed = False
-        if not eager and self.engine_combo.currentData() == "torch":
-            _select(self.engine_combo, "onnxruntime")
-            changed = True
-            self.engine_note.emit(f"Engine set to ONNX Runtime: {self._torch_reason}")
+        for engine in self._engines:
+            i = self.engine_combo.findData(engine.name)
+            if isinstance(combo_model, QStandardItemModel) and i >= 0:
+                item = combo_model.item(i)
+                usable = engine.name not in self._engine_reasons
+                item.setEnabled(usable)
+                item.setToolTip(style.ENGINE_HELP.get(engine.name, engine.label) if usable
+                                else self._engine_reason_text(engine.name))
+        changed = self._leave_unusable_engine()
         self._show_current_in_tooltip(self.engine_combo)
         return changed
+
+    def _fallback_engine(self) -> Any:
+        return next((e for e in self._engines if e.name not in self._engine_reasons), None)
+
+    def _engine_reason_text(self, name: str) -> str:
+        """Why engine ``name`` is greyed out, and which engine quantizes the model instead."""
+        reason = self._engine_reasons.get(name, "")
+        fallback = self._fallback_engine()
+        text = reason[:1].upper() + reason[1:]
+        return f"{text}; it is quantized with {fallback.label}." if fallback is not None else f"{text}."
+
+    def _leave_unusable_engine(self) -> bool:
+        """Choose the first usable engine when the chosen one cannot take the open model."""
+        current = self.engine_combo.currentData()
+        fallback = self._fallback_engine()
+        if current not in self._engine_reasons or fallback is None:
+            return False
+        _select(self.engine_combo, fallback.name)
+        self.engine_note.emit(f"Engine set to {fallback.label}: {self._engine_reason_text(current)}")
+        return True
 
     # ------------------------------------------------------------------ data choice
     @property
@@ -601,9 +622,7 @@ class DataPanel(QScrollArea):
             if isinstance(state.get("eval_data_path"), str):
                 self.eval_path_edit.setText(state["eval_data_path"])
             self._update_kind_widgets()
-        if self._torch_reason and self.engine_combo.currentData() == "torch":
-            _select(self.engine_combo, "onnxruntime")  # a saved choice the open model cannot use
-            self.engine_note.emit(f"Engine set to ONNX Runtime: {self._torch_reason}")
+        self._leave_unusable_engine()  # a saved choice the open model cannot use
         self._refresh_tooltips()
 
     def _refresh_tooltips(self) -> None:

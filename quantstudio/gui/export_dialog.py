@@ -128,25 +128,27 @@ class ExportDialog(QDialog):
 
     @Slot()
     def _on_variant_changed(self) -> None:
-        from quantstudio.core.export import FORMATS
+        from quantstudio.core.engines.base import ENGINES, QuantConfig, available_engines, get_engine
 
         run = self.run
         if run is None:
             return
-        engine = run.config.get("engine", "onnxruntime")
+        engine = run.config.get("engine", QuantConfig().engine)
         stem = Path(self.window_.loaded.path).stem if self.window_.loaded is not None else "model"
         # Derived from the variant (engine, mode, calibration, its number): two variants
         # never propose the same file.
         self.name_edit.setText(export_stem(stem, run))
         can_model = run.raw is not None
-        # A PyTorch source (state_dict, trusted pickle) quantizes with every engine, so the
-        # format this variant's engine does not write can be built on export.
-        pytorch_source = can_model and bool(getattr(getattr(run.raw, "model", None), "is_eager", False))
-        native = FORMATS.get(engine, {})
+        # A source every engine can quantize (a state_dict, a trusted pickle), so the format
+        # this variant's engine does not write can be built on export.
+        source = getattr(run.raw, "model", None)
+        every_engine_source = can_model and source is not None and all(
+            e.unsupported_reason(source) is None for e in available_engines())
+        native = get_engine(engine).formats if engine in ENGINES else {}
         for check, suffix, label in ((self.onnx_check, ".onnx", "Quantized model (.onnx)"),
                                      (self.pth_check, ".pth", "Quantized model (.pth, TorchScript)")):
             own = suffix in native
-            check.setEnabled(can_model and (own or pytorch_source))
+            check.setEnabled(can_model and (own or every_engine_source))
             check.setChecked(can_model and own)
             check.setText(label + ("" if own or not check.isEnabled() else BUILT_ON_EXPORT))
             check.setToolTip(

@@ -6,14 +6,14 @@ Only plain numbers, names and lists leave this module in a :class:`RunOutcome`; 
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 
-SPEED_BASELINE = "original (onnxruntime)"  # same runtime, FP32: the fair reference for speed-ups
+from quantstudio.core.results import VariantRole
+
 
 
 def run(ctx, request: QuantizeRequest) -> RunOutcome:
@@ -55,96 +55,25 @@ def run(ctx, request: QuantizeRequest) -> RunOutcome:
     return run
 
 
-def _f(v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _metrics(ev: Any) -> dict[str, Any]:
-    if ev is None:
-        return {}
-    return {
-        "top1": _f(ev.top1), "top5": _f(ev.top5), "precision": _f(ev.precision), "recall": _f(ev.recall),
-        "f1": _f(ev.f1), "agreement": _f(ev.agreement), "sqnr_db": _f(ev.sqnr_db), "cosine": _f(ev.cosine),
-        "n": int(ev.n),
-    }
-
-
 def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | None = None) -> RunOutcome:
-    """A :class:`RunOutcome` from a core ``QuantizeResult``."""
-    metrics: dict[str, dict[str, Any]] = {
-        "original": _metrics(result.original_metrics),
-        "quantized": _metrics(result.quantized_metrics),
-    }
-    metrics["original"]["size_bytes"] = result.sizes.get("original_bytes")
-    metrics["quantized"]["size_bytes"] = result.sizes.get("quantized_bytes")
-    for variant, mem in result.memory.items():
-        metrics.setdefault(variant, {}).update(mem)
-    latency_samples: dict[str, dict[int, list[float]]] = {}
-    throughput: dict[str, dict[int, float]] = {}
-    if result.benchmark is not None:
-        for v in result.benchmark.variants:
-            m = metrics.setdefault(v.name, {})
-            if v.latency:
-                m["latency_ms"] = float(v.latency[min(v.latency)].p50_ms)
-            m.setdefault("param_bytes", v.param_bytes)
-            latency_samples[v.name] = {int(b): [float(x) for x in xs] for b, xs in v.samples_ms.items()}
-            throughput[v.name] = {int(b): float(x) for b, x in v.throughput.items() if math.isfinite(x)}
+    """A :class:`RunOutcome` from a core ``QuantizeResult``, through its ``RunSummary``.
+
+    Only what needs the data source (class names of changed predictions, skipped files,
+    the data's description) is read here; every figure comes from the summary.
+    """
     class_names = getattr(data, "class_names", {}) or {}
 
     def cname(i: Any) -> str:
         return class_names.get(int(i), str(int(i))) if i is not None else ""
 
-    changed = []
     q = result.quantized_metrics
-    if q is not None:
-        for c in q.changed:
-            changed.append({
-                "index": int(c.index), "path": c.path, "reference": cname(c.reference),
-                "prediction": cname(c.prediction), "label": cname(c.label) if c.label is not None else None,
-            })
-    confusion = {}
-    for vname, ev in (("original", result.original_metrics), ("quantized", result.quantized_metrics)):
-        if ev is not None and ev.confusion is not None:
-            confusion[vname] = (ev.confusion, list(ev.confusion_labels or []))
+    changed = [{"index": int(c.index), "path": c.path, "reference": cname(c.reference),
+                "prediction": cname(c.prediction), "label": cname(c.label) if c.label is not None else None}
+               for c in (q.changed if q is not None else [])]
     skipped = [(s.path, s.reason) for s in (q.skipped if q is not None else [])]
     description = data.describe() if hasattr(data, "describe") else str(getattr(data, "path", ""))
-    return RunOutcome(
-        name=name,
-        reference="original",
-        quantized="quantized",
-        plan=result.plan.to_dict(),
-        config=result.config.to_dict(),
-        data=description,
-        metrics=metrics,
-        latency_samples=latency_samples,
-        throughput=throughput,
-        layer_sqnr={k: float(v) for k, v in result.layer_sqnr.items() if v is not None},
-        layer_precisions=dict(result.quantized.layer_precisions),
-        sensitivity={k: float(v) for k, v in result.sensitivity.items() if v is not None},
-        fused=[list(g) for g in result.fused],
-        confusion=confusion,
-        changed=changed,
-        n_evaluated=int(result.evaluation_samples),
-        n_calibrated=int(result.calibration_samples),
-        calibration_data=result.calibration_data,
-        evaluation_data=result.evaluation_data,
-        preprocessing_steps=list(result.preprocessing_steps),
-        input_shape=list(result.model.input_shape) if getattr(result.model, "input_shape", None) else None,
-        timing_warnings=list(result.benchmark.warnings) if result.benchmark is not None else [],
-        skipped=skipped,
-        is_random=bool(result.random_data),
-        labeled=bool(q is not None and q.top1 is not None),
-        data_note="random data — accuracy not meaningful" if result.random_data else (
-            "" if (q is None or q.top1 is not None) else "no labels: only agreement with the original is measured"),
-        warnings=list(result.warnings),
-        notes=list(result.notes),
-        raw=result,
-    )
+    return RunOutcome.from_summary(result.summary(), name, data=description, changed=changed, skipped=skipped,
+                                   raw=result)
 
 
 # --------------------------------------------------------------------------- export

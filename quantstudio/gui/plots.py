@@ -30,6 +30,8 @@ from PySide6.QtWidgets import (
 )
 
 from quantstudio.core.plan import Precision
+from quantstudio.core.results import (BenchmarkDone, EvaluationProgress, LatencySample, MemoryMeasured, MetricsReady,
+                                      SizesMeasured, ThroughputMeasured, VariantRole, as_event)
 from quantstudio.gui import glossary, style
 from quantstudio.gui.thumbnails import ThumbnailModel
 
@@ -157,8 +159,8 @@ class PlotPanel(QWidget):
     def redraw(self) -> None:
         pass
 
-    def feed(self, payload: dict) -> None:
-        pass
+    def feed(self, event: Any) -> None:
+        """A live event of the running job (a :mod:`quantstudio.core.results` event class)."""
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
         pass
@@ -270,7 +272,8 @@ RUN_COLOURS = [(60, 160, 70), (150, 80, 180), (200, 60, 80), (40, 160, 160), (14
 class _VariantColours:
     """Stable colour per variant name: fixed ones for the originals and "quantized", then RUN_COLOURS."""
 
-    FIXED = {"original": QColor(90, 90, 90), "original (onnxruntime)": QColor(210, 150, 50), "quantized": QColor(50, 110, 200)}
+    FIXED = {VariantRole.ORIGINAL.value: QColor(90, 90, 90), VariantRole.ORIGINAL_SAME_RUNTIME.value: QColor(210, 150, 50),
+             VariantRole.QUANTIZED.value: QColor(50, 110, 200)}
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -545,21 +548,19 @@ class LatencyPanel(PlotPanel):
         if self.batch_combo.findData(batch) < 0:
             self.batch_combo.addItem(str(batch), batch)
 
-    def feed(self, payload: dict) -> None:
-        kind = payload.get("type")
-        if kind == "latency":
-            name, batch = str(payload["variant"]), int(payload["batch"])
-            self._ensure_items(name)
-            self._ensure_batch(batch)
-            self.samples.setdefault(name, {}).setdefault(batch, []).append(float(payload["ms"]))
+    def feed(self, event: Any) -> None:
+        event = as_event(event)
+        if isinstance(event, LatencySample):
+            self._ensure_items(event.variant)
+            self._ensure_batch(event.batch)
+            self.samples.setdefault(event.variant, {}).setdefault(event.batch, []).append(float(event.ms))
             self.schedule()
-        elif kind == "throughput":
-            name, batch = str(payload["variant"]), int(payload["batch"])
-            self._ensure_items(name)
-            self.throughput.setdefault(name, {})[batch] = float(payload["value"])
+        elif isinstance(event, ThroughputMeasured):
+            self._ensure_items(event.variant)
+            self.throughput.setdefault(event.variant, {})[event.batch] = float(event.value)
             self.schedule()
-        elif kind == "benchmark":
-            self.set_timing_warnings(list((payload.get("result") or {}).get("warnings") or []))
+        elif isinstance(event, BenchmarkDone):
+            self.set_timing_warnings(list(event.warnings))
 
     def show_run(self, run: Any, variants: list[Any]) -> None:
         self.shown_run = run
@@ -806,20 +807,17 @@ class AccuracyPanel(_BarsPanel):
         super().clear()
         self.set_sample_count(None)
 
-    def feed(self, payload: dict) -> None:
-        if payload.get("type") == "metrics":
-            n = (payload.get("quantized") or {}).get("n")
-            if n:
-                self.set_sample_count(int(n))
-            for name in ("original", "quantized"):
-                m = payload.get(name) or {}
-                self.set_values(name, {
-                    "top-1": _pct(m.get("top1")), "top-5": _pct(m.get("top5")),
-                    "F1": _pct(m.get("f1")), "agreement": _pct(m.get("agreement")),
+    def feed(self, event: Any) -> None:
+        event = as_event(event)
+        if isinstance(event, MetricsReady):
+            if event.quantized.n:
+                self.set_sample_count(int(event.quantized.n))
+            for role, m in ((VariantRole.ORIGINAL, event.original), (VariantRole.QUANTIZED, event.quantized)):
+                self.set_values(role.value, {
+                    "top-1": _pct(m.top1), "top-5": _pct(m.top5), "F1": _pct(m.f1), "agreement": _pct(m.agreement),
                 })
-            return
-        if payload.get("kind") == "evaluation" or payload.get("type") == "evaluation":
-            for name, top1 in (payload.get("top1") or {}).items():
+        elif isinstance(event, EvaluationProgress):
+            for name, top1 in event.top1.items():
                 if top1 is not None:
                     self.set_values(name, {"top-1": 100.0 * float(top1)})
 
@@ -858,12 +856,13 @@ class SizePanel(_BarsPanel):
                                             "If it was, the log says why).")
         self.redraw()
 
-    def feed(self, payload: dict) -> None:
-        if payload.get("type") == "size":
-            self.set_values("original", {"model size": _mb(payload.get("original_bytes"))})
-            self.set_values("quantized", {"model size": _mb(payload.get("quantized_bytes"))})
-        elif payload.get("type") == "memory":
-            self.set_values(str(payload["variant"]), {"memory running it": _mb(_memory_of(payload))})
+    def feed(self, event: Any) -> None:
+        event = as_event(event)
+        if isinstance(event, SizesMeasured):
+            self.set_values(VariantRole.ORIGINAL.value, {"model size": _mb(event.original_bytes)})
+            self.set_values(VariantRole.QUANTIZED.value, {"model size": _mb(event.quantized_bytes)})
+        elif isinstance(event, MemoryMeasured):
+            self.set_values(event.variant, {"memory running it": _mb(event.model_peak_bytes)})
 
 
 def _memory_of(m: dict) -> Any:

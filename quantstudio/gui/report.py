@@ -116,6 +116,10 @@ def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summ
         if all(c == "—" for c in cells):
             continue
         table.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+    ratio = run.speedup  # the core's one rule, as in the Variants table and the CLI
+    if ratio is not None:
+        cells = [f"{ratio:.2f}×" if n == run.quantized else "—" for n in names]
+        table.append("<tr><td>speed-up against the FP32 model</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     table.append("</table>")
     cfg = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in run.config.items())
     rules = run.plan.get("rules", [])

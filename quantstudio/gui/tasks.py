@@ -223,6 +223,8 @@ def scan_data_job(
 class RunOutcome:
     """One finished run, reduced to what the GUI shows and a project stores.
 
+    Built from the core's ``RunSummary`` (:meth:`from_summary`), so its figures are the
+    CLI's; its stored form (``to_dict``) is the project format of release 1, unchanged.
     ``metrics`` maps a variant name ("original", the quantized name) to plain numbers:
     top1, top5, precision, recall, f1, agreement, sqnr_db, cosine (fractions / dB),
     latency_ms (median at the smallest batch), size_bytes, param_bytes, peak_rss_bytes
@@ -262,6 +264,56 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     raw: Any = None
+
+    @classmethod
+    def from_summary(cls, summary: Any, name: str, **extra: Any) -> "RunOutcome":
+        """The GUI's view of a core ``RunSummary``: every figure is the summary's, none recomputed.
+
+        ``extra`` sets what only the GUI knows (data description, class-named changed
+        predictions, skipped files, ``raw``).
+        """
+        from quantstudio.core.results import VariantRole
+
+        original, quantized = VariantRole.ORIGINAL.value, VariantRole.QUANTIZED.value
+        # Throughput lives in its own field (a project's metrics hold plain numbers only).
+        metrics = {role: {k: v for k, v in m.to_dict(drop_none=True).items() if k != "throughput"}
+                   for role, m in summary.variants.items()}
+        for role in (original, quantized):
+            metrics.setdefault(role, {})
+        evaluation = {role: ev for role, ev in summary.evaluation.items() if ev}
+        confusion = {role: (ev["confusion"], list(ev.get("confusion_labels") or []))
+                     for role, ev in evaluation.items() if ev.get("confusion") is not None}
+        q = summary.variants.get(quantized)
+        labeled = bool(q is not None and q.top1 is not None)
+        fields_ = dict(
+            name=name, reference=original, quantized=quantized, plan=dict(summary.plan), config=dict(summary.config),
+            metrics=metrics,
+            latency_samples={v: {int(b): list(xs) for b, xs in per.items()} for v, per in summary.latency_samples.items()},
+            throughput={role: dict(m.throughput) for role, m in summary.variants.items() if m.throughput},
+            layer_sqnr={k: float(v) for k, v in summary.layer_sqnr.items() if v is not None},
+            layer_precisions=dict(summary.layer_precisions),
+            sensitivity={k: float(v) for k, v in summary.sensitivity.items() if v is not None},
+            fused=[list(g) for g in summary.fused], confusion=confusion,
+            n_evaluated=int(summary.evaluation_samples), n_calibrated=int(summary.calibration_samples),
+            calibration_data=summary.calibration_data, evaluation_data=summary.evaluation_data,
+            preprocessing_steps=list(summary.preprocessing.get("steps") or []),
+            input_shape=list(summary.input_shape) if summary.input_shape else None,
+            timing_warnings=summary.timing_warnings, is_random=bool(summary.random_data), labeled=labeled,
+            data_note="random data — accuracy not meaningful" if summary.random_data else (
+                "" if (q is None or q.n is None or labeled) else "no labels: only agreement with the original is measured"),
+            warnings=list(summary.warnings), notes=list(summary.notes),
+        )
+        fields_.update(extra)
+        return cls(**fields_)
+
+    @property
+    def speedup(self) -> float | None:
+        """Quantized vs FP32 speed, by the core's one rule (:func:`quantstudio.core.results.speedup`)."""
+        from quantstudio.core.results import VariantRole, speedup
+
+        latency = {name: m.get("latency_ms") for name, m in self.metrics.items()}
+        latency[VariantRole.QUANTIZED.value] = (self.metrics.get(self.quantized) or {}).get("latency_ms")
+        return speedup(latency)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("raw",)}

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from quantstudio.core.engines.base import available_engines
 from quantstudio.core.errors import InputError
 from quantstudio.core.plan import Precision, PrecisionPlan
 from quantstudio.gui.style import human_bytes
@@ -36,7 +37,7 @@ from quantstudio.gui.tasks import RunOutcome
 
 COLUMNS = ("Variant", "Engine / mode", "Calibration", "Top-1", "n eval", "Agreement", "Latency (ms)", "Speed-up",
            "Size", "Data")
-ENGINE_SHORT = {"onnxruntime": "ORT", "torch": "PyTorch"}
+ENGINE_SHORT = {e.name: e.short_label for e in available_engines()}
 MODE_SHORT = {"static": "INT8", "dynamic": "dynamic INT8", "fp16": "FP16"}
 
 
@@ -91,11 +92,7 @@ def _pct(v: Any) -> str:
 
 def speedup(run: RunOutcome) -> float | None:
     """Against the FP32 model in the same runtime when the run timed it (a fair comparison)."""
-    base = run.metrics.get("original (onnxruntime)") or reference_metrics(run)
-    a, b = base.get("latency_ms"), quantized_metrics(run).get("latency_ms")
-    if a and b:
-        return float(a) / float(b)
-    return None
+    return run.speedup
 
 
 class VariantTableModel(QAbstractTableModel):

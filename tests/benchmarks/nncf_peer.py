@@ -32,7 +32,7 @@ MODELS = ("resnet18 normal", "resnet18 3 blocks s300", "mobilenet_v2 normal", "m
 
 
 def export() -> None:
-    from quantstudio.core.engines.ort_engine import torch_to_onnx
+    from quantstudio.core.engines.ort.export import torch_to_onnx
     from tests.benchmarks.outlier_models import damaged_models, digits_split
     from tests.benchmarks.outlier_study import N_CALIB, loaded
 

@@ -13,7 +13,7 @@ the product does not offer are made by changing one thing around the engine:
 
 * ``percentile 99.999``: the engines' ``PERCENTILE`` constant (read at call time);
 * ``moving-avg minmax``: torch: ``MovingAverageMinMaxObserver`` in place of the engine's
-  activation observer (``torch_engine.build_qconfig`` wrapped); ORT: MinMax with
+  activation observer (``engines.pytorch.qconfig.build_qconfig`` wrapped); ORT: MinMax with
   ``extra_options={"CalibMovingAverage": True}`` (the job the engine hands its child tool);
 * ``CLE``: ``torch.ao.quantization._equalize.cross_layer_equalization`` on the model's conv
   pairs (BN folded into the first conv first) before the engine sees the model; the ORT
@@ -84,7 +84,10 @@ def patched(obj, name, value):
 @contextlib.contextmanager
 def recipe_context(recipe: str, engine: str):
     """Patch the engine for recipes it does not offer (see the module docstring)."""
-    from quantstudio.core.engines import ort_engine, torch_engine
+    # Patched where the engines read them: the ORT engine module imports its tool runner
+    # and percentile by name; the PyTorch qconfig module builds the observers.
+    from quantstudio.core.engines.ort import engine as ort_engine
+    from quantstudio.core.engines.pytorch import qconfig as torch_engine
 
     with contextlib.ExitStack() as stack:
         if recipe.startswith("percentile"):
@@ -313,10 +316,11 @@ def fp32_runner(variant: Variant, qm):
     """ORT: the engine's pre-processed FP32 ONNX model in a session; torch: the eager module."""
     import torch
 
-    if qm.reference_artifact is not None:
-        from quantstudio.core.engines.ort_engine import OrtRunner, make_session
+    reference = qm.extras.get("reference")
+    if reference is not None:
+        from quantstudio.core.engines.ort.runtime import OrtRunner, make_session
 
-        return OrtRunner(make_session(qm.reference_artifact))
+        return OrtRunner(make_session(reference))
 
     def run(x):
         with torch.inference_mode():

@@ -153,6 +153,7 @@ def to_numpy(out) -> np.ndarray:
 def quantstudio_variants(loaded, calib: list[np.ndarray], work: Path) -> list[Row]:
     """QuantStudio's INT8 results from both engines with default settings."""
     from quantstudio.core.engines import QuantConfig, get_engine
+    from quantstudio.core.export import export_model
     from quantstudio.core.jobs import NullContext
     from quantstudio.core.plan import PrecisionPlan
 
@@ -163,7 +164,7 @@ def quantstudio_variants(loaded, calib: list[np.ndarray], work: Path) -> list[Ro
         t0 = time.perf_counter()
         try:
             result = engine.quantize(loaded, PrecisionPlan(), cfg, iter(calib), NullContext())
-            out = engine.export(result, work / f"qs_{engine_name}{suffix}", NullContext())
+            out = export_model(result, work / f"qs_{engine_name}{suffix}", ctx=NullContext())
         except Exception as exc:  # noqa: BLE001 - a failing engine is a result to report
             log(f"QuantStudio {engine_name} failed: {exc}")
             continue

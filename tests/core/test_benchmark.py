@@ -64,10 +64,12 @@ def test_stats_throughput_and_speedup_from_fake_timings():
     assert int8.latency[4].p90_ms == pytest.approx(2.0)
     assert int8.throughput[4] == pytest.approx(4 / 0.002)
     assert res.speedup("fp32", "int8") == pytest.approx(4.0)
-    lat = [p for p in ctx.partials if p["type"] == "latency"]
+    from quantstudio.core.results import LatencySample, ThroughputMeasured
+
+    lat = [p for p in ctx.partials if isinstance(p, LatencySample)]
     assert len(lat) == 2 * 2 * 5  # every timed sample is streamed for live plots
-    assert {p["variant"] for p in lat} == {"fp32", "int8"}
-    assert [p["batch"] for p in ctx.partials if p["type"] == "throughput"] == [1, 1, 4, 4]
+    assert {p.variant for p in lat} == {"fp32", "int8"}
+    assert [p.batch for p in ctx.partials if isinstance(p, ThroughputMeasured)] == [1, 1, 4, 4]
     assert ctx.reports[-1][0] == pytest.approx(1.0)
     assert res.to_dict()["variants"][0]["latency"]["1"]["p50_ms"] == pytest.approx(8.0)
 

@@ -101,7 +101,7 @@ ENGINES = ["torch", "onnxruntime"]
 def test_entropy_threshold_is_onnxruntimes_search():
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from quantstudio.core.engines.ort_engine import entropy_threshold
+    from quantstudio.core.engines.entropy import entropy_threshold
 
     rng = np.random.default_rng(1)
     for k in range(3):

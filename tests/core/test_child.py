@@ -22,7 +22,7 @@ import torch
 
 from quantstudio.core.child import child_command
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.engines.ort_engine import OrtEngine
+from quantstudio.core.engines.ort.engine import OrtEngine
 from quantstudio.core.errors import Cancelled
 from quantstudio.core.jobs import NullContext, RecordingContext
 from quantstudio.core.plan import PrecisionPlan
@@ -105,7 +105,7 @@ def _gone(pid: int) -> bool:
 PARENT = """
 import sys, numpy as np, torch
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.engines.ort_engine import OrtEngine
+from quantstudio.core.engines.ort.engine import OrtEngine
 from quantstudio.core.jobs import NullContext
 from quantstudio.core.plan import PrecisionPlan
 from tests.core.models import tiny_net

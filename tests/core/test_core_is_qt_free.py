@@ -10,7 +10,7 @@ import quantstudio.core
 
 
 def test_core_imports_no_qt():
-    # prefix=: without it walk_packages yields "engines.torch_engine" for sub-packages,
+    # prefix=: without it walk_packages yields "engines.pytorch.engine" for sub-packages,
     # which is never a module name, and every engine module went unchecked.
     modules = [m.name for m in pkgutil.walk_packages(quantstudio.core.__path__, prefix="quantstudio.core.")]
     assert "quantstudio.core.loading" in modules

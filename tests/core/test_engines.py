@@ -20,13 +20,10 @@ import torch
 from torch import nn
 
 from quantstudio.core.engines.base import QuantConfig, get_engine
-from quantstudio.core.engines.ort_engine import OrtEngine, ort_layer_sqnr
-from quantstudio.core.engines.torch_engine import (
-    TorchEngine,
-    build_qconfig,
-    resolve_backend,
-    torch_layer_sqnr,
-)
+from quantstudio.core.engines.ort.engine import OrtEngine, ort_layer_sqnr
+from quantstudio.core.engines.pytorch.engine import TorchEngine, torch_layer_sqnr
+from quantstudio.core.engines.pytorch.qconfig import build_qconfig
+from quantstudio.core.engines.pytorch.runner import resolve_backend
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import NullContext, RecordingContext
 from quantstudio.core.loading import LoadedModel, load_model
@@ -388,7 +385,7 @@ def test_ort_static_int8_u8s8_per_channel_follows_the_plan(tiny):
 
 
 def test_ort_calibration_progress_comes_back_from_the_child_process(tmp_path):
-    from quantstudio.core.engines.ort_engine import _report_tool_progress
+    from quantstudio.core.engines.ort.tools import _report_tool_progress
 
     ctx, path = RecordingContext(), tmp_path / "static-progress.txt"
     assert _report_tool_progress(path, 0, 4, ctx, 0.3, 0.85) == 0 and not ctx.reports  # not written yet
@@ -625,7 +622,8 @@ def test_guard_qnnpack_clamps_covers_modules_functions_and_methods(relu6_model):
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    from quantstudio.core.engines.torch_engine import guard_qnnpack_clamps, quiet
+    from quantstudio.core.engines.pytorch.fx import guard_qnnpack_clamps
+    from quantstudio.core.engines.pytorch.runner import quiet
 
     model, xs = relu6_model
     with quiet():

@@ -187,7 +187,7 @@ def test_reference_runs_once_per_batch_and_others_see_the_same_tensors(tmp_path)
         assert a is not b and np.array_equal(a, b)
     assert ev["other"].sqnr_db == math.inf
     assert ctx.reports[-1][0] == 1.0
-    assert ctx.partials and ctx.partials[-1]["done"] == 12
+    assert ctx.partials and ctx.partials[-1].done == 12
 
 
 def test_cancel_stops_evaluation(tmp_path):

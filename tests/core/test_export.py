@@ -11,8 +11,9 @@ import torch
 
 from quantstudio.core import export as export_mod
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.engines.ort_engine import OrtEngine
-from quantstudio.core.engines.torch_engine import TorchEngine
+from quantstudio.core.engines.ort.engine import OrtEngine
+from quantstudio.core.engines.pytorch import engine as pytorch_engine_mod
+from quantstudio.core.engines.pytorch.engine import TorchEngine
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.export import atomic_write_text, export_format, export_model
 from quantstudio.core.jobs import NullContext, RecordingContext
@@ -105,7 +106,7 @@ def test_failed_write_or_failed_check_leaves_nothing(quantized, tmp_path, monkey
     assert folder_files(tmp_path) == {"m.pth"} and target.read_bytes() == b"earlier export"
 
     # A file that does not reproduce the in-app outputs is never committed.
-    monkeypatch.setattr(export_mod, "_reload_torchscript", lambda path, samples: np.zeros((len(samples), 5), np.float32))
+    monkeypatch.setattr(pytorch_engine_mod, "reload_torchscript", lambda path, samples: np.zeros((len(samples), 5), np.float32))
     with pytest.raises(InputError, match="does not reproduce"):
         export_model(q, target, samples=xs[0])
     assert folder_files(tmp_path) == {"m.pth"} and target.read_bytes() == b"earlier export"
@@ -308,13 +309,13 @@ if mode == "kill-in-commit":
                 time.sleep(60)
     os.replace = replace
 else:
-    from quantstudio.core import export
-    real_write = export._write_onnx
-    def write(model, path):
-        real_write(model, path)
+    from quantstudio.core.engines.ort.engine import OrtEngine
+    real_write = OrtEngine.write
+    def write(self, qm, path, example):
+        real_write(self, qm, path, example)
         print("QS-TEST: writing", file=sys.stderr, flush=True)
         time.sleep(3)
-    export._write_onnx = write
+    OrtEngine.write = write
 from quantstudio.cli import main
 sys.exit(main(["quantize", model, "--data", "random", "--calib-samples", "4", "--eval-samples", "4",
                "--no-benchmark", "--out", str(out)]))

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.engines.ort_engine import OrtEngine, convert_nodes_to_fp16, ort_layer_sqnr
+from quantstudio.core.engines.ort.engine import OrtEngine, ort_layer_sqnr
+from quantstudio.core.engines.ort.fp16 import convert_nodes_to_fp16
 from quantstudio.core.jobs import NullContext
 from quantstudio.core.loading import LoadedModel
 from quantstudio.core.plan import PrecisionPlan
@@ -109,7 +110,7 @@ def test_ort_rules_on_sequential_and_functional_linear_layers_reach_their_gemm(c
     proj_gemm = next(n.name for n in g.graph.node if n.op_type == "Gemm" and n.name != HEAD)
     assert weight_kind(g, HEAD) == head and weight_kind(g, proj_gemm) == proj
     assert weight_kind(g, "/features/features.0/Conv") == "int8"
-    assert q.node_layers[HEAD] == "classifier.1" and q.node_layers[proj_gemm] == "proj"
+    assert q.extras["node_layers"][HEAD] == "classifier.1" and q.extras["node_layers"][proj_gemm] == "proj"
     assert q.layer_precisions["classifier.1"] == head and q.layer_precisions["proj"] == proj
     assert q.layer_precisions["features.0"] == "int8"
     unmapped = [n for n in q.notes if "no node of the exported ONNX model" in n]
@@ -148,8 +149,8 @@ def test_ort_vit_linear_rules_reach_mlp_head_and_attention(vit):
     attn0, attn1 = "/encoder/layers/encoder_layer_0/self_attention", "/encoder/layers/encoder_layer_1/self_attention"
     assert weight_kind(g, f"{attn0}/MatMul") == "int8" and weight_kind(g, f"{attn0}/Gemm") == "int8"
     assert weight_kind(g, f"{attn1}/MatMul") == "fp16" and weight_kind(g, f"{attn1}/Gemm") == "fp16"
-    assert q.node_layers[f"{attn0}/MatMul"] == f"{block0}.self_attention"
-    assert q.node_layers[f"{attn0}/Gemm"] == f"{block0}.self_attention.out_proj"
+    assert q.extras["node_layers"][f"{attn0}/MatMul"] == f"{block0}.self_attention"
+    assert q.extras["node_layers"][f"{attn0}/Gemm"] == f"{block0}.self_attention.out_proj"
     p = q.layer_precisions
     assert p["heads.head"] == p[f"{block0}.mlp.0"] == p[f"{block1}.mlp.3"] == "fp32"
     assert p[f"{block0}.self_attention"] == p[f"{block0}.self_attention.out_proj"] == "int8"
@@ -226,7 +227,7 @@ def test_ort_native_crash_is_an_input_error_not_a_dead_app():
         "import json\n"
         "from pathlib import Path\n"
         "from quantstudio.core.engines.base import QuantConfig\n"
-        "from quantstudio.core.engines.ort_engine import OrtEngine\n"
+        "from quantstudio.core.engines.ort.engine import OrtEngine\n"
         "from quantstudio.core.errors import InputError\n"
         "from quantstudio.core.jobs import NullContext\n"
         "from quantstudio.core.loading import LoadedModel\n"

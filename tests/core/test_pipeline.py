@@ -16,6 +16,8 @@ from quantstudio.core.errors import Cancelled
 from quantstudio.core.jobs import RecordingContext
 from quantstudio.core.pipeline import export_result, run_quantize
 from quantstudio.core.plan import PrecisionPlan
+from quantstudio.core.results import (BenchmarkDone, LatencySample, LayerErrors, LayersFused, MetricsReady, SizesMeasured,
+                                      StageStarted, as_event)
 from quantstudio.core.recipe import Recipe
 from tests.core.models import tiny_net
 from tests.core.test_engines import batches, bn_ready, loaded
@@ -53,10 +55,10 @@ def test_torch_pipeline_on_random_data_reports_everything(model):
     assert set(result.latency_ms) == {"original", "quantized"}
     d = json.loads(json.dumps(result.to_dict()))
     assert d["random_data"] and d["layer_precisions"]["fc"] == "fp32" and d["plan"] == plan.to_dict()
-    types = [p.get("type") for p in ctx.partials if isinstance(p, dict)]
-    for t in ("stage", "fused", "metrics", "layer_sqnr", "size", "benchmark", "latency"):
-        assert t in types, t
-    stages = [p["name"] for p in ctx.partials if isinstance(p, dict) and p.get("type") == "stage"]
+    events = [as_event(p) for p in ctx.partials]  # the engines' own phases still come as dicts
+    for t in (StageStarted, LayersFused, MetricsReady, LayerErrors, SizesMeasured, BenchmarkDone, LatencySample):
+        assert any(isinstance(e, t) for e in events), t
+    stages = [e.name for e in events if isinstance(e, StageStarted)]
     assert stages[:1] == ["quantize"] and {"prepare", "calibrate", "convert", "evaluate", "layer_error", "benchmark"} <= set(stages)
     fractions = [f for f, _ in ctx.reports]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -108,10 +108,11 @@ def test_run_reports_sensitivity_and_memory_of_both_models(engine):
     assert set(result.memory) == {"original", "quantized"}
     for m in result.memory.values():
         assert 0 < m["model_peak_bytes"] < m["peak_rss_bytes"]
-    partials = [p for p in ctx.partials if isinstance(p, dict)]
-    sens = [p for p in partials if p["type"] == "layer_sensitivity"]
-    assert len(sens) == 1 and sens[0]["values"] == pytest.approx(result.sensitivity)
-    assert {p["variant"] for p in partials if p["type"] == "memory"} == {"original", "quantized"}
+    from quantstudio.core.results import LayerSensitivity, MemoryMeasured
+
+    sens = [p for p in ctx.partials if isinstance(p, LayerSensitivity)]
+    assert len(sens) == 1 and dict(sens[0].values) == pytest.approx(result.sensitivity)
+    assert {p.variant for p in ctx.partials if isinstance(p, MemoryMeasured)} == {"original", "quantized"}
     d = json.loads(json.dumps(result.to_dict()))
     assert set(d["layer_sensitivity"]) == {"conv1", "conv2", "fc"} and set(d["memory"]) == {"original", "quantized"}
     fractions = [f for f, _ in ctx.reports]

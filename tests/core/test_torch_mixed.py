@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.engines.torch_engine import TorchEngine, to_torchscript
+from quantstudio.core.engines.pytorch.engine import TorchEngine
+from quantstudio.core.engines.pytorch.runner import to_torchscript
 from quantstudio.core.errors import InputError
 from quantstudio.core.export import compare_outputs, export_model
 from quantstudio.core.jobs import NullContext, RecordingContext

@@ -13,6 +13,7 @@ from itertools import combinations
 import pytest
 
 from quantstudio.gui import plots
+from quantstudio.core.results import RunSummary, VariantMetrics, VariantRole
 from quantstudio.gui.tasks import RunOutcome
 
 
@@ -20,28 +21,34 @@ def make_run(name: str = "#1 torch static (3 INT8)", *, top1=(0.99, 0.985), late
              ort_latency: float | None = None, batches=(1,), sqnr=None, precisions=None, labeled=True) -> RunOutcome:
     """A finished run as the window gets it; ``ort_latency`` adds an ONNX Runtime original."""
     ref_top1, q_top1 = top1
-    metrics = {
-        "original": {"top1": ref_top1, "top5": 1.0, "f1": ref_top1, "latency_ms": latency[0],
-                     "size_bytes": size_mb[0] * 1e6, "model_peak_bytes": 70e6},
-        "quantized": {"top1": q_top1, "top5": 1.0, "f1": q_top1, "agreement": 0.995, "latency_ms": latency[1],
-                      "size_bytes": size_mb[1] * 1e6, "model_peak_bytes": 40e6},
+    original, quantized, same_runtime = (VariantRole.ORIGINAL.value, VariantRole.QUANTIZED.value,
+                                         VariantRole.ORIGINAL_SAME_RUNTIME.value)
+    variants = {
+        original: VariantMetrics(top1=ref_top1, top5=1.0, f1=ref_top1, latency_ms=latency[0], n=8,
+                                 throughput={b: 1000.0 * b / latency[0] for b in batches},
+                                 size_bytes=int(size_mb[0] * 1e6), model_peak_bytes=70_000_000),
+        quantized: VariantMetrics(top1=q_top1, top5=1.0, f1=q_top1, agreement=0.995, latency_ms=latency[1], n=8,
+                                  throughput={b: 1000.0 * b / latency[1] for b in batches},
+                                  size_bytes=int(size_mb[1] * 1e6), model_peak_bytes=40_000_000),
     }
-    samples = {"original": {b: [latency[0] * b * (1 + 0.01 * i) for i in range(10)] for b in batches},
-               "quantized": {b: [latency[1] * b * (1 + 0.01 * i) for i in range(10)] for b in batches}}
-    throughput = {"original": {b: 1000.0 * b / latency[0] for b in batches},
-                  "quantized": {b: 1000.0 * b / latency[1] for b in batches}}
+    samples = {original: {b: [latency[0] * b * (1 + 0.01 * i) for i in range(10)] for b in batches},
+               quantized: {b: [latency[1] * b * (1 + 0.01 * i) for i in range(10)] for b in batches}}
     if ort_latency is not None:
-        metrics["original (onnxruntime)"] = {"latency_ms": ort_latency}
-        samples["original (onnxruntime)"] = {b: [ort_latency * b] * 10 for b in batches}
-        throughput["original (onnxruntime)"] = {b: 1000.0 * b / ort_latency for b in batches}
+        variants[same_runtime] = VariantMetrics(latency_ms=ort_latency,
+                                                throughput={b: 1000.0 * b / ort_latency for b in batches})
+        samples[same_runtime] = {b: [ort_latency * b] * 10 for b in batches}
     sqnr = sqnr if sqnr is not None else {"conv1": 30.0, "conv2": 22.0, "fc": 25.0}
-    return RunOutcome(
-        name=name, quantized="quantized", config={"engine": "torch", "mode": "static"}, data="fake",
-        metrics=metrics, latency_samples=samples, throughput=throughput, layer_sqnr=sqnr,
+    confusion = {"confusion_labels": ["a", "b"]}
+    summary = RunSummary(
+        engine="torch", mode="static", config={"engine": "torch", "mode": "static"}, variants=variants,
+        evaluation={original: {**confusion, "confusion": [[4, 0], [0, 4]]},
+                    quantized: {**confusion, "confusion": [[3, 1], [0, 4]]}},
+        latency_samples=samples, layer_sqnr=sqnr, evaluation_samples=8,
         layer_precisions=precisions if precisions is not None else {k: "int8" for k in sqnr},
-        confusion={"original": ([[4, 0], [0, 4]], ["a", "b"]), "quantized": ([[3, 1], [0, 4]], ["a", "b"])},
-        n_evaluated=8, labeled=labeled,
     )
+    run = RunOutcome.from_summary(summary, name, data="fake")
+    run.labeled = labeled  # an unlabeled run still has figures here, so the plots can be checked with both
+    return run
 
 
 @pytest.fixture

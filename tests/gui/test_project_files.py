@@ -105,3 +105,33 @@ def test_restore_state_skips_wrong_types_and_never_leaves_signals_blocked(qtbot,
     assert not panel.signalsBlocked()
     panel.restore_state(["not", "a", "dict"])
     assert not panel.signalsBlocked()
+
+
+def test_a_version_1_project_saved_by_the_current_release_opens_with_its_figures(tmp_path, tiny_files):
+    """The stored variant format did not change with the typed results (no version bump):
+    a variant exactly as release 1 wrote it reads back, and the speed-up follows the one rule."""
+    from quantstudio.gui.tasks import RunOutcome
+    from quantstudio.gui.variants import speedup
+
+    variant = {
+        "name": "#1 ORT INT8", "reference": "original", "quantized": "quantized",
+        "plan": {"version": 1, "default": "int8", "rules": []}, "config": {"engine": "onnxruntime", "mode": "static"},
+        "data": "24 images", "metrics": {
+            "original": {"top1": 0.9, "top5": None, "agreement": None, "sqnr_db": None, "n": 12, "size_bytes": 4000,
+                         "latency_ms": 2.0, "param_bytes": 4000},
+            "quantized": {"top1": 0.85, "agreement": 0.95, "sqnr_db": "inf", "n": 12, "size_bytes": 1000,
+                          "latency_ms": 0.5, "param_bytes": 1000},
+            "original (onnxruntime)": {"latency_ms": 1.0, "param_bytes": None}},
+        "latency_samples": {"quantized": {"1": [0.5, 0.6]}}, "throughput": {"quantized": {"1": 2000.0}},
+        "layer_sqnr": {"conv1": 30.0, "fc": None}, "layer_precisions": {"conv1": "int8"}, "sensitivity": {},
+        "fused": [], "confusion": {"quantized": [[[1, 0], [0, 1]], ["a", "b"]]}, "changed": [], "n_evaluated": 12,
+        "n_calibrated": 8, "timing_warnings": [], "skipped": [], "is_random": False, "labeled": True, "data_note": "",
+        "warnings": [], "notes": [], "seconds": 3.0,
+    }
+    project = {**_project(tiny_files["torchscript"]), "variants": [variant]}
+    assert project["version"] == 1
+    data = load_project(_write(tmp_path, "release1", project))
+    run = RunOutcome.from_dict(data["variants"][0])
+    assert run.metrics["quantized"]["sqnr_db"] == float("inf") and run.layer_sqnr == {"conv1": 30.0}
+    assert speedup(run) == run.speedup == pytest.approx(2.0)  # against the same-runtime original, not 4.0
+    assert RunOutcome.from_dict(json.loads(json.dumps(run.to_dict()))).to_dict() == run.to_dict()

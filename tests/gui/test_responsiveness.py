@@ -176,7 +176,7 @@ def test_warm_up_imports_working_libraries():
 
 def test_ort_tool_failures_and_cancel_come_back_from_the_child(tmp_path):
     """ONNX Runtime's tools run in a child process (they starve the GUI thread of the GIL)."""
-    from quantstudio.core.engines.ort_engine import ToolFailed, run_ort_tool
+    from quantstudio.core.engines.ort.tools import ToolFailed, run_ort_tool
     from quantstudio.core.errors import Cancelled
     from quantstudio.core.jobs import NullContext, RecordingContext
 

@@ -8,6 +8,8 @@ import time
 import pytest
 from PySide6.QtWidgets import QDialog
 
+from quantstudio.core.results import (LatencySample, LayerErrors, LayersFused, MetricsReady, ThroughputMeasured,
+                                      VariantMetrics)
 from quantstudio.gui.dialogs import ImportDialog
 from quantstudio.gui.tasks import RunOutcome
 from tests.gui.conftest import wait_idle
@@ -18,14 +20,14 @@ def fake_quantize(ctx, request):
     for i in range(20):
         ctx.check_cancelled()
         for v, base in (("original", 2.0), ("quantized", 1.0)):
-            ctx.partial({"type": "latency", "variant": v, "batch": 1, "ms": base + 0.01 * i})
+            ctx.partial(LatencySample(v, 1, base + 0.01 * i))
         ctx.report((i + 1) / 40, "timing")
         time.sleep(0.002)
-    ctx.partial({"type": "throughput", "variant": "original", "batch": 1, "value": 500.0})
-    ctx.partial({"type": "throughput", "variant": "quantized", "batch": 1, "value": 1000.0})
-    ctx.partial({"type": "metrics", "original": {"top1": 0.9}, "quantized": {"top1": 0.88, "agreement": 0.95}})
-    ctx.partial({"type": "layer_sqnr", "values": {"conv1": 30.0, "conv2": 25.0, "fc": "inf"}})
-    ctx.partial({"type": "fused", "groups": [["conv1", "bn1", "relu1"]]})
+    ctx.partial(ThroughputMeasured("original", 1, 500.0))
+    ctx.partial(ThroughputMeasured("quantized", 1, 1000.0))
+    ctx.partial(MetricsReady(VariantMetrics(top1=0.9), VariantMetrics(top1=0.88, agreement=0.95)))
+    ctx.partial(LayerErrors({"conv1": 30.0, "conv2": 25.0, "fc": float("inf")}))
+    ctx.partial(LayersFused((("conv1", "bn1", "relu1"),)))
     return RunOutcome(
         name=request.name, quantized="quantized", plan=request.plan, config=request.config, data="fake",
         metrics={"original": {"top1": 0.9, "latency_ms": 2.0, "size_bytes": 4e6},
@@ -104,7 +106,7 @@ def test_quantize_measures_what_the_data_panel_asks_for(qtbot, window, tiny_file
 
 
 def test_plot_exports_png_and_svg(qtbot, window, tmp_path):
-    window.latency_panel.feed({"type": "latency", "variant": "a", "batch": 1, "ms": 1.0})
+    window.latency_panel.feed(LatencySample("a", 1, 1.0))
     window.latency_panel.redraw()
     png = window.latency_panel.save(tmp_path / "lat.png")
     svg = window.accuracy_panel.save(tmp_path / "acc.svg")
@@ -221,9 +223,9 @@ def test_cancel_mid_run_returns_to_idle(qtbot, window, tiny_files, image_folder,
     window.data_panel.runs_spin.setValue(2000)  # long benchmark: there is time to cancel
     qtbot.waitUntil(lambda: window.data_panel.summary is not None, timeout=60000)
     stages = []
-    window.runner.partial.connect(lambda p: stages.append(p.get("type")) if isinstance(p, dict) else None)
+    window.runner.partial.connect(stages.append)
     window.quantize()
-    qtbot.waitUntil(lambda: "latency" in stages, timeout=120000)
+    qtbot.waitUntil(lambda: any(isinstance(p, LatencySample) for p in stages), timeout=120000)
     with qtbot.waitSignal(window.runner.cancelled, timeout=60000):
         window.cancel_button.click()
     assert not window.runner.busy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantstudio.core.results import BenchmarkDone, RunSummary, VariantMetrics, VariantRole
 from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 from quantstudio.gui.variants import COLUMNS, export_stem, settings_label, variant_name
 from tests.gui.conftest import wait_idle
@@ -58,15 +59,16 @@ def test_separate_evaluation_folder_goes_into_the_run(qtbot, window, tiny_files,
 
 
 def fake_run(ctx, request):
-    ctx.partial({"type": "benchmark", "result": {"warnings": ["the computer was busy"]}})
-    return RunOutcome(
-        name=request.name, quantized="quantized", plan=request.plan, config=request.config, data="fake",
-        metrics={"original": {"top1": 0.31, "latency_ms": 2.0, "n": 40},
-                 "quantized": {"top1": 0.30, "agreement": 0.95, "latency_ms": 1.0, "n": 40}},
-        n_evaluated=40, labeled=True, evaluation_data="40 samples of 100 images (x) not used for calibration",
+    ctx.partial(BenchmarkDone(("the computer was busy",)))
+    summary = RunSummary(
+        plan=request.plan, config=request.config,
+        variants={VariantRole.ORIGINAL.value: VariantMetrics(top1=0.31, latency_ms=2.0, n=40),
+                  VariantRole.QUANTIZED.value: VariantMetrics(top1=0.30, agreement=0.95, latency_ms=1.0, n=40)},
+        evaluation_samples=40, evaluation_data="40 samples of 100 images (x) not used for calibration",
         warnings=["the original model scores near chance on this data", "the computer was busy"],
-        timing_warnings=["the computer was busy"],
+        benchmark={"warnings": ["the computer was busy"]},
     )
+    return RunOutcome.from_summary(summary, request.name, data="fake")
 
 
 def test_run_warnings_show_in_a_banner_and_timings_are_marked(qtbot, window, tiny_files):
@@ -109,7 +111,7 @@ def test_a_confirmed_input_shape_is_remembered_for_the_file(qtbot, window, tiny_
     from PySide6.QtWidgets import QDialog
 
     from quantstudio.gui.dialogs import ImportDialog
-    from quantstudio.gui.main_window import remembered_input
+    from quantstudio.gui.model_import import remembered_input
 
     asked: list[str] = []
 

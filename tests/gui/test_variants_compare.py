@@ -10,6 +10,7 @@ import pytest
 from PySide6.QtWidgets import QApplication
 
 from quantstudio.core.errors import InputError
+from quantstudio.core.results import LatencySample, LayerErrors, MetricsReady, RunSummary, VariantMetrics, VariantRole
 from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 from quantstudio.gui.variants import MINUS, format_delta
 from tests.gui.conftest import wait_idle
@@ -23,30 +24,32 @@ def fake_run(ctx, request):
     """
     engine = request.config.get("engine", "onnxruntime")
     slow = 2.0 if engine == "torch" else 1.0
-    ctx.partial({"type": "latency", "variant": "quantized", "batch": 1, "ms": slow})
+    ctx.partial(LatencySample(VariantRole.QUANTIZED.value, 1, slow))
     built = {name: "int8" for name in ("conv1", "conv2", "fc", "add", "add_1", "flatten_op")}
-    return RunOutcome(
-        name=request.name, quantized="quantized", plan=request.plan, config=request.config, data="fake",
-        metrics={"original": {"top1": 0.9, "latency_ms": 2.0, "size_bytes": 4e6},
-                 "quantized": {"top1": 0.9 if engine == "torch" else 0.88, "agreement": 0.95, "sqnr_db": 30.0,
-                               "latency_ms": slow, "size_bytes": 1e6 + (2560 if engine == "torch" else 0)}},
-        latency_samples={"quantized": {1: [slow, slow]}},
-        layer_sqnr={"conv1": 30.0}, layer_precisions=built, n_evaluated=8, labeled=True,
+    summary = RunSummary(
+        plan=request.plan, config=request.config,
+        variants={VariantRole.ORIGINAL.value: VariantMetrics(top1=0.9, latency_ms=2.0, size_bytes=4_000_000, n=8),
+                  VariantRole.QUANTIZED.value: VariantMetrics(
+                      top1=0.9 if engine == "torch" else 0.88, agreement=0.95, sqnr_db=30.0, latency_ms=slow, n=8,
+                      size_bytes=1_000_000 + (2560 if engine == "torch" else 0))},
+        latency_samples={VariantRole.QUANTIZED.value: {1: [slow, slow]}},
+        layer_sqnr={"conv1": 30.0}, layer_precisions=built, evaluation_samples=8,
     )
+    return RunOutcome.from_summary(summary, request.name, data="fake")
 
 
 def endless_run(ctx, request):
     """Streams half a run, then waits to be cancelled."""
-    ctx.partial({"type": "latency", "variant": "quantized", "batch": 1, "ms": 99.0})
-    ctx.partial({"type": "metrics", "original": {"top1": 0.5}, "quantized": {"top1": 0.1}})
-    ctx.partial({"type": "layer_sqnr", "values": {"conv1": 1.0}})
+    ctx.partial(LatencySample("quantized", 1, 99.0))
+    ctx.partial(MetricsReady(VariantMetrics(top1=0.5), VariantMetrics(top1=0.1)))
+    ctx.partial(LayerErrors({"conv1": 1.0}))
     while True:
         ctx.check_cancelled()
         time.sleep(0.01)
 
 
 def failing_run(ctx, request):
-    ctx.partial({"type": "latency", "variant": "quantized", "batch": 1, "ms": 99.0})
+    ctx.partial(LatencySample("quantized", 1, 99.0))
     raise InputError("ONNX Runtime could not quantize this model", hint="Keep the failing layers in FP32.")
 
 

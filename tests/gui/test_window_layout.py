@@ -13,7 +13,8 @@ from PySide6.QtCore import QPoint, QRect
 from PySide6.QtWidgets import QApplication, QComboBox, QDialog, QTabBar
 
 from quantstudio.gui.dialogs import GettingStartedDialog, ImportDialog, getting_started_markdown
-from quantstudio.gui.main_window import MainWindow, sidecar_metadata
+from quantstudio.gui.main_window import MainWindow
+from quantstudio.gui.model_import import sidecar_metadata
 from quantstudio.gui.tasks import DataSummary
 from tests.gui.conftest import wait_idle
 

@@ -239,8 +239,9 @@ def _open_image(path: str, channels: int):
     with warnings.catch_warnings():
         # Pillow warns about palette transparency and large images; the pixels are fine.
         warnings.simplefilter("ignore")
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            opened.load()
+            im: Image.Image = opened
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 # 16-bit grayscale: Pillow's convert("L") would clip at 255 (all white).
                 arr = np.asarray(im, dtype=np.float32) / 257.0

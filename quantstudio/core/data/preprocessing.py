@@ -65,7 +65,7 @@ class Preprocessing:
 
     @classmethod
     def from_preset(cls, name: str) -> Preprocessing:
-        presets = {"default": cls, "imagenet": cls.imagenet}
+        presets: dict[str, Callable[[], Preprocessing]] = {"default": cls, "imagenet": cls.imagenet}
         if name not in presets:
             raise InputError(f"unknown preprocessing preset {name!r}", hint=f"Use one of: {', '.join(presets)}.")
         return presets[name]()

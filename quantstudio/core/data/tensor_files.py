@@ -68,7 +68,7 @@ class TensorFileSource(DataSource):
         hw = images.shape[1:3] if self.layout == "NHWC" else images.shape[-2:]
         self._file_hw = (int(hw[0]), int(hw[1]))
         if self.is_pixels:
-            preprocessing._geometry(model_hw or tuple(int(d) for d in hw))
+            preprocessing._geometry(model_hw or self._file_hw)
             self._check_output_size()
         else:
             self.notes.append("float tensors are fed to the model as they are (no resize or normalization)")

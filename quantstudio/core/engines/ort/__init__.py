@@ -1,0 +1,1 @@
+"""The ONNX Runtime engine (see engine.py); export, mapping, fp16, tools and runtime are its parts."""
