@@ -421,6 +421,9 @@ def _add_quantize(sub) -> None:
     weights.add_argument("--per-channel", action="store_true", default=None,
                          help="one weight scale per output channel (the default; overrides a per-tensor recipe)")
     p.add_argument("--symmetric-activations", action="store_true", default=None, help="symmetric activation ranges")
+    p.add_argument("--no-equalize", action="store_true", default=None,
+                   help="do not equalize outlier channels (cross-layer equalization of conv pairs, on by default "
+                        "for PyTorch models in static INT8; it keeps the FP32 function and the INT8 speed)")
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
     p.add_argument("--batch-size", type=int, help="samples per batch (default 32, or the recipe's)")
     p.add_argument("--no-benchmark", action="store_true", help="skip the latency comparison")
@@ -481,6 +484,8 @@ def _quantize_settings(args):
         config.per_channel = True
     if args.symmetric_activations:
         config.symmetric_activations = True
+    if getattr(args, "no_equalize", None):
+        config.equalize = False
     config.validate()
     if config.calib_samples <= 0:
         raise InputError(f"the number of calibration samples must be positive, not {config.calib_samples}", hint="Give --calib-samples 1 or more.")

@@ -295,6 +295,9 @@ class _RunState:
     notes: list[str]
     warnings: list[str]
     qm: QuantizedModel | None = None
+    # What the engine quantized: ``model``, or its outlier-equalized copy (core/equalize.py).
+    # ``model`` stays the FP32 reference for accuracy and speed.
+    quantized_source: Any = None
     seen: list[np.ndarray] = field(default_factory=list)  # quantized-model inputs kept for SQNR, sensitivity, checks
     original_metrics: Any = None
     quantized_metrics: Any = None
@@ -315,7 +318,10 @@ def _quantize_stage(s: _RunState, st: JobContext) -> None:
     calib = s.data.batches(s.split.calibration, batch_size=s.batch_size, message="calibrating")
     if len(calib.indices) == 0:
         raise InputError("there is no calibration data", path=s.data.path, hint="Choose data with at least one sample.")
-    s.qm = s.engine.quantize(s.model, s.plan, s.config, calib, st)
+    from quantstudio.core.equalize import equalized_model
+
+    s.quantized_source = equalized_model(s.model, s.config, s.notes)
+    s.qm = s.engine.quantize(s.quantized_source, s.plan, s.config, calib, st)
     if calib.skipped:
         s.warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
     s.notes.extend(s.quantized.notes)
@@ -357,7 +363,9 @@ def _evaluate_stage(s: _RunState, st: JobContext) -> None:
 
 def _layer_error_stage(s: _RunState, st: JobContext) -> None:
     st.report(0.0, "measuring per-layer error")
-    s.sqnr = layer_sqnr(s.model, s.quantized, s.seen[: max(s.sqnr_batches, 1)], st)
+    # The FP32 activations compared must be the ones the engine quantized (equalization
+    # rescales channels between conv pairs; the names are the same).
+    s.sqnr = layer_sqnr(s.quantized_source or s.model, s.quantized, s.seen[: max(s.sqnr_batches, 1)], st)
     if s.sqnr:
         st.partial(LayerErrors(finite_values(s.sqnr)))
     st.report(1.0, "per-layer error measured")

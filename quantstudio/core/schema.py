@@ -119,6 +119,7 @@ def _config_schema() -> dict[str, Any]:
         "per_channel": _BOOL,
         "symmetric_activations": _BOOL,
         "calib_samples": _int(1, MAX_SAMPLES),
+        "equalize": _BOOL,  # cross-layer equalization before static INT8 (core/equalize.py)
     }
     # A QuantConfig option added later (by another part of the app) is typed from its
     # default, so recipes written by this version always validate in this version.
@@ -455,6 +456,7 @@ def project_schema() -> dict[str, Any]:
             "mode": nullable_text,
             "calibration": nullable_text,
             "per_channel": _BOOL,
+            "equalize": _BOOL,
             "benchmark_runs": _int(1, 100_000),
             "benchmark_batches": text,
             "sensitivity": _BOOL,

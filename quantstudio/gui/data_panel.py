@@ -212,6 +212,10 @@ class DataPanel(QScrollArea):
         qform.addRow("Target CPU:", self.backend_combo)
         qform.addRow("Calibration:", self.calib_combo)
         qform.addRow("", self.per_channel_check)
+        self.equalize_check = QCheckBox("Equalize outlier channels")  # "(recommended)" is in the tooltip: the panel must stay narrow
+        self.equalize_check.setToolTip(glossary.EQUALIZE_HELP)
+        self.equalize_check.setChecked(True)  # the default: see core/equalize.py for the measured reason
+        qform.addRow("", self.equalize_check)
         self.runs_spin = QSpinBox()
         self.runs_spin.setRange(1, 10000)
         self.runs_spin.setToolTip("How many timed runs per variant and batch size (more: steadier numbers, slower).")
@@ -531,6 +535,7 @@ class DataPanel(QScrollArea):
             "backend": self.backend_combo.currentData(),
             "calibration": self.calib_combo.currentData(),
             "per_channel": self.per_channel_check.isChecked(),
+            "equalize": self.equalize_check.isChecked(),
             "calib_samples": self.calib_spin.value(),
         }
 
@@ -559,6 +564,7 @@ class DataPanel(QScrollArea):
             "mode": self.mode_combo.currentData(),
             "calibration": self.calib_combo.currentData(),
             "per_channel": self.per_channel_check.isChecked(),
+            "equalize": self.equalize_check.isChecked(),
             "benchmark_runs": self.runs_spin.value(),
             "benchmark_batches": self.batches_edit.text(),
             "sensitivity": self.sensitivity_check.isChecked(),
@@ -600,7 +606,8 @@ class DataPanel(QScrollArea):
                 value = state.get(key)
                 if isinstance(value, int) and not isinstance(value, bool):
                     spin.setValue(max(spin.minimum(), min(spin.maximum(), value)))
-            for check, key in ((self.per_channel_check, "per_channel"), (self.sensitivity_check, "sensitivity"),
+            for check, key in ((self.per_channel_check, "per_channel"), (self.equalize_check, "equalize"),
+                               (self.sensitivity_check, "sensitivity"),
                                (self.memory_check, "measure_memory")):
                 if isinstance(state.get(key), bool):
                     check.setChecked(state[key])

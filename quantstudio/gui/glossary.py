@@ -69,6 +69,12 @@ PER_CHANNEL_HELP = (
     "Per-channel (recommended): each output channel of a layer gets its own INT8 scale. Usually more "
     "accurate than one scale per layer (per-tensor), at no speed cost."
 )
+EQUALIZE_HELP = (
+    "Equalize outlier channels (recommended): before quantizing, rebalance pairs of layers so that no "
+    "single channel is hundreds of times larger than the others. The model computes exactly the same, "
+    "but INT8 keeps its accuracy where one huge channel would otherwise ruin it. No speed cost. "
+    "PyTorch models (state_dict or pickled model) in INT8 only."
+)
 SENSITIVITY_HELP = (
     "After the run, quantize one layer at a time to INT8 and measure how much the output "
     "changes. The layers that change it most are the ones to keep in FP32 (right-click the "

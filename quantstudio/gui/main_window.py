@@ -468,7 +468,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             show_error(self, "Could not re-run the variant", exc)
             return False
         self.layer_model.replace_plan(plan, f"Re-run plan of {run.name}")
-        keys = ("engine", "mode", "backend", "calibration", "per_channel", "calib_samples")
+        keys = ("engine", "mode", "backend", "calibration", "per_channel", "equalize", "calib_samples")
         self.data_panel.restore_state({k: run.config[k] for k in keys if k in run.config})
         self.data_panel.set_model(self.loaded)
         log.info("Re-running %s with its plan (Ctrl+Z restores the previous plan) and quantization settings.", run.name)

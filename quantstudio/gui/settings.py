@@ -62,6 +62,7 @@ _DECLARED = [
     Setting("mode", str, "static", "static | dynamic | fp16"),
     Setting("calibration", str, "minmax", "minmax | entropy | percentile"),
     Setting("per_channel", bool, True, "per-channel weight scales"),
+    Setting("equalize", bool, True, "equalize outlier channels before static INT8 (PyTorch models)"),
     Setting("sensitivity", bool, True, "measure per-layer sensitivity after a run (PyTorch models)"),
     Setting("measure_memory", bool, True, "measure peak memory of both models after a run"),
     Setting("benchmark_runs", int, 30, "timed runs per variant and batch size"),

@@ -54,6 +54,8 @@ def settings_label(config: dict[str, Any]) -> str:
         parts.append(str(config.get("calibration", "minmax")))
         if config.get("symmetric_activations"):
             parts.append("symmetric")
+    if mode == "static" and config.get("equalize") is False:
+        parts.append("no equalize")
     if mode != "fp16" and config.get("per_channel") is False:
         parts.append("per-tensor")
     if config.get("backend") == "qnnpack":
