@@ -104,7 +104,9 @@ class Recipe:
 
     # -------------------------------------------------------------- views
     def quant_config(self) -> QuantConfig:
-        return QuantConfig.from_dict({**self.config, "engine": self.engine, "mode": self.mode, "seed": self.seed})
+        # A recipe written before equalization existed reproduces what it made: without it.
+        config = {"equalize": False, **self.config}
+        return QuantConfig.from_dict({**config, "engine": self.engine, "mode": self.mode, "seed": self.seed})
 
     def precision_plan(self) -> PrecisionPlan:
         return PrecisionPlan.from_dict(self.plan)

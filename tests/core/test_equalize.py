@@ -196,12 +196,12 @@ def test_cli_no_equalize_reaches_the_config_and_the_recipe_round_trips(tmp_path,
     assert main(["quantize", *common, "--recipe", str(recipe_path), "--out", str(tmp_path / "r.onnx")]) == 0
     capsys.readouterr()
     assert Recipe.load(tmp_path / "r.recipe.json").config["equalize"] is False
-    # a recipe written before the option existed validates, and gets the default
+    # a recipe written before the option existed validates, and replays what it made: no equalization
     d = json.loads(recipe_path.read_text())
     del d["config"]["equalize"]
     old = tmp_path / "old.recipe.json"
     old.write_text(json.dumps(d))
-    assert Recipe.load(old).quant_config().equalize is True
+    assert Recipe.load(old).quant_config().equalize is False
     d["config"]["equalize"] = "no"
     old.write_text(json.dumps(d))
     with pytest.raises(Exception, match="config.equalize"):
