@@ -26,22 +26,10 @@ from quantstudio.core.data import RANDOM_DATA_NOTE, DataSource, SkippedFile, mod
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext, NullContext
 from quantstudio.core.metrics import ErrorAccumulator
-from quantstudio.core.results import EvaluationProgress
+from quantstudio.core.results import EvaluationProgress, json_float
 
 TOP_K = 5
 NO_LABELS_NOTE = "the data has no labels: accuracy cannot be measured, only agreement between variants"
-
-
-def _json_float(v: float | None) -> float | str | None:
-    """JSON has no infinity: +/-inf become the strings "inf"/"-inf" (always, for every field)."""
-    if v is None:
-        return None
-    v = float(v)
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if math.isnan(v):
-        return None
-    return v
 
 
 @dataclass
@@ -99,22 +87,22 @@ class EvaluationResult:
             "n": int(self.n),
             "num_outputs": int(self.num_outputs),
             "random_data": bool(self.is_random),
-            "top1": _json_float(self.top1),
-            "top5": _json_float(self.top5),
-            "precision": _json_float(self.precision),
-            "recall": _json_float(self.recall),
-            "f1": _json_float(self.f1),
+            "top1": json_float(self.top1),
+            "top5": json_float(self.top5),
+            "precision": json_float(self.precision),
+            "recall": json_float(self.recall),
+            "f1": json_float(self.f1),
             "per_class_accuracy": (
-                {k: _json_float(v) for k, v in self.per_class_accuracy.items()}
+                {k: json_float(v) for k, v in self.per_class_accuracy.items()}
                 if self.per_class_accuracy is not None
                 else None
             ),
             "confusion": self.confusion,
             "confusion_labels": self.confusion_labels,
             "reference": self.reference,
-            "agreement": _json_float(self.agreement),
-            "sqnr_db": _json_float(self.sqnr_db),
-            "cosine": _json_float(self.cosine),
+            "agreement": json_float(self.agreement),
+            "sqnr_db": json_float(self.sqnr_db),
+            "cosine": json_float(self.cosine),
             "changed": [c.to_dict() for c in self.changed],
             "skipped": {"count": len(self.skipped), "files": [s.to_dict() for s in self.skipped]},
             "warnings": list(self.warnings),

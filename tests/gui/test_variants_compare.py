@@ -147,7 +147,9 @@ def test_cancel_puts_back_the_current_variant(qtbot, tiny_window):
         name="half", model=window.loaded, tree=window.layer_model.tree, plan=window.plan.to_dict(),
         config={"engine": "onnxruntime", "mode": "static"}, data_spec="random", preprocessing=None,
         calib_samples=1, eval_samples=1), "half")
-    qtbot.waitUntil(lambda: 99.0 in window.latency_panel.samples.get("quantized", {}).get(1, []), timeout=10000)
+    # The partial events reach the window in batches: wait for both before comparing.
+    qtbot.waitUntil(lambda: 99.0 in window.latency_panel.samples.get("quantized", {}).get(1, [])
+                    and "quantized" in window.accuracy_panel.values, timeout=10000)
     assert window.accuracy_panel.values["quantized"]["top-1"] == pytest.approx(10.0)  # the partial run shows
     with qtbot.waitSignal(window.runner.cancelled, timeout=10000):
         window.cancel_job()
