@@ -108,7 +108,7 @@ def cpu_features() -> CpuFeatures:
 class ModelFacts:
     """What a quantized model really contains (as the engine will run it)."""
 
-    engine: str  # "onnxruntime" | "pytorch"
+    runtime: str  # what the file runs in: "onnx" (ONNX Runtime) | "pytorch" — a file's format, not an engine
     activation_type: str | None = None  # "uint8" | "int8" | None (no static activations)
     weight_type: str | None = None
     per_channel: bool | None = None
@@ -171,7 +171,7 @@ def diagnose(d: DoctorInput) -> list[Finding]:
                 f"{d.quantized_ms:.2f} ms vs {d.baseline_ms:.2f} ms at batch {d.batch}.",
             ))
 
-    if f.engine == "onnxruntime" and d.cpu.is_x86 and f.activation_type == "int8":
+    if f.runtime == "onnx" and d.cpu.is_x86 and f.activation_type == "int8":
         out.append(Finding(
             "problem" if slow in (True, None) else "warning",
             "int8 activations on an x86 CPU",
@@ -182,7 +182,7 @@ def diagnose(d: DoctorInput) -> list[Finding]:
             "Quantize again with uint8 activations and int8 per-channel weights (QuantStudio's "
             "default for x86), or use the PyTorch engine.",
         ))
-    elif f.float_compute and f.int8_compute == 0 and (f.activation_type or f.engine == "pytorch"):
+    elif f.float_compute and f.int8_compute == 0 and (f.activation_type or f.runtime == "pytorch"):
         out.append(Finding(
             "problem",
             "no layer runs an integer kernel",
@@ -239,7 +239,7 @@ def diagnose(d: DoctorInput) -> list[Finding]:
             "dominates and INT8 has little to speed up.",
             "Compare at a larger batch size (e.g. 8 or 32), where INT8 kernels pay off.",
         ))
-    if slow and f.engine == "pytorch" and f.float_compute == 0 and f.int8_compute:
+    if slow and f.runtime == "pytorch" and f.float_compute == 0 and f.int8_compute:
         out.append(Finding(
             "info", "try the other engine",
             "Every compute layer already runs an INT8 kernel in PyTorch.",
@@ -262,7 +262,7 @@ def onnx_facts(model, threads: int | None = None) -> ModelFacts:
     import onnx
     import onnxruntime as ort
 
-    facts = ModelFacts(engine="onnxruntime")
+    facts = ModelFacts(runtime="onnx")
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) >= 3 and node.input[2] in inits:
@@ -309,7 +309,7 @@ def torch_facts(module) -> ModelFacts:
     """Facts about a converted PyTorch model (FX GraphModule or eager-quantized module)."""
     import torch
 
-    facts = ModelFacts(engine="pytorch")
+    facts = ModelFacts(runtime="pytorch")
     for _, m in module.named_modules():
         mod = type(m).__module__
         name = type(m).__name__

@@ -25,7 +25,7 @@ def titles(findings):
 
 
 def test_s8s8_on_x86_slower_than_fp32_is_explained():
-    facts = ModelFacts("onnxruntime", activation_type="int8", weight_type="int8",
+    facts = ModelFacts("onnx", activation_type="int8", weight_type="int8",
                        int8_compute=10, float_compute=11, quantize_nodes=21, dequantize_nodes=51)
     fs = diagnose(DoctorInput(VNNI_X86, facts, baseline_ms=6.3, quantized_ms=6.2))
     assert fs[0].severity == "problem" and "not faster" in fs[0].title
@@ -37,14 +37,14 @@ def test_s8s8_on_x86_slower_than_fp32_is_explained():
 
 
 def test_u8s8_fast_model_gets_a_clean_bill():
-    facts = ModelFacts("onnxruntime", activation_type="uint8", weight_type="int8", int8_compute=21)
+    facts = ModelFacts("onnx", activation_type="uint8", weight_type="int8", int8_compute=21)
     fs = diagnose(DoctorInput(VNNI_X86, facts, baseline_ms=9.1, quantized_ms=3.3))
     assert fs[0].severity == "info" and "2.8x faster" in fs[0].title
     assert all(f.severity == "info" for f in fs)
 
 
 def test_no_vnni_and_small_model_are_named_when_slow():
-    facts = ModelFacts("onnxruntime", activation_type="uint8", int8_compute=5, total_macs=2_000_000)
+    facts = ModelFacts("onnx", activation_type="uint8", int8_compute=5, total_macs=2_000_000)
     fs = diagnose(DoctorInput(AVX2_X86, facts, baseline_ms=1.0, quantized_ms=1.05))
     t = titles(fs)
     assert "this CPU has no VNNI" in t
@@ -54,7 +54,7 @@ def test_no_vnni_and_small_model_are_named_when_slow():
 
 
 def test_many_float_layers_and_fp16_without_native_support():
-    facts = ModelFacts("onnxruntime", activation_type="uint8", int8_compute=4, float_compute=6, fp16_compute=3)
+    facts = ModelFacts("onnx", activation_type="uint8", int8_compute=4, float_compute=6, fp16_compute=3)
     t = titles(diagnose(DoctorInput(VNNI_X86, facts)))
     assert "6 of 13 compute layers run in float" in t
     assert "3 layers run in FP16 on a CPU without native FP16 arithmetic" in t
@@ -75,7 +75,7 @@ def test_arm_without_dotprod():
 
 
 def test_tiny_int8_layers_are_listed():
-    facts = ModelFacts("onnxruntime", activation_type="uint8", int8_compute=3,
+    facts = ModelFacts("onnx", activation_type="uint8", int8_compute=3,
                        low_intensity_int8=["features.1.conv.0.0", "features.2.conv.1.0"])
     f = next(f for f in diagnose(DoctorInput(VNNI_X86, facts)) if "very little work" in f.title)
     assert "features.1.conv.0.0" in f.detail and "FP32" in f.suggestion

@@ -21,11 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "quantstudio"
 ENGINE_DIR = PACKAGE / "core" / "engines"
 # Files that compare a string that happens to be an engine name, and why that is not
 # a decision about a registered engine. Each is a file another change owns.
-NOT_ENGINE_NAMES = {
-    # ModelFacts.engine is the runtime a file on disk runs in ("onnxruntime" | "pytorch"),
-    # read from the file by the doctor, whichever engine (or tool) wrote it.
-    "core/doctor.py": "ModelFacts.engine",
-}
+NOT_ENGINE_NAMES: dict[str, str] = {}
 LIBRARY_CONTEXTS = ("framework", "sys.modules")
 METHODS = ("unsupported_reason", "quantize", "reference_runner", "layer_error", "sizes", "memory_files", "write", "reload")
 
