@@ -121,7 +121,7 @@ def main() -> int:
     pump(app, 0.5)
     save(dlg, "export_dialog.png")
     dlg.reject()
-    w.close()
+    w.shutdown()  # not close(): it would ask "Save changes?" and wait for an answer nobody gives
     return 0
 
 
