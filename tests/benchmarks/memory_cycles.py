@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quantstudio.core.benchmark import cpu_name  # the one CPU-name reader
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,15 +33,6 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def one_cycle(engine, model, config, batches) -> None:
