@@ -192,7 +192,8 @@ def test_cancel_during_ort_calibration_leaves_nothing_in_tmpdir(tmp_path, monkey
     class CancelInCalibration(RecordingContext):
         def report(self, fraction: float, message: str = "") -> None:
             super().report(fraction, message)
-            if message.startswith("calibrating: batch"):  # the helper is reading batches
+            # the helper is reading batches (a fast machine may report only the last one)
+            if message.startswith(("calibrating: batch", "computing ranges")):
                 self.cancel()
 
     torch.manual_seed(0)
@@ -200,5 +201,5 @@ def test_cancel_during_ort_calibration_leaves_nothing_in_tmpdir(tmp_path, monkey
     ctx = CancelInCalibration()
     with pytest.raises(Cancelled):
         OrtEngine().quantize(loaded(tiny_net()), PrecisionPlan(), QuantConfig(), xs, ctx)
-    assert any(m.startswith("calibrating: batch") for _, m in ctx.reports)
+    assert any(m.startswith(("calibrating: batch", "computing ranges")) for _, m in ctx.reports)
     assert not _litter(tmp), f"left in TMPDIR: {_litter(tmp)}"

@@ -141,6 +141,9 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
                 ctx.check_cancelled()
                 if "progress" in job and until is not None:
                     seen = _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
+            if "progress" in job and until is not None:  # the child may have ended between two polls
+                _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
+            ctx.check_cancelled()  # a cancel asked for while the child was finishing still counts
         finally:
             if proc.poll() is None:
                 proc.kill()
