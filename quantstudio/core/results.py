@@ -140,7 +140,8 @@ def smallest_batch_latency(bench: Any) -> dict[str, float]:
 # Keys of ``RunSummary.to_dict()`` that the CLI's ``--json`` has always had (users script against them).
 _PLAIN_KEYS = ("engine", "mode", "config", "plan", "random_data", "calibration_samples", "evaluation_samples",
                "calibration_data", "evaluation_data", "preprocessing", "input_shape", "memory",
-               "layer_precisions", "benchmark", "sizes", "notes", "warnings")
+               "layer_precisions", "benchmark", "sizes", "notes", "warnings", "fp32_reasons", "training",
+               "auto_precision")
 
 
 @dataclass
@@ -171,6 +172,12 @@ class RunSummary:
     evaluation_data: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     input_shape: list[int] | None = None
+    # layer -> why it was left FP32 (user's plan, sensitivity, the auto-precision search, engine limits)
+    fp32_reasons: dict[str, str] = field(default_factory=dict)
+    # Quantization-aware training (issue 14): settings and per-epoch history; {} when not fine-tuned.
+    training: dict[str, Any] = field(default_factory=dict)
+    # Automatic mixed precision (issue 13): budget, every candidate tried, the chosen one; {} when not searched.
+    auto_precision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> dict[str, float]:
@@ -288,10 +295,49 @@ class EvaluationProgress:
     top1: Mapping[str, float | None]  # running top-1 per variant
 
 
+@dataclass(frozen=True)
+class TrainingStep:
+    """Quantization-aware training: one optimizer step done (sent at most a few times a second)."""
+
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class TrainingEpoch:
+    """Quantization-aware training: one epoch done and validated."""
+
+    epoch: int  # 1-based; 0 = the PTQ starting point, validated before any training
+    epochs: int
+    train_loss: float | None  # mean over the epoch; None for epoch 0
+    val_metric: float  # % top-1 (labeled) or % agreement with the FP32 model (unlabeled)
+    metric: str  # "top1" | "agreement"
+    best_epoch: int  # the epoch kept so far
+
+
+@dataclass(frozen=True)
+class CandidateTried:
+    """Automatic mixed precision: one candidate plan built and judged on the held-out split."""
+
+    index: int  # 1-based, in the order tried
+    label: str  # e.g. "percentile", "minmax + 4 FP32"
+    calibration: str
+    fp32_layers: tuple[str, ...]
+    metric: float  # % top-1 (labeled) or % agreement (unlabeled) on the held-out split
+    drop: float  # points below the original on the same split (agreement: 100 - metric)
+    latency_ms: float | None
+    meets_budget: bool
+
+
 Event = Union[StageStarted, LayersFused, MetricsReady, LayerErrors, LayerSensitivity, SizesMeasured, LatencySample,
-              ThroughputMeasured, BenchmarkDone, MemoryMeasured, EvaluationProgress]
+              ThroughputMeasured, BenchmarkDone, MemoryMeasured, EvaluationProgress, TrainingStep, TrainingEpoch,
+              CandidateTried]
 EVENT_TYPES = (StageStarted, LayersFused, MetricsReady, LayerErrors, LayerSensitivity, SizesMeasured, LatencySample,
-               ThroughputMeasured, BenchmarkDone, MemoryMeasured, EvaluationProgress)
+               ThroughputMeasured, BenchmarkDone, MemoryMeasured, EvaluationProgress, TrainingStep, TrainingEpoch,
+               CandidateTried)
 
 
 def finite_values(values: Mapping[str, Any]) -> dict[str, float]:
