@@ -111,7 +111,7 @@ def _plan_schema() -> dict[str, Any]:
 def _config_schema() -> dict[str, Any]:
     from dataclasses import MISSING, fields
 
-    from quantstudio.core.engines.base import BACKENDS, CALIBRATIONS, QuantConfig
+    from quantstudio.core.engines.base import BACKENDS, CALIBRATIONS, QAT_SIGNALS, QuantConfig
 
     declared: dict[str, Any] = {
         "backend": _enum(BACKENDS),
@@ -120,6 +120,11 @@ def _config_schema() -> dict[str, Any]:
         "symmetric_activations": _BOOL,
         "calib_samples": _int(1, MAX_SAMPLES),
         "equalize": _BOOL,  # cross-layer equalization before static INT8 (core/equalize.py)
+        "qat": _BOOL,
+        "qat_epochs": _int(1, 1000),
+        "qat_lr": _NUMBER,
+        "qat_batch_size": _int(1, 4096),
+        "qat_signal": _enum(QAT_SIGNALS),
     }
     # A QuantConfig option added later (by another part of the app) is typed from its
     # default, so recipes written by this version always validate in this version.

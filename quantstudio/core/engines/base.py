@@ -25,6 +25,7 @@ from quantstudio.core.jobs import JobContext
 MODES = ("static", "dynamic", "fp16")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 BACKENDS = ("auto", "x86", "qnnpack")
+QAT_SIGNALS = ("auto", "labels", "distill")
 
 
 @dataclass
@@ -41,6 +42,12 @@ class QuantConfig:
     # outlier channels collapsed min-max INT8 to ~10 % top-1 on both engines; equalizing first
     # recovered within 1 point at unchanged speed (tests/benchmarks/OUTLIERS.md).
     equalize: bool = True
+    # Quantization-aware training (issue 14): fine-tune with fake quantization after calibration.
+    qat: bool = False
+    qat_epochs: int = 2
+    qat_lr: float = 0.0  # 0 = chosen for fine-tuning from the model (see the QAT code)
+    qat_batch_size: int = 32
+    qat_signal: str = "auto"  # auto (labels when the folder has classes) | labels | distill
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +65,7 @@ class QuantConfig:
             (self.mode, MODES, "mode"),
             (self.calibration, CALIBRATIONS, "calibration"),
             (self.backend, BACKENDS, "backend"),
+            (self.qat_signal, QAT_SIGNALS, "QAT training signal"),
         ):
             if value not in allowed:
                 raise InputError(f"unknown {what} '{value}'", hint=f"Use one of {', '.join(allowed)}.")
