@@ -18,6 +18,7 @@ from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -230,6 +231,7 @@ class DataPanel(QScrollArea):
         qform.addRow("Also measure:", self.sensitivity_check)
         qform.addRow("", self.memory_check)
         col.addWidget(q_box)
+        col.addWidget(self._make_budget_box())
 
         help_label = QLabel(
             "<small><b>INT8</b>: 4× smaller, usually faster, may lose a little accuracy. "
@@ -466,6 +468,7 @@ class DataPanel(QScrollArea):
             [(path, label, arr, f"{label}\n{path}" if path else label) for path, label, arr in summary.thumbnails]
         )
         self.thumb_view.setVisible(bool(summary.thumbnails))
+        self._budget_follow_data()
 
     def set_error(self, message: str) -> None:
         self.summary = None
@@ -569,6 +572,7 @@ class DataPanel(QScrollArea):
             "benchmark_batches": self.batches_edit.text(),
             "sensitivity": self.sensitivity_check.isChecked(),
             "measure_memory": self.memory_check.isChecked(),
+            **self.budget_state(),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -622,6 +626,7 @@ class DataPanel(QScrollArea):
             if isinstance(state.get("eval_data_path"), str):
                 self.eval_path_edit.setText(state["eval_data_path"])
             self._update_kind_widgets()
+            self.restore_budget_state(state)
         self._leave_unusable_engine()  # a saved choice the open model cannot use
         self._refresh_tooltips()
 
@@ -640,3 +645,93 @@ class DataPanel(QScrollArea):
     def _keys(self) -> tuple[str, ...]:
         """The settings this panel keeps: the keys of :meth:`state`, so they are listed once."""
         return tuple(self.state())
+
+    # ------------------------------------------------------------------ auto precision budget (issue 13)
+    def _make_budget_box(self) -> QGroupBox:
+        """The accuracy budget the Auto button searches to: a maximum top-1 drop or a minimum agreement."""
+        box = QGroupBox("Auto precision")
+        box.setToolTip(glossary.AUTO_HELP)
+        form = QFormLayout(box)
+        self.budget_combo = _combo(glossary.BUDGET_CHOICES)
+        self.budget_combo.setToolTip(glossary.BUDGET_HELP)
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setDecimals(2)
+        self.budget_spin.setRange(0.0, 100.0)
+        self.budget_spin.setToolTip(glossary.BUDGET_HELP)
+        self._budget_values = dict(glossary.BUDGET_DEFAULTS)  # metric -> value, each remembered
+        self._budget_metric = "drop"  # the metric the spin box shows
+        self.budget_user_chosen = False  # the user picked the metric: stop following the data
+        form.addRow("Budget:", self.budget_combo)
+        form.addRow("Limit:", self.budget_spin)
+        self.budget_combo.activated.connect(self._on_budget_metric_chosen)  # the user's pick only
+        self.budget_combo.currentIndexChanged.connect(self._on_budget_metric_changed)
+        self._show_budget_metric("drop", keep_shown=False)
+        return box
+
+    @property
+    def budget_metric(self) -> str:
+        return self.budget_combo.currentData()
+
+    def budget(self):
+        """The core ``Budget`` the Auto button runs with (InputError for an out-of-range value)."""
+        from quantstudio.core.auto_precision import Budget
+
+        value = float(self.budget_spin.value())
+        return Budget(max_drop=value) if self.budget_metric == "drop" else Budget(min_agreement=value)
+
+    @Slot(int)
+    def _on_budget_metric_chosen(self, _row: int) -> None:
+        self.budget_user_chosen = True
+
+    @Slot(int)
+    def _on_budget_metric_changed(self, _row: int) -> None:
+        self._show_budget_metric(self.budget_metric)
+
+    def _show_budget_metric(self, metric: str, keep_shown: bool = True) -> None:
+        """Show ``metric``'s value with its unit; ``keep_shown``: remember the value shown for the metric left."""
+        from PySide6.QtCore import QSignalBlocker
+
+        if metric not in self._budget_values:
+            return
+        if keep_shown:
+            self._budget_values[self._budget_metric] = float(self.budget_spin.value())
+        self._budget_metric = metric
+        with QSignalBlocker(self.budget_combo):
+            _select(self.budget_combo, metric)
+        self.budget_spin.setSuffix(" pt" if metric == "drop" else " %")
+        self.budget_spin.setSingleStep(0.5 if metric == "drop" else 0.1)
+        self.budget_spin.setValue(self._budget_values[metric])
+
+    def set_budget_metric(self, metric: str, user: bool = False) -> None:
+        """Choose the budget's metric ("drop" / "agreement"); ``user``: as if picked by hand (stops following the data)."""
+        self._show_budget_metric(metric)
+        if user:
+            self.budget_user_chosen = True
+
+    def _budget_follow_data(self) -> None:
+        """Labeled data: a top-1 drop; unlabeled or random data: agreement — until the user picks one."""
+        if self.budget_user_chosen or self.summary is None:
+            return
+        labeled = bool(self.summary.labeled) and not self.summary.is_random
+        self._show_budget_metric("drop" if labeled else "agreement")
+
+    def budget_state(self) -> dict[str, Any]:
+        values = dict(self._budget_values)
+        values[self.budget_metric] = float(self.budget_spin.value())
+        return {"budget_metric": self.budget_metric if self.budget_user_chosen else "auto",
+                "budget_max_drop": values["drop"], "budget_min_agreement": values["agreement"]}
+
+    def restore_budget_state(self, state: dict[str, Any]) -> None:
+        for key, metric in (("budget_max_drop", "drop"), ("budget_min_agreement", "agreement")):
+            value = state.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 100:
+                self._budget_values[metric] = float(value)
+        chosen = state.get("budget_metric")
+        if chosen in self._budget_values:
+            self.budget_user_chosen = True
+            self._show_budget_metric(chosen, keep_shown=False)
+        else:
+            if chosen == "auto":
+                self.budget_user_chosen = False
+            self._show_budget_metric(self._budget_metric, keep_shown=False)
+            self._budget_follow_data()

@@ -204,3 +204,38 @@ TERMS: dict[str, str] = {
     "Recipe": "A small JSON file beside every export with the exact settings, to reproduce the result.",
     "Project (.qsproj)": "Your model, data settings, precisions and every variant, saved to reopen later.",
 }
+
+# ---------------------------------------------------------------- automatic mixed precision (issue 13)
+# The budget field of the Data & settings panel, the Auto button, the "Auto precision" panel.
+BUDGET_CHOICES = (("drop", "Max accuracy drop (points)"), ("agreement", "Min agreement (%)"))
+BUDGET_HELP = (
+    "What Auto may give up. Max accuracy drop: how many points of top-1 below the original are acceptable "
+    "(needs labeled data: one sub-folder per class). Min agreement: how often the quantized model must give the "
+    "original's answer (any data). It follows your data until you choose one yourself."
+)
+BUDGET_DEFAULTS = {"drop": 1.0, "agreement": 99.0}
+AUTO_HELP = (
+    "Auto precision: tries calibration methods, then puts layers back to FP32 in sensitivity order, judging each "
+    "plan on images calibration never saw and timing it; the fastest plan within the budget wins and is applied "
+    "to the layer tree (one Ctrl+Z undoes it). The chart of every plan tried is in the Auto precision panel "
+    "(Ctrl+Shift+R)."
+)
+AUTO_CANCEL_HELP = (
+    "Stop the search: the best plan found so far is kept, measured and applied, as if the search had ended there."
+)
+AUTO_CANCELLING = "Stopping the search: keeping the best plan found so far…"
+AUTO_NOT_AVAILABLE = "This build's Quantize pipeline cannot search for a plan yet (no budget parameter)."
+CANDIDATES_HOVER = (
+    "Each point is one plan the search tried: further left is faster, higher is more accurate (measured on "
+    "images calibration never saw). The line joins the plans no other plan beats on both; the dashed line is "
+    "your budget; the star is the plan chosen: the fastest one above the line."
+)
+EMPTY_PANEL["candidates"] = (
+    "Set an accuracy budget in the Data & settings panel and press Auto: every plan the search tries appears "
+    "here as a point (speed against accuracy), and the fastest plan within the budget is applied to the tree."
+)
+COLUMN_HELP["Isolated SQNR (dB)"] = (
+    "After a run: this layer's own error, measured with every other layer in floating point — it does not "
+    "inherit the errors of the layers before it, so a low value points at the culprit. Higher is better."
+)
+FP32_WHY_TITLE = "Why FP32"

@@ -43,6 +43,7 @@ def run(ctx, request: QuantizeRequest) -> RunOutcome:
     ctx.check_cancelled()
     result = run_quantize(
         model, data, prep, plan, config, ctx,
+        **_budget_kwargs(run_quantize, request),
         eval_data=eval_data,
         eval_samples=request.eval_samples,
         batch_sizes=tuple(request.benchmark_batches),
@@ -53,6 +54,21 @@ def run(ctx, request: QuantizeRequest) -> RunOutcome:
     run = reduce_result(result, request.name, data, request)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _budget_kwargs(run_quantize: Callable[..., Any], request: QuantizeRequest) -> dict[str, Any]:
+    """``budget=`` for an Auto run; a clear error where this core's pipeline cannot search yet."""
+    budget = getattr(request, "budget", None)
+    if budget is None:
+        return {}
+    import inspect
+
+    from quantstudio.core.errors import InputError
+    from quantstudio.gui import glossary
+
+    if "budget" not in inspect.signature(run_quantize).parameters:
+        raise InputError(glossary.AUTO_NOT_AVAILABLE, hint="Use Quantize, or update QuantStudio.")
+    return {"budget": budget}
 
 
 def reduce_result(result: Any, name: str, data: Any, request: QuantizeRequest | None = None) -> RunOutcome:

@@ -67,6 +67,10 @@ _DECLARED = [
     Setting("measure_memory", bool, True, "measure peak memory of both models after a run"),
     Setting("benchmark_runs", int, 30, "timed runs per variant and batch size"),
     Setting("benchmark_batches", str, "1,8", "batch sizes to benchmark"),
+    # automatic mixed precision (the Auto button's budget)
+    Setting("budget_metric", str, "auto", "auto (follows the data: labeled -> drop, else agreement) | drop | agreement"),
+    Setting("budget_max_drop", float, 1.0, "Auto: the most top-1 points below the original accepted"),
+    Setting("budget_min_agreement", float, 99.0, "Auto: the least % of predictions equal to the original's"),
     # window
     Setting("window_geometry", QByteArray, QByteArray(), "main window geometry"),
     Setting("window_state", QByteArray, QByteArray(), "dock and toolbar layout"),

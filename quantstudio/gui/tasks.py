@@ -263,6 +263,12 @@ class RunOutcome:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Automatic mixed precision (issue 13): why each FP32 layer is FP32, the search (budget, candidates,
+    # chosen; {} for a plain run), and what the sensitivity stage adds when the core sends it.
+    fp32_reasons: dict[str, str] = field(default_factory=dict)
+    auto_precision: dict[str, Any] = field(default_factory=dict)
+    sensitivity_fix: dict[str, list[str]] = field(default_factory=dict)  # entry -> layers whose FP32 removes its error
+    layer_sqnr_isolated: dict[str, float] = field(default_factory=dict)  # layer -> SQNR with only it quantized
     raw: Any = None
 
     @classmethod
@@ -303,6 +309,7 @@ class RunOutcome:
                 "" if (q is None or q.n is None or labeled) else "no labels: only agreement with the original is measured"),
             warnings=list(summary.warnings), notes=list(summary.notes),
         )
+        fields_.update(_auto_precision_fields(summary))
         fields_.update(extra)
         return cls(**fields_)
 
@@ -339,7 +346,21 @@ class RunOutcome:
                     m[k] = float(v)
         run.layer_sqnr = {k: float(v) for k, v in run.layer_sqnr.items() if v is not None}  # NaN is saved as null
         run.sensitivity = {k: float(v) for k, v in run.sensitivity.items() if v is not None}
+        run.layer_sqnr_isolated = {k: float(v) for k, v in run.layer_sqnr_isolated.items() if v is not None}
         return run
+
+
+def _auto_precision_fields(summary: Any) -> dict[str, Any]:
+    """The summary's FP32 reasons, auto-precision search and sensitivity extras, read only where present
+    (older cores have no ``sensitivity_fix`` / ``layer_sqnr_isolated``)."""
+    fix = getattr(summary, "sensitivity_fix", None) or {}
+    isolated = getattr(summary, "layer_sqnr_isolated", None) or {}
+    return dict(
+        fp32_reasons={str(k): str(v) for k, v in (getattr(summary, "fp32_reasons", None) or {}).items()},
+        auto_precision=_jsonable(dict(getattr(summary, "auto_precision", None) or {})),
+        sensitivity_fix={str(k): [str(n) for n in v] for k, v in fix.items()},
+        layer_sqnr_isolated={str(k): float(v) for k, v in isolated.items() if v is not None},
+    )
 
 
 def _jsonable(obj: Any) -> Any:
@@ -376,6 +397,7 @@ class QuantizeRequest:
     benchmark_batches: list[int] = field(default_factory=lambda: [1])
     sensitivity: bool = True  # per-layer sensitivity stage (PyTorch models)
     measure_memory: bool = True  # peak memory of both models, each in a fresh process
+    budget: Any = None  # a core auto_precision.Budget: search for the fastest plan within it (the Auto button)
 
 
 def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:

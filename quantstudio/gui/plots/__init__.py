@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from quantstudio.gui.plots.accuracy import AccuracyPanel
 from quantstudio.gui.plots.base import LogAxis, PlotPanel, _VariantColours, export_widget
+from quantstudio.gui.plots.candidates import CandidatesPanel, pareto_front
 from quantstudio.gui.plots.changed import ChangedSamplesPanel
 from quantstudio.gui.plots.confusion import ConfusionPanel
 from quantstudio.gui.plots.latency import LatencyPanel
@@ -20,6 +21,6 @@ from quantstudio.gui.plots.size import SizePanel
 from quantstudio.gui.plots.tradeoff import TradeoffPanel
 
 __all__ = [
-    "AccuracyPanel", "ChangedSamplesPanel", "ConfusionPanel", "LatencyPanel", "LayerErrorPanel", "LogAxis",
-    "PlotPanel", "SizePanel", "TradeoffPanel", "_VariantColours", "export_widget",
+    "AccuracyPanel", "CandidatesPanel", "ChangedSamplesPanel", "ConfusionPanel", "LatencyPanel", "LayerErrorPanel", "LogAxis",
+    "PlotPanel", "SizePanel", "TradeoffPanel", "_VariantColours", "export_widget", "pareto_front",
 ]
