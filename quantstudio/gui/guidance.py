@@ -20,6 +20,9 @@ STAGE_WORDS = {
     "sensitivity": "sensitivity",
     "benchmark": "timing",
     "memory": "memory",
+    # the automatic mixed-precision search (issue 13)
+    "auto_precision": "searching",
+    "search": "searching",
 }
 
 QUANTIZE_BUTTON_STYLE = """
@@ -92,6 +95,38 @@ class QuantizeButton(QToolButton):
     def _restyle(self) -> None:
         self.style().unpolish(self)
         self.style().polish(self)
+
+
+AUTO_BUTTON_STYLE = """
+QToolButton#autoButton {
+    background: white; color: #1b5e20; font-weight: bold; font-size: 11pt;
+    border: 1px solid #2e7d32; border-radius: 5px; padding: 4px 12px; margin: 2px 2px;
+}
+QToolButton#autoButton:hover { background: #f1f8e9; }
+QToolButton#autoButton:pressed { background: #dcedc8; }
+QToolButton#autoButton:disabled { color: #b0c4b0; border-color: #c8d8c8; }
+"""
+
+
+class AutoButton(QToolButton):
+    """The Auto button beside Quantize: triggers ``action`` (a run that searches for the fastest plan within
+    the budget set in the Data & settings panel). Its look says it is the Quantize button's companion."""
+
+    def __init__(self, action: QAction, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.action = action
+        self.setObjectName("autoButton")
+        self.setStyleSheet(AUTO_BUTTON_STYLE)
+        self.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.clicked.connect(action.trigger)
+        action.changed.connect(self._sync)
+        self._sync()
+
+    @Slot()
+    def _sync(self) -> None:
+        self.setEnabled(self.action.isEnabled())
+        self.setToolTip(self.action.toolTip())
+        self.setText(self.action.text().replace("&", ""))
 
 
 class HintBar(QFrame):

@@ -29,8 +29,9 @@ from quantstudio.core.inventory import LayerNode
 from quantstudio.core.plan import LayerDecision, Precision, PrecisionPlan
 from quantstudio.gui import glossary, style
 
-COLUMNS = ("Layer", "Precision", "Type", "Output shape", "Params", "MACs", "SQNR (dB)", "Sensitivity")
-COL_NAME, COL_PRECISION, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY = range(len(COLUMNS))
+COLUMNS = ("Layer", "Precision", "Type", "Output shape", "Params", "MACs", "SQNR (dB)", "Sensitivity", "Isolated SQNR (dB)")
+(COL_NAME, COL_PRECISION, COL_TYPE, COL_SHAPE, COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY,
+ COL_ISOLATED) = range(len(COLUMNS))
 
 LayerNameRole = Qt.ItemDataRole.UserRole + 1  # str: the layer's qualified name
 PrecisionRole = Qt.ItemDataRole.UserRole + 2  # str: "int8"/"fp16"/"fp32", or "mixed" on a parent
@@ -67,6 +68,11 @@ class LayerTreeModel(QAbstractItemModel):
         self._sqnr: dict[str, float] = {}
         self._sensitivity: dict[str, float] = {}
         self._fused_with: dict[str, list[str]] = {}
+        # Issue 13: why each FP32 layer of the shown run is FP32; per sensitivity entry, the layers whose FP32
+        # setting removes its error (producers included); each layer's error with only it quantized.
+        self._fp32_reasons: dict[str, str] = {}
+        self._sensitivity_fix: dict[str, list[str]] = {}
+        self._sqnr_isolated: dict[str, float] = {}
         self.undo_stack = QUndoStack(self)
         self.root_label = "(model)"
 
@@ -90,6 +96,7 @@ class LayerTreeModel(QAbstractItemModel):
         self._sqnr.clear()
         self._sensitivity.clear()
         self._fused_with.clear()
+        self._fp32_reasons, self._sensitivity_fix, self._sqnr_isolated = {}, {}, {}
         if tree is not None:
             self._index_tree(tree)
         self._decisions = self._plan.resolve(tree) if tree is not None else {}
@@ -211,6 +218,9 @@ class LayerTreeModel(QAbstractItemModel):
         sqnr: dict[str, float] | None = None,
         sensitivity: dict[str, float] | None = None,
         fused: list[list[str]] | None = None,
+        fp32_reasons: dict[str, str] | None = None,
+        sensitivity_fix: dict[str, list[str]] | None = None,
+        sqnr_isolated: dict[str, float] | None = None,
     ) -> None:
         if sqnr is not None:
             self._sqnr = {k: float(v) for k, v in sqnr.items() if v is not None}
@@ -221,11 +231,17 @@ class LayerTreeModel(QAbstractItemModel):
             for group in fused:
                 for name in group:
                     self._fused_with[name] = [g for g in group if g != name]
-        self._emit_all(COL_NAME, COL_SENSITIVITY)
+        if fp32_reasons is not None:
+            self._fp32_reasons = {str(k): str(v) for k, v in fp32_reasons.items()}
+        if sensitivity_fix is not None:
+            self._sensitivity_fix = {str(k): [str(n) for n in v] for k, v in sensitivity_fix.items()}
+        if sqnr_isolated is not None:
+            self._sqnr_isolated = {k: float(v) for k, v in sqnr_isolated.items() if v is not None}
+        self._emit_all(COL_NAME, len(COLUMNS) - 1)
 
     def has_results(self) -> dict[int, bool]:
         """Whether the last run filled the SQNR and the sensitivity column."""
-        return {COL_SQNR: bool(self._sqnr), COL_SENSITIVITY: bool(self._sensitivity)}
+        return {COL_SQNR: bool(self._sqnr), COL_SENSITIVITY: bool(self._sensitivity), COL_ISOLATED: bool(self._sqnr_isolated)}
 
     def clear_layer_results(self) -> None:
         self.set_layer_results({}, {}, [])
@@ -234,18 +250,83 @@ class LayerTreeModel(QAbstractItemModel):
         """The ``n`` layers with the highest sensitivity of the last run, most sensitive first."""
         return [k for k, _ in sorted(self._sensitivity.items(), key=lambda kv: -kv[1]) if k in self._by_name][:n]
 
+    def fp32_layers_for_top(self, n: int) -> list[str]:
+        """The layers to set to FP32 so the ``n`` most sensitive entries stop hurting: each entry's "fix
+        layers" (the layer and the producers of its input, as the engine builds the model) where the run
+        sent them, else the layer itself."""
+        out: list[str] = []
+        for entry in self.most_sensitive(n):
+            for name in self._sensitivity_fix.get(entry) or [entry]:
+                if name in self._by_name and name not in out:
+                    out.append(name)
+        return out
+
     def keep_most_sensitive(self, n: int, precision: Precision | str = Precision.FP32) -> list[str]:
-        """Set the ``n`` most sensitive layers to ``precision`` (FP32) as one undoable step."""
+        """Set the ``n`` most sensitive layers to ``precision`` (FP32) as one undoable step.
+
+        With FP32 the layers set are :meth:`fp32_layers_for_top` (producers included where known)."""
         precision = Precision(precision)
-        names = self.most_sensitive(n)
+        entries = self.most_sensitive(n)
+        names = self.fp32_layers_for_top(n) if precision is Precision.FP32 else entries
         if names:
             def change(p: PrecisionPlan) -> None:
                 for name in names:
                     p.set(name, precision, "exact")
 
             label = style.PRECISION_LABEL[precision]
-            self.edit_plan(f"{len(names)} most sensitive layer{'s' if len(names) != 1 else ''} → {label}", change)
+            extra = f" ({len(names)} layers with the producers of their input)" if len(names) != len(entries) else ""
+            self.edit_plan(f"{len(entries)} most sensitive layer{'s' if len(entries) != 1 else ''} → {label}{extra}", change)
         return names
+
+    def apply_layer_precisions(self, precisions: dict[str, str], text: str) -> list[str]:
+        """Make each named layer run at its precision (a run's ``layer_precisions``) as ONE undoable step.
+
+        Layers the tree does not have, blocks, unknown precisions and layers that already run that way
+        (e.g. one that cannot be quantized and stays FP32) are left alone. Returns the layers changed.
+        """
+        changes: list[tuple[str, Precision]] = []
+        for name, value in precisions.items():
+            item_id = self._by_name.get(name)
+            if item_id is None or self._items[item_id].node.children:
+                continue
+            try:
+                precision = Precision(str(value).strip().lower())
+            except ValueError:
+                continue
+            d = self._decisions.get(name)
+            if d is not None and d.effective is precision:
+                continue
+            changes.append((name, precision))
+        if changes:
+            def change(p: PrecisionPlan) -> None:
+                for name, precision in changes:
+                    p.set(name, precision, "exact")
+
+            self.edit_plan(text, change)
+        return [name for name, _ in changes]
+
+    def fp32_reason(self, name: str) -> str | None:
+        """Why the shown run left ``name`` in FP32 (None when it did not say)."""
+        return self._fp32_reasons.get(name)
+
+    def _fp32_reason_lines(self, item: _Item) -> list[str]:
+        """Why a layer (or the layers of a block) the shown run left in FP32 is FP32, for the tooltip."""
+        node = item.node
+        reasons = self._fp32_reasons
+        if not reasons:
+            return []
+        if not node.children:
+            reason = reasons.get(node.name)
+            d = self._decisions.get(node.name)
+            if reason and (d is None or d.effective is Precision.FP32):
+                return [f"{glossary.FP32_WHY_TITLE}: {reason}"]
+            return []
+        inside = [(n, reasons[n]) for n in item.leaves if n in reasons]
+        if not inside:
+            return []
+        shown = [f"  {n.rsplit('.', 1)[-1] if node.name else n}: {r}" for n, r in inside[:6]]
+        more = [f"  … and {len(inside) - 6} more"] if len(inside) > 6 else []
+        return [f"{glossary.FP32_WHY_TITLE} (the last run):"] + shown + more
 
     def _emit_all(self, first: int, last: int) -> None:
         # One dataChanged per parent (rows of one parent are contiguous), not one per row:
@@ -351,6 +432,8 @@ class LayerTreeModel(QAbstractItemModel):
             return None
         if role == Qt.ItemDataRole.BackgroundRole and col == COL_SQNR and node.name in self._sqnr:
             return QBrush(_sqnr_colour(self._sqnr[node.name]))
+        if role == Qt.ItemDataRole.BackgroundRole and col == COL_ISOLATED and node.name in self._sqnr_isolated:
+            return QBrush(_sqnr_colour(self._sqnr_isolated[node.name]))
         if role == Qt.ItemDataRole.ForegroundRole:
             if not node.quantizable:
                 return QBrush(style.NOT_QUANTIZABLE_FOREGROUND)
@@ -362,7 +445,8 @@ class LayerTreeModel(QAbstractItemModel):
             return None
         if role == Qt.ItemDataRole.DecorationRole and col == COL_NAME and node.name in self._fused_with:
             return style.fused_icon()
-        if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY):
+        if role == Qt.ItemDataRole.TextAlignmentRole and col in (COL_PARAMS, COL_MACS, COL_SQNR, COL_SENSITIVITY,
+                                                                   COL_ISOLATED):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
 
@@ -380,6 +464,12 @@ class LayerTreeModel(QAbstractItemModel):
 
     def _display(self, item_id: int, item: _Item, col: int) -> str:
         node = item.node
+        if col == COL_ISOLATED:
+            v = self._sqnr_isolated.get(node.name)
+            if v is None and node.children:
+                found = [self._sqnr_isolated[n] for n in item.leaves if n in self._sqnr_isolated]
+                return f"min {min(found):.1f}" if found else ""
+            return "" if v is None else ("∞" if math.isinf(v) else f"{v:.1f}")
         if col == COL_NAME:
             if node.name == "":
                 return self.root_label
@@ -441,6 +531,8 @@ class LayerTreeModel(QAbstractItemModel):
             if node.children:
                 return max((self._sensitivity.get(n, 0.0) for n in item.leaves), default=0.0)
             return self._sensitivity.get(node.name, 0.0)
+        if col == COL_ISOLATED:
+            return min((self._sqnr_isolated.get(n, float("inf")) for n in item.leaves), default=float("inf"))
         return self._display(0, item, col)
 
     def _tooltip(self, item_id: int, item: _Item, col: int) -> str | None:
@@ -462,6 +554,7 @@ class LayerTreeModel(QAbstractItemModel):
                     counts[d.effective.value] = counts.get(d.effective.value, 0) + 1
             if counts:
                 lines.append(", ".join(f"{n} {p.upper()}" for p, n in sorted(counts.items())) + " layers inside")
+        lines += self._fp32_reason_lines(item)
         fused = self._fused_with.get(node.name)
         if fused:
             lines.append("fused with " + ", ".join(f.rsplit(".", 1)[-1] for f in fused))
@@ -472,6 +565,11 @@ class LayerTreeModel(QAbstractItemModel):
         if col == COL_SENSITIVITY and node.name in self._sensitivity:
             lines.append(f"With only this layer in INT8, the model's output changes by {self._sensitivity[node.name]:.2f}%.\n"
                          "The most sensitive layers are the first to keep in FP32 (right-click ▸ Keep most sensitive in FP32).")
+            fix = [n for n in self._sensitivity_fix.get(node.name, []) if n != node.name]
+            if fix:
+                lines.append("Its error goes away with these in FP32 too (they feed it): " + ", ".join(fix))
+        if col == COL_ISOLATED and node.name in self._sqnr_isolated:
+            lines.append(glossary.COLUMN_HELP["Isolated SQNR (dB)"])
         if col in (COL_SQNR, COL_SENSITIVITY) and node.children and node.name not in (
                 self._sqnr if col == COL_SQNR else self._sensitivity):
             worst = self._worst_inside(item, col)

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from quantstudio.core.plan import Precision
 from quantstudio.gui import style
 from quantstudio.gui.layer_model import (
+    COL_ISOLATED,
     COL_MACS,
     COL_NAME,
     COL_PARAMS,
@@ -50,6 +51,7 @@ FIT_COLUMNS = {  # column: (preferred, minimum)
     COL_PRECISION: (95, 66),
     COL_SQNR: (82, 72),  # "SQNR (dB)" whole
     COL_SENSITIVITY: (88, 74),
+    COL_ISOLATED: (82, 72),  # only once a run sent it (issue 13)
     COL_TYPE: (130, 100),
 }
 OTHER_COLUMN_WIDTHS = {COL_SHAPE: 110, COL_PARAMS: 70, COL_MACS: 70}
@@ -162,6 +164,7 @@ class LayerPanel(QWidget):
         # elsewhere; the header state, order included, is remembered).
         header.moveSection(header.visualIndex(COL_SQNR), 2)
         header.moveSection(header.visualIndex(COL_SENSITIVITY), 3)
+        header.moveSection(header.visualIndex(COL_ISOLATED), 4)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self._fitting = False
         self.user_sized_columns = False  # the user dragged a column edge: keep their widths
@@ -344,7 +347,9 @@ class LayerPanel(QWidget):
             keep.setToolTipsVisible(True)
             for n in sorted({min(n, len(ranked)) for n in KEEP_SENSITIVE_COUNTS}):
                 act = QAction(f"The most sensitive layer: {ranked[0]}" if n == 1 else f"The {n} most sensitive", keep)
-                act.setToolTip(", ".join(ranked[:n]))
+                fix = self.model.fp32_layers_for_top(n)
+                act.setToolTip(", ".join(ranked[:n]) + (f"\nSets to FP32 (with the layers feeding them): {', '.join(fix)}"
+                                                        if fix != ranked[:n] else ""))
                 act.setData(("sensitive", "", str(n)))
                 act.triggered.connect(self._on_menu_action)
                 keep.addAction(act)

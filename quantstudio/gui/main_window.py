@@ -36,9 +36,9 @@ from PySide6.QtWidgets import (
 from quantstudio import __version__
 from quantstudio.core.errors import InputError
 from quantstudio.core.plan import Precision, PrecisionPlan
-from quantstudio.gui import plots, style, tasks, warmup
+from quantstudio.gui import glossary, plots, style, tasks, warmup
 from quantstudio.gui.data_panel import DataPanel
-from quantstudio.gui.guidance import HintBar, QuantizeButton
+from quantstudio.gui.guidance import AutoButton, HintBar, QuantizeButton
 from quantstudio.gui.dialogs import GettingStartedDialog, ask_yes_no, show_error
 from quantstudio.gui.layer_model import LayerTreeModel
 from quantstudio.gui.layer_view import LayerPanel
@@ -81,6 +81,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self._shown_run: tasks.RunOutcome | None = None  # the variant the panels show
         self._shown_once = False
         self._layout_restored = False  # a saved dock layout was restored (keep its sizes)
+        self._pending_budget = None  # the Auto button's budget, for the request quantize() builds
+        self._auto_running = False  # the running job searches for a plan (Cancel keeps the best so far)
 
         self.layer_model = LayerTreeModel(self)
         self.layer_panel = LayerPanel(self.layer_model)
@@ -152,13 +154,16 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.confusion_panel = plots.ConfusionPanel()
         self.changed_panel = plots.ChangedSamplesPanel()
         self.tradeoff_panel = plots.TradeoffPanel()
+        self.candidates_panel = plots.CandidatesPanel()
         self.plot_panels = [
             self.latency_panel, self.accuracy_panel, self.size_panel, self.layer_error_panel,
             self.confusion_panel, self.tradeoff_panel,
         ]
+        self.plot_panels.append(self.candidates_panel)
         right = Qt.DockWidgetArea.RightDockWidgetArea
         self.plot_docks: list[QDockWidget] = []
         top = [(self.latency_panel, "Speed"), (self.size_panel, "Size"), (self.tradeoff_panel, "Speed vs accuracy")]
+        top.append((self.candidates_panel, "Auto precision"))
         bottom = [(self.accuracy_panel, "Accuracy"), (self.layer_error_panel, "Per-layer error"),
                   (self.confusion_panel, "Confusion"), (self.changed_panel, "Changed")]
         firsts = []
@@ -238,6 +243,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             act.triggered.connect(self._on_all_action)
             self.all_actions[p] = act
         self.quantize_action = self._action("&Quantize", self.quantize, "Ctrl+R", style.QUANTIZE_HELP)
+        self.auto_action = self._action("&Auto", self.auto_quantize, "Ctrl+Shift+R", glossary.AUTO_HELP)
         self.cancel_action = self._action("&Cancel", self.cancel_job, "Esc", "Stop the running job")
         self.reset_layout_action = self._action("Reset &layout", self.reset_layout)
         self.getting_started_action = self._action("&Getting started", self.show_getting_started, "F1",
@@ -268,6 +274,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             edit_menu.addAction(act)
         run_menu = bar.addMenu("&Run")
         run_menu.addAction(self.quantize_action)
+        run_menu.addAction(self.auto_action)
         run_menu.addAction(self.cancel_action)
         view_menu = bar.addMenu("&View")
         for dock in [self.data_dock, self.log_dock, self.variants_dock, *self.plot_docks]:
@@ -287,6 +294,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         tb.addSeparator()
         self.quantize_button = QuantizeButton(self.quantize_action)
         tb.addWidget(self.quantize_button)
+        self.auto_button = AutoButton(self.auto_action)
+        tb.addWidget(self.auto_button)
         tb.addAction(self.cancel_action)
         tb.addSeparator()
         tb.addAction(self.export_action)
@@ -344,6 +353,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.runner.partial.connect(self._on_quantize_stage)
         self.runner.progress.connect(self._on_quantize_progress)
         self.runner.busy_changed.connect(self.quantize_button.set_busy)
+        self.runner.busy_changed.connect(self._on_busy_for_auto)
         self.model_loaded.connect(self._update_demo_hint)
         self.runner.log.connect(self._on_job_log)
         self.data_panel.scan_requested.connect(self.scan_data)
@@ -386,7 +396,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
     @Slot()
     def cancel_job(self) -> None:
         if self.runner.busy:
-            self.stage_label.setText("Cancelling…")
+            self.stage_label.setText(glossary.AUTO_CANCELLING if self._auto_running else "Cancelling…")
             self.runner.cancel()
 
     def _on_cancelled(self) -> None:
@@ -400,6 +410,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             act.setEnabled(not busy)
         self.welcome.setEnabled(not busy)
         self.quantize_action.setEnabled(has_model and not busy)
+        self.auto_action.setEnabled(has_model and not busy)
         self.cancel_action.setEnabled(busy)
         self.export_action.setEnabled(not busy and bool(self.variants_panel.model.runs))
         self.save_project_action.setEnabled(has_model)
@@ -537,6 +548,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             sensitivity=self.data_panel.sensitivity_check.isChecked(),
             measure_memory=self.data_panel.memory_check.isChecked(),
         )
+        self._attach_budget(request)
         self.run_job(tasks.quantize_job, request, name)
 
     def run_job(self, fn, request, name: str) -> bool:
@@ -547,14 +559,18 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         if getattr(request, "data_spec", None) == "random":
             self.accuracy_panel.set_note(style.RANDOM_DATA_LABEL)
         self.plot_docks[0].raise_()
-        return self.start_job(Job(
+        started = self.start_job(Job(
             f"Quantizing {name}", fn, (request,),
             on_done=self._on_run_done, on_failed=self._on_run_failed, on_cancelled=self._on_run_cancelled,
         ))
+        if started:
+            self._prepare_auto_run(request)
+        return started
 
     @Slot(object)
     def _on_partial(self, payload: Any) -> None:
-        from quantstudio.core.results import LayerErrors, LayerSensitivity, LayersFused, StageStarted, as_event
+        from quantstudio.core.results import (CandidateTried, LayerErrors, LayerSensitivity, LayersFused, StageStarted,
+                                              as_event)
 
         event = as_event(payload)  # typed once here; the engines' own stage dicts included
         if event is None:
@@ -571,8 +587,11 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             self.layer_error_panel.set_layers(values, {k: self.layer_model.precision_of(k) or "" for k in values})
         elif isinstance(event, LayerSensitivity) and event.values:
             self.layer_panel.set_layer_results(sensitivity=dict(event.values))
+        elif isinstance(event, CandidateTried):
+            self.candidates_panel.feed(event)
 
     def _on_run_done(self, run: tasks.RunOutcome) -> None:
+        self._apply_auto_result(run)
         self.variants_panel.model.add(run)
         self._show_run(run)
         self.data_panel.set_skipped(run.skipped)
@@ -602,6 +621,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             panel.show_run(run, runs)
         self.tradeoff_panel.show_variants(runs)
         self.layer_panel.set_layer_results(sqnr=run.layer_sqnr, sensitivity=run.sensitivity, fused=run.fused)
+        self.layer_panel.set_layer_results(**self._fp32_results(run))
 
     def _show_current_variant(self) -> None:
         """Put back what the panels showed before a run that did not finish.
@@ -645,6 +665,96 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.tradeoff_panel.show_variants(self.variants_panel.model.runs)
         self._dirty = True
         self._update_actions()
+
+    # ================================================================== auto precision (issue 13)
+    @Slot()
+    def auto_quantize(self) -> None:
+        """Quantize with the Data panel's budget: the core searches for the fastest plan within it."""
+        if self.loaded is None:
+            return
+        try:
+            budget = self.data_panel.budget()
+        except InputError as exc:
+            show_error(self, "Auto precision", exc)
+            return
+        summary = self.data_panel.summary
+        if budget.max_drop is not None and summary is not None and (summary.is_random or not summary.labeled):
+            show_error(self, "Auto precision", message="A maximum accuracy drop needs labeled data: this data has no labels.",
+                       hint="Choose 'Min agreement (%)' under Auto precision in the Data & settings panel, or a folder "
+                            "with one sub-folder per class.")
+            return
+        self._pending_budget = budget
+        try:
+            self.quantize()
+        finally:
+            self._pending_budget = None
+
+    def _attach_budget(self, request: tasks.QuantizeRequest) -> None:
+        if self._pending_budget is not None:
+            request.budget = self._pending_budget
+
+    def _plot_dock(self, panel: QWidget) -> QDockWidget | None:
+        return next((d for d in self.plot_docks if d.widget() is panel), None)
+
+    def _prepare_auto_run(self, request: Any) -> None:
+        """A started run that searches: the chart starts empty with its budget, and Cancel says what it keeps."""
+        budget = getattr(request, "budget", None)
+        self._auto_running = budget is not None
+        if budget is None:
+            return
+        self.candidates_panel.start(budget)
+        dock = self._plot_dock(self.candidates_panel)
+        if dock is not None:
+            dock.raise_()
+        for w in (self.cancel_action, self.cancel_button):
+            w.setToolTip(glossary.AUTO_CANCEL_HELP)
+        self.cancel_action.setStatusTip(glossary.AUTO_CANCEL_HELP)
+
+    @Slot(bool)
+    def _on_busy_for_auto(self, busy: bool) -> None:
+        if busy or not self._auto_running:
+            return
+        self._auto_running = False
+        for w in (self.cancel_action, self.cancel_button):
+            w.setToolTip("Stop the running job")
+        self.cancel_action.setStatusTip("Stop the running job")
+
+    def _fp32_results(self, run: tasks.RunOutcome) -> dict[str, Any]:
+        return {"fp32_reasons": dict(getattr(run, "fp32_reasons", {}) or {}),
+                "sensitivity_fix": dict(getattr(run, "sensitivity_fix", {}) or {}),
+                "sqnr_isolated": dict(getattr(run, "layer_sqnr_isolated", {}) or {})}
+
+    def _apply_auto_result(self, run: tasks.RunOutcome) -> None:
+        """A finished search: name the variant by the plan chosen and apply that plan to the tree (one undo step)."""
+        import re
+
+        from quantstudio.gui.variants import variant_name
+
+        search = getattr(run, "auto_precision", None) or {}
+        if not search:
+            return
+        chosen = search.get("chosen")
+        candidate = next((c for c in search.get("candidates") or [] if c.get("index") == chosen), None)
+        tree = self.layer_model.tree
+        if tree is not None and run.layer_precisions:
+            leaves = {n.name for n in tree.leaves()}
+            counts = {p: sum(1 for k, v in run.layer_precisions.items() if k in leaves and v == p.value) for p in Precision}
+            number = re.match(r"#(\d+)", run.name)
+            if number and any(counts.values()):
+                run.name = variant_name(int(number.group(1)), run.config, counts)
+        run.name += " · auto"
+        stopped = " (search stopped early: the best plan found so far)" if search.get("cancelled") else ""
+        if candidate is None:
+            log.info("Auto precision: no plan tried met the budget%s; the layer tree is unchanged.", stopped)
+            return
+        changed = self.layer_model.apply_layer_precisions(run.layer_precisions, f"Auto precision plan of {run.name}")
+        calibration = candidate.get("calibration")
+        if calibration and calibration != self.data_panel.quant_config().get("calibration"):
+            self.data_panel.restore_state({"calibration": calibration})
+            log.info("Auto precision: calibration set to %s (the chosen plan's).", calibration)
+        log.info("Auto precision chose #%s %s: %d layers in FP32, %.2f ms%s. Applied to the tree (%d layers "
+                 "changed; Ctrl+Z undoes it).", chosen, candidate.get("label", ""), len(candidate.get("fp32_layers") or []),
+                 float(candidate.get("latency_ms") or 0.0), stopped, len(changed))
 
     # ================================================================== export
     @Slot()

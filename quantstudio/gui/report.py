@@ -43,6 +43,8 @@ def report_panels(run: Any, runs: list[Any]) -> list[Any]:
 
     panels = [plots.LatencyPanel(), plots.AccuracyPanel(), plots.SizePanel(), plots.LayerErrorPanel(),
               plots.ConfusionPanel(), plots.TradeoffPanel()]
+    if getattr(run, "auto_precision", None):  # the search's chart (issue 13)
+        panels.append(plots.CandidatesPanel())
     for panel in panels:
         panel.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
         panel.resize(*PANEL_SIZE)
@@ -173,8 +175,73 @@ td:first-child {{ text-align: left; }} .warn {{ color: #a05000; }} figure {{ mar
 {export}
 <h2>Settings</h2><table>{cfg}</table>
 <h2>Precision plan</h2>{plan}
+{fp32_and_search_html(run)}
 {'<h2>Warnings</h2><ul class="warn">' + warn + '</ul>' if warn else ''}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Plots</h2>{imgs}
 </body></html>
 """
+
+
+# --------------------------------------------------------------------------- FP32 layers and auto precision (issue 13)
+
+
+def fp32_and_search_html(run: Any) -> str:
+    """Which layers run in FP32 and why, and the auto-precision search (budget, every candidate, the choice)."""
+    from quantstudio.gui.plots.candidates import budget_threshold, pareto_front
+
+    e = html.escape
+    out = []
+    reasons = dict(getattr(run, "fp32_reasons", None) or {})
+    fp32 = [k for k, v in (run.layer_precisions or {}).items() if str(v).lower() == "fp32"]
+    names = list(reasons) + [k for k in fp32 if k not in reasons]
+    if names:
+        rows = "".join(f"<tr><td><code>{e(n)}</code></td><td style='text-align:left'>{e(reasons.get(n, 'not said by the run'))}</td></tr>"
+                       for n in names)
+        out.append(f"<h2 id='fp32-layers'>Layers in FP32 and why</h2><p>{len(names)} layer{'s' if len(names) != 1 else ''} "
+                   f"run in FP32.</p><table><tr><th>layer</th><th>why FP32</th></tr>{rows}</table>")
+    search = dict(getattr(run, "auto_precision", None) or {})
+    cands = list(search.get("candidates") or [])
+    if cands:
+        budget = dict(search.get("budget") or {})
+        agreement = budget.get("min_agreement") is not None
+        original = search.get("original_metric")
+        if original is None:
+            original = float(cands[0]["metric"]) + float(cands[0]["drop"])
+        threshold = budget_threshold(budget, original)
+        if agreement:
+            said = f"at least {float(budget['min_agreement']):g}% agreement with the original"
+        else:
+            said = f"at most {float(budget.get('max_drop') or 0):g} points of top-1 below the original ({float(original):.2f}%)"
+        chosen = search.get("chosen")
+        front = set(pareto_front([(c.get("latency_ms"), c.get("metric")) for c in cands]))
+        metric = "agreement (%)" if agreement else "top-1 (%)"
+        rows = []
+        for i, c in enumerate(cands):
+            lat = c.get("latency_ms")
+            mark = " ★" if c.get("index") == chosen else ""
+            layers = list(c.get("fp32_layers") or [])
+            on_front = c.get("on_front") if "on_front" in c else (i in front)
+            rows.append(
+                f"<tr{' style=font-weight:bold' if mark else ''}><td>{e(str(c.get('index')))}{mark}</td>"
+                f"<td style='text-align:left'>{e(str(c.get('label', '')))}</td>"
+                f"<td>{e(str(c.get('calibration', '')))}</td><td title='{e(', '.join(layers))}'>{len(layers)}</td>"
+                f"<td>{float(c['metric']):.2f}</td><td>{float(c['drop']):.2f}</td>"
+                f"<td>{'—' if lat is None else f'{float(lat):.2f}'}</td>"
+                f"<td>{'yes' if c.get('meets_budget') else 'no'}</td><td>{'yes' if on_front else ''}</td></tr>")
+        held = search.get("heldout_samples")
+        ending = ("The search was stopped early: the best plan found so far was kept. " if search.get("cancelled") else "")
+        picked = next((c for c in cands if c.get("index") == chosen), None)
+        choice = (f"Chosen: #{picked.get('index')} {e(str(picked.get('label', '')))}, the fastest plan within the budget."
+                  if picked else "No plan tried met the budget.")
+        secs = search.get("seconds")
+        out.append(
+            "<h2 id='auto-precision'>Auto precision search</h2>"
+            f"<p>Budget: {e(said)}" + (f" (≥ {threshold:.2f}%)" if threshold is not None and not agreement else "") + ". "
+            f"{len(cands)} plans tried" + (f" in {float(secs):.0f} s" if secs else "") + ", each judged on "
+            + (f"{int(held)} held-out images" if held else "held-out images") + " calibration never saw. "
+            f"{ending}{choice}</p>"
+            f"<table><tr><th>#</th><th>plan</th><th>calibration</th><th>FP32 layers</th><th>{metric}</th>"
+            "<th>drop (pt)</th><th>latency (ms)</th><th>within budget</th><th>Pareto front</th></tr>"
+            + "".join(rows) + "</table>")
+    return "\n".join(out)
