@@ -1,6 +1,7 @@
 """Regenerate resources/screenshots/*.png from the real app on the bundled demo.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m tests.gui.screenshots
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m tests.gui.screenshots auto   # only auto_precision.png
 """
 
 from __future__ import annotations
@@ -122,8 +123,81 @@ def main() -> int:
     save(dlg, "export_dialog.png")
     dlg.reject()
     w.shutdown()  # not close(): it would ask "Save changes?" and wait for an answer nobody gives
+    auto_precision_shot(app)
+    return 0
+
+
+# --------------------------------------------------------------------------- auto precision (issue 13)
+
+# A search as it goes on a ResNet-18 with outlier channels (FP32 95.0 % top-1, budget 1 point):
+# calibration methods first, then layers back to FP32 by bisection in sensitivity order.
+AUTO_ORIGINAL = 95.0
+AUTO_SEARCH = [
+    ("minmax", "minmax", 0, 47.8, 1.62), ("entropy", "entropy", 0, 91.4, 1.66),
+    ("percentile", "percentile", 0, 93.1, 1.60), ("percentile + 16 FP32", "percentile", 16, 95.0, 4.10),
+    ("percentile + 8 FP32", "percentile", 8, 94.9, 2.90), ("percentile + 4 FP32", "percentile", 4, 94.6, 2.21),
+    ("percentile + 2 FP32", "percentile", 2, 94.2, 1.86), ("percentile + 1 FP32", "percentile", 1, 93.6, 1.71),
+]
+AUTO_LAYERS = ["layer2.0.conv2", "layer2.0.conv1", "layer3.1.conv2", "layer3.1.conv1", "layer1.0.conv2",
+               "layer1.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0"] + [f"layer{b}.{i}.conv{c}" for b in (1, 2, 3, 4)
+                                                                              for i in (0, 1) for c in (1, 2)]
+
+
+def auto_search_events() -> list:
+    from quantstudio.core.results import CandidateTried
+
+    return [CandidateTried(i, label, cal, tuple(AUTO_LAYERS[:n]), top1, round(AUTO_ORIGINAL - top1, 2), lat,
+                           AUTO_ORIGINAL - top1 <= 1.0)
+            for i, (label, cal, n, top1, lat) in enumerate(AUTO_SEARCH, 1)]
+
+
+def auto_precision_shot(app) -> None:
+    """The Auto precision panel after a search, as the README shows it."""
+    from dataclasses import asdict
+
+    from quantstudio.gui.plots import CandidatesPanel
+
+    panel = CandidatesPanel()
+    panel.resize(960, 640)
+    panel.show()
+    pump(app, 0.3)
+    panel.start({"max_drop": 1.0, "min_agreement": None})
+    for event in auto_search_events():
+        panel.feed(event)
+    panel.set_search({"budget": {"max_drop": 1.0, "min_agreement": None}, "original_metric": AUTO_ORIGINAL,
+                      "candidates": [asdict(e) for e in auto_search_events()], "chosen": 7, "cancelled": False})
+    panel.splitter.setSizes([430, 210])
+    pump(app, 0.5)
+    save(panel, "auto_precision.png", width=960)
+    panel.close()
+
+
+def auto_only() -> int:
+    """Only the auto-precision shot, and the window's settings with the budget field and the Auto button (to /tmp)."""
+    app = make_application([])
+    from quantstudio.gui.main_window import MainWindow
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    auto_precision_shot(app)
+    w = MainWindow()
+    w.resize(W, H)
+    w.show()
+    w.open_demo()
+    wait(app, lambda: w.loaded is not None)
+    wait(app, lambda: w.data_panel.summary is not None and not w.runner.busy)
+    w.data_panel.ensureWidgetVisible(w.data_panel.budget_spin)
+    for event in auto_search_events():
+        w._on_partial(event)
+    for dock in w.plot_docks:
+        if dock.widget() is w.candidates_panel:
+            dock.raise_()
+    pump(app, 1.0)
+    path = Path(tmp) / "window_auto.png"
+    w.grab().save(str(path), "PNG")
+    print(path)
+    w.shutdown()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(auto_only() if sys.argv[1:] == ["auto"] else main())

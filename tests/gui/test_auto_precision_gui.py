@@ -231,3 +231,19 @@ def test_keep_most_sensitive_sets_the_fix_layers_and_the_isolated_error_shows(qt
     assert model.fp32_layers_for_top(2) == ["block.conv", "conv1", "fc"]
     assert model.keep_most_sensitive(1) == ["block.conv", "conv1"] and model.undo_stack.count() == 1
     assert model.precision_of("conv1") == "fp32" and "producers" in model.undo_stack.undoText()
+
+
+def test_a_discarded_panel_is_collected_without_crashing(qtbot):
+    # The report makes and discards one panel per report; a scatter holding the panel's bound method
+    # (its hover text) made a cycle whose garbage collection crashed the app.
+    import gc
+
+    for _ in range(2):
+        panel = CandidatesPanel()
+        panel.show()
+        panel.feed(events()[0])
+        panel.redraw()
+        panel.close()
+        del panel
+        gc.collect()
+    assert CandidatesPanel().empty_text

@@ -14,6 +14,7 @@ report and tests can use them.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import asdict, is_dataclass
 from typing import Any, Sequence
 
@@ -93,6 +94,18 @@ CHOSEN = QColor(245, 180, 0)
 TABLE_COLUMNS = ("#", "Plan", "FP32", "Accuracy (%)", "Drop (pt)", "Latency (ms)", "Budget")
 
 
+class _Tip:
+    """A scatter's hover text from the panel, held weakly: a bound method kept by the scatter made a
+    panel <-> scatter cycle whose garbage collection crashed (segfault, PySide 6.11 + pyqtgraph 0.14)."""
+
+    def __init__(self, panel: "CandidatesPanel") -> None:
+        self.panel = weakref.ref(panel)
+
+    def __call__(self, x: float, y: float, data: Any) -> str:
+        panel = self.panel()
+        return panel._tip(x, y, data) if panel is not None else ""
+
+
 class CandidatesPanel(PlotPanel):
     """Latency vs accuracy of every candidate plan of one search, with the front, the budget and the choice."""
 
@@ -106,10 +119,10 @@ class CandidatesPanel(PlotPanel):
             "Plans tried by the search", "top-1 on held-out images (%)", "latency, batch 1 (ms)", legend_columns=4)
         self.front_line = pg.PlotDataItem(pen=pg.mkPen(FRONT, width=2))
         self.plot.addItem(self.front_line)
-        self.scatter = pg.ScatterPlotItem(size=11, hoverable=True, tip=self._tip)
+        self.scatter = pg.ScatterPlotItem(size=11, hoverable=True, tip=_Tip(self))
         self.plot.addItem(self.scatter)
         self.chosen_item = pg.ScatterPlotItem(size=24, symbol="star", pen=pg.mkPen(QColor(120, 80, 0), width=1.2),
-                                              brush=pg.mkBrush(CHOSEN), hoverable=True, tip=self._tip)
+                                              brush=pg.mkBrush(CHOSEN), hoverable=True, tip=_Tip(self))
         self.plot.addItem(self.chosen_item)
         self.budget_line = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(BUDGET, width=1.5, style=Qt.PenStyle.DashLine),
                                            label="", labelOpts={"position": 0.98, "color": BUDGET, "anchors": [(1, -0.1), (1, -0.1)]})
