@@ -47,6 +47,8 @@ PRESETS = (("default", "Default (model's size, ImageNet mean/std)"), ("imagenet"
 # The custom fields show core's ImageNet statistics (declared once, in core.data).
 IMAGENET_MEAN = SETTINGS.declared["preprocess_mean"].default
 IMAGENET_STD = SETTINGS.declared["preprocess_std"].default
+# The Auto button's budget: remembered in the settings, not in projects (a project's data settings are a fixed schema).
+BUDGET_KEYS = ("budget_metric", "budget_max_drop", "budget_min_agreement")
 COMBO_MIN_CHARS = 14  # combo boxes shrink to this and elide longer items (full text in the popup)
 
 
@@ -572,7 +574,6 @@ class DataPanel(QScrollArea):
             "benchmark_batches": self.batches_edit.text(),
             "sensitivity": self.sensitivity_check.isChecked(),
             "measure_memory": self.memory_check.isChecked(),
-            **self.budget_state(),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -626,7 +627,6 @@ class DataPanel(QScrollArea):
             if isinstance(state.get("eval_data_path"), str):
                 self.eval_path_edit.setText(state["eval_data_path"])
             self._update_kind_widgets()
-            self.restore_budget_state(state)
         self._leave_unusable_engine()  # a saved choice the open model cannot use
         self._refresh_tooltips()
 
@@ -636,11 +636,14 @@ class DataPanel(QScrollArea):
 
     def load_settings(self) -> None:
         self.restore_state({key: SETTINGS[key] for key in self._keys()})
+        self.restore_budget_state({key: SETTINGS[key] for key in BUDGET_KEYS})
 
     def save_settings(self) -> None:
         state = self.state()
         for key in self._keys():
             SETTINGS[key] = state[key]
+        for key, value in self.budget_state().items():
+            SETTINGS[key] = value
 
     def _keys(self) -> tuple[str, ...]:
         """The settings this panel keeps: the keys of :meth:`state`, so they are listed once."""

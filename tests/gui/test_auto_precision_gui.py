@@ -196,8 +196,8 @@ def test_auto_run_fills_the_chart_and_applies_the_chosen_plan_as_one_undo_step(q
     assert model.precision_of(fp32[1]) == "fp32"
 
 
-def test_report_lists_fp32_layers_with_reasons_and_the_search():
-    from quantstudio.gui.report import build_report
+def test_report_lists_fp32_layers_with_reasons_and_the_search(qtbot):
+    from quantstudio.gui.report import build_report, render_plots
 
     run = RunOutcome(name="#2 auto", quantized="quantized", data="images",
                      metrics={"original": {"top1": 0.95}, "quantized": {"top1": 0.942}},
@@ -215,6 +215,10 @@ def test_report_lists_fp32_layers_with_reasons_and_the_search():
     assert "≥ 94.00%" in text and "stopped early" in text and "7 ★" in text
     plain = RunOutcome(name="#1", quantized="quantized", metrics={"original": {}, "quantized": {}})
     assert "Auto precision search" not in build_report(plain, "m", {})
+    # The report's plots include the search's chart, drawn from the run alone.
+    pngs = render_plots(run, [run])
+    chart = next(caption for caption in pngs if caption.startswith("Auto precision"))
+    assert "chosen: #7" in chart and "stopped early" in chart and pngs[chart][:4] == b"\x89PNG"
 
 
 def test_keep_most_sensitive_sets_the_fix_layers_and_the_isolated_error_shows(qtbot):
@@ -247,3 +251,23 @@ def test_a_discarded_panel_is_collected_without_crashing(qtbot):
         del panel
         gc.collect()
     assert CandidatesPanel().empty_text
+
+
+def test_an_auto_variant_keeps_its_search_and_reasons_in_a_project(tmp_path):
+    import json
+
+    from quantstudio.core.schema import project_schema, validate
+
+    run = RunOutcome(name="#1 auto", quantized="quantized", metrics={"original": {}, "quantized": {}},
+                     layer_precisions={"conv1": "fp32"}, fp32_reasons={"conv1": "auto precision: most sensitive"},
+                     layer_sqnr_isolated={"conv1": float("inf")},
+                     auto_precision={"budget": Budget(max_drop=1.0).to_dict(), "original_metric": ORIGINAL,
+                                     "candidates": [dict(vars(e), fp32_layers=list(e.fp32_layers)) for e in events()],
+                                     "chosen": 7, "cancelled": False})
+    project = {"format": "quantstudio-project", "version": 1, "variants": [run.to_dict()]}
+    path = tmp_path / "p.qsproj"
+    path.write_text(json.dumps(project))
+    validate(json.loads(path.read_text()), project_schema(), path, "project")
+    back = RunOutcome.from_dict(json.loads(path.read_text())["variants"][0])
+    assert back.fp32_reasons == run.fp32_reasons and back.layer_sqnr_isolated == {"conv1": float("inf")}
+    assert back.auto_precision["chosen"] == 7 and len(back.auto_precision["candidates"]) == 8
