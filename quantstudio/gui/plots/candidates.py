@@ -24,7 +24,7 @@ from PySide6.QtGui import QColor, QFont
 from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QSplitter, QTableWidget, QTableWidgetItem, QWidget
 
 from quantstudio.gui import glossary
-from quantstudio.gui.plots.base import PlotPanel, _OutsideLegend, _titled_plot
+from quantstudio.gui.plots.base import PlotPanel, _titled_plot
 
 # --------------------------------------------------------------------------- Qt-free helpers
 
