@@ -67,6 +67,12 @@ _DECLARED = [
     Setting("measure_memory", bool, True, "measure peak memory of both models after a run"),
     Setting("benchmark_runs", int, 30, "timed runs per variant and batch size"),
     Setting("benchmark_batches", str, "1,8", "batch sizes to benchmark"),
+    # quantization-aware training (issue 14); defaults are QuantConfig's
+    Setting("qat", bool, False, "fine-tune with fake quantization after calibration (PyTorch models)"),
+    Setting("qat_epochs", int, 2, "QAT epochs"),
+    Setting("qat_lr", float, 0.0, "QAT learning rate (0 = automatic)"),
+    Setting("qat_batch_size", int, 32, "QAT batch size"),
+    Setting("qat_signal", str, "auto", "auto | labels | distill"),
     # window
     Setting("window_geometry", QByteArray, QByteArray(), "main window geometry"),
     Setting("window_state", QByteArray, QByteArray(), "dock and toolbar layout"),
