@@ -654,7 +654,7 @@ class DataPanel(QScrollArea):
 
     # ------------------------------------------------------------------ fine-tuning (QAT, issue 14)
     def _build_qat(self, form: QFormLayout) -> None:
-        """The "Fine-tune (QAT)" check box and its few settings (shown while it is ticked)."""
+        """The "Fine-tune (QAT)" check box and its few settings (usable while it is ticked)."""
         defaults = QuantConfig()
         self._qat_model: Any = None  # the open LoadedModel (None: no model)
         self.qat_check = QCheckBox(glossary.QAT_LABEL)
@@ -665,8 +665,9 @@ class DataPanel(QScrollArea):
         self.qat_reason_label.setStyleSheet("color: #a05000")
         self.qat_reason_label.setVisible(False)
         form.addRow(self.qat_reason_label)
+        # Shown always (what fine-tuning offers is visible), usable while the box is ticked.
         self.qat_box = QWidget()
-        qat_form = QFormLayout(self.qat_box)
+        self._qat_form = qat_form = QFormLayout(self.qat_box)
         qat_form.setContentsMargins(16, 0, 0, 0)
         self.qat_epochs_spin = QSpinBox()
         self.qat_epochs_spin.setRange(1, 1000)
@@ -696,7 +697,8 @@ class DataPanel(QScrollArea):
         qat_form.addRow("Learn from:", self.qat_signal_combo)
         qat_form.addRow("Estimate:", self.qat_estimate_label)
         form.addRow(self.qat_box)
-        self.qat_box.setVisible(False)
+        self.qat_box.setEnabled(False)
+        qat_form.setRowVisible(self.qat_estimate_label, False)
         # Settings change in bursts (typing 10 in a spin box): estimate once they settle.
         self._qat_estimate_timer = QTimer(self)
         self._qat_estimate_timer.setSingleShot(True)
@@ -778,12 +780,13 @@ class DataPanel(QScrollArea):
 
     @Slot()
     def _update_qat_availability(self) -> None:
-        """Grey the option out with the reason shown, or show its settings while it is ticked."""
+        """Grey the option out with the reason shown; its settings are usable while it is ticked."""
         reason = self.qat_unavailable_reason()
         self.qat_check.setEnabled(reason is None)
         self.qat_check.setToolTip(glossary.QAT_HELP + (f"\n\n{reason}" if reason else ""))
         on = reason is None and self.qat_check.isChecked()
-        self.qat_box.setVisible(on)
+        self.qat_box.setEnabled(on)
+        self._qat_form.setRowVisible(self.qat_estimate_label, on)
         if reason is None and on and self.qat_signal_combo.currentData() == "labels" \
                 and self.summary is not None and not self.summary.labeled:
             reason = glossary.QAT_NEEDS_LABELS
