@@ -708,7 +708,7 @@ class DataPanel(QScrollArea):
         self.qat_signal_combo.currentIndexChanged.connect(self._update_qat_availability)
         self.mode_combo.currentIndexChanged.connect(self._update_qat_availability)
         self.kind_combo.currentIndexChanged.connect(self._update_qat_availability)
-        for spin in (self.qat_epochs_spin, self.qat_batch_spin, self.eval_spin):
+        for spin in (self.qat_epochs_spin, self.qat_batch_spin, self.eval_spin, self.calib_spin):
             spin.valueChanged.connect(self._schedule_qat_estimate)
 
     def qat_unavailable_reason(self) -> str | None:
@@ -744,7 +744,10 @@ class DataPanel(QScrollArea):
             return None
         if getattr(summary, "eval_count", None) is not None:
             return int(summary.count)
-        return max(int(summary.count) - self.eval_spin.value(), 0)
+        # Calibration images may be trained on; the evaluation images never are.
+        n = int(summary.count)
+        calib = min(self.calib_spin.value(), n) if self.mode_combo.currentData() == "static" else 0
+        return max(n - min(self.eval_spin.value(), n - calib), 0)
 
     def _qat_state(self) -> dict[str, Any]:
         return {
@@ -799,8 +802,12 @@ class DataPanel(QScrollArea):
         if not self.qat_enabled():
             self._qat_estimate_timer.stop()
             return
-        if self.qat_train_samples() is None:
+        samples = self.qat_train_samples()
+        if samples is None:
             self.qat_estimate_label.setText(glossary.QAT_ESTIMATE_NEEDS_DATA)
+            return
+        if samples == 0:
+            self.qat_estimate_label.setText(glossary.QAT_NO_TRAINING_IMAGES)
             return
         self.qat_estimate_label.setText("estimating…")
         self._qat_estimate_timer.start()

@@ -113,6 +113,7 @@ QAT_NEEDS_IMAGES = "QAT needs your own images: random data cannot teach the mode
 QAT_NEEDS_LABELS = "Labels need a folder with one sub-folder per class: choose Distillation or Auto."
 QAT_ESTIMATE_UNAVAILABLE = "estimate unavailable"
 QAT_ESTIMATE_NEEDS_DATA = "choose data for an estimate"
+QAT_NO_TRAINING_IMAGES = "no images left to train on: lower Evaluation (Samples) or add images"
 STOP_TRAINING = "Stop training (keep best epoch)"
 STOP_TRAINING_HELP = ("Stop fine-tuning now and keep the epoch with the best validation result so far; "
                       "the run then finishes (evaluation, timing) as usual. Press again to cancel the whole run.")

@@ -63,6 +63,7 @@ def test_training_panel_draws_live_steps_epochs_ptq_line_and_kept_epoch(qtbot):
     assert "62.0 %" in panel.ptq_text.toPlainText()
     bx, by = panel.best_item.getData()
     assert list(bx) == [2.0] and list(by) == [96.0]
+    assert "epoch kept: 2 (96.0 %)" in panel.legend.names()
     assert "agreement" in panel.val_plot.titleLabel.text
     assert panel.has_data()
 
@@ -171,7 +172,9 @@ def test_the_estimate_is_shown_before_starting_or_says_it_is_unavailable(qtbot, 
     panel.set_summary(tasks.DataSummary(spec="x", kind="folder", description="30 images", count=1030, labeled=True,
                                         is_random=False))
     panel.eval_spin.setValue(30)
-    assert panel.qat_train_samples() == 1000
+    assert panel.qat_train_samples() == 1000  # the evaluation images are never trained on
+    panel.eval_spin.setValue(5000)
+    assert panel.qat_train_samples() == 256  # every image calibration did not use is evaluated on
     calls = []
     fake = types.ModuleType("quantstudio.core.engines.pytorch.qat")
     fake.estimate_qat = lambda model, shape, n, epochs, batch: calls.append((shape, n, epochs, batch)) or (150.0, 3 << 30)
@@ -272,7 +275,7 @@ def test_cancel_during_training_stops_training_only_and_the_run_finishes(qtbot, 
     window.start_job(Job("QAT stand-in", _training_job, (request,), on_done=results.append))
     qtbot.waitUntil(lambda: window.cancel_button.text() == glossary.STOP_TRAINING, timeout=10000)
     assert window.training_dock.widget() is window.training_panel
-    assert len(window.training_panel.steps) > 0
+    qtbot.waitUntil(lambda: len(window.training_panel.steps) > 0, timeout=10000)  # the panel fills in live
     window.cancel_button.click()
     assert window.stage_label.text() == glossary.STOPPING_TRAINING and window.cancel_button.text() == "Cancel"
     qtbot.waitUntil(lambda: not window.runner.busy, timeout=10000)

@@ -71,14 +71,9 @@ class TrainingPanel(PlotPanel):
                                         pen=pg.mkPen(PTQ_COLOUR, width=1.5, style=Qt.PenStyle.DashLine))
         self.ptq_line.setVisible(False)
         self.ptq_text = pg.TextItem("", color=PTQ_COLOUR.darker(130), anchor=(1.0, 1.0))  # right end, above the line
-        self.best_text = pg.TextItem("", color=BEST_COLOUR.darker(160), anchor=(0.5, 1.3))
-        for item in (self.ptq_line, self.ptq_text, self.val_item, self.best_item, self.best_text):
+        for item in (self.ptq_line, self.ptq_text, self.val_item, self.best_item):
             self.val_plot.addItem(item)
-        self.legend.set_entries([
-            ("loss, every few steps", STEP_COLOUR, "square"), ("loss, epoch mean", LOSS_COLOUR, "square"),
-            ("validation", VAL_COLOUR, "dot"), ("plain INT8 (epoch 0)", PTQ_COLOUR, "square"),
-            ("epoch kept", BEST_COLOUR, "dot"),
-        ])
+        self._update_legend(None)
         self.steps: list[tuple[float, float]] = []  # (fractional epoch, loss)
         self.epochs: dict[int, tuple[float | None, float]] = {}  # epoch -> (mean train loss, validation %)
         self.metric_key = ""
@@ -171,6 +166,13 @@ class TrainingPanel(PlotPanel):
         self.redraw()
 
     # ------------------------------------------------------------------ drawing
+    def _update_legend(self, kept: str | None) -> None:
+        self.legend.set_entries([
+            ("loss, every few steps", STEP_COLOUR, "square"), ("loss, epoch mean", LOSS_COLOUR, "square"),
+            ("validation", VAL_COLOUR, "dot"), ("plain INT8 (epoch 0)", PTQ_COLOUR, "square"),
+            (kept or "epoch kept", BEST_COLOUR, "dot"),
+        ])
+
     def _set_title(self) -> None:
         words = metric_words(self.metric_key) if self.metric_key else "result"
         n = f" on n={self.n_val}" if self.n_val else ""
@@ -195,15 +197,6 @@ class TrainingPanel(PlotPanel):
             self.ptq_text.setPos(last, ptq[1])
         self.ptq_line.setVisible(ptq is not None)
         self.ptq_text.setVisible(ptq is not None)
-        best = self.epochs.get(self.best_epoch) if self.best_epoch is not None else None
-        if best is not None:
-            self.best_item.setData([self.best_epoch], [best[1]])
-            self.best_text.setText(f"kept: {best[1]:.1f} %")
-            self.best_text.setPos(self.best_epoch, best[1])
-        else:
-            self.best_item.setData([], [])
-            self.best_text.setText("")
-        self.best_text.setVisible(best is not None)
         # Whole epochs are the only meaningful ticks.
         ticks = [[(e, str(e)) for e in range(0, last + 1)]] if 0 < last <= 30 else None
         for plot in (self.loss_plot, self.val_plot):
@@ -216,8 +209,16 @@ class TrainingPanel(PlotPanel):
         if values:
             lo, hi = min(values), max(values)
             span = max(hi - lo, 1.0)
-            # Room above for the star's label; never past what a percentage can be by much.
-            self.val_plot.setYRange(max(lo - 0.25 * span, 0.0), min(hi + 0.45 * span, 105.0), padding=0)
+            # Room for the star; never past what a percentage can be by much.
+            self.val_plot.setYRange(max(lo - 0.25 * span, 0.0), min(hi + 0.2 * span, 102.0), padding=0)
+        best = self.epochs.get(self.best_epoch) if self.best_epoch is not None else None
+        if best is not None:
+            self.best_item.setData([self.best_epoch], [best[1]])
+        else:
+            self.best_item.setData([], [])
+        # The kept epoch's figure goes in the legend: a label beside the star is cut off at the
+        # plot's edge when the best epoch is the last one or the highest point.
+        self._update_legend(None if best is None else f"epoch kept: {self.best_epoch} ({best[1]:.1f} %)")
 
     # ------------------------------------------------------------------ for tests and the report
     def curves(self) -> dict[str, tuple[list[float], list[float]]]:
