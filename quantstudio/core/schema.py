@@ -428,6 +428,7 @@ def project_schema() -> dict[str, Any]:
                 str_list,
             ], "x-allowed": "[matrix, labels]"}, "variant names mapped to [matrix, labels]"),
             "changed": {"type": "array", "items": {"type": "object"}, "x-allowed": "a list of objects"},
+            "training": {"type": "object", "x-allowed": "an object (QAT settings and history)"},
             "n_evaluated": _int(0, 10**9),
             "n_calibrated": _int(0, 10**9),
             "calibration_data": text,
@@ -466,6 +467,12 @@ def project_schema() -> dict[str, Any]:
             "benchmark_batches": text,
             "sensitivity": _BOOL,
             "measure_memory": _BOOL,
+            # quantization-aware training (issue 14)
+            "qat": _BOOL,
+            "qat_epochs": _int(1, 1000),
+            "qat_lr": _NUMBER,
+            "qat_batch_size": _int(1, 4096),
+            "qat_signal": nullable_text,
         },
         allowed="an object of data and run settings",
     )

@@ -5,7 +5,9 @@ when a run starts and saves it through :meth:`state` in projects. Scanning a fol
 runs on the worker (the window does it when ``scan_requested`` is emitted).
 
 Signals: ``scan_requested()`` when the data choice changed and needs a (re)scan;
-``engine_note(str)`` when the engine had to change for the model (a line for the log).
+``engine_note(str)`` when the engine had to change for the model (a line for the log);
+``qat_estimate_requested()`` when fine-tuning is on and what its cost depends on changed
+(the window estimates it on the worker and answers with :meth:`set_qat_estimate`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QStandardItemModel
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -74,6 +76,7 @@ def _select(combo: QComboBox, value: Any) -> None:
 class DataPanel(QScrollArea):
     scan_requested = Signal()
     engine_note = Signal(str)
+    qat_estimate_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -219,6 +222,7 @@ class DataPanel(QScrollArea):
         self.equalize_check.setToolTip(glossary.EQUALIZE_HELP)
         self.equalize_check.setChecked(True)  # the default: see core/equalize.py for the measured reason
         qform.addRow("", self.equalize_check)
+        self._build_qat(qform)
         self.runs_spin = QSpinBox()
         self.runs_spin.setRange(1, 10000)
         self.runs_spin.setToolTip("How many timed runs per variant and batch size (more: steadier numbers, slower).")
@@ -302,6 +306,7 @@ class DataPanel(QScrollArea):
                                 else self._engine_reason_text(engine.name))
         changed = self._leave_unusable_engine()
         self._show_current_in_tooltip(self.engine_combo)
+        self._set_qat_model(model)
         return changed
 
     def _fallback_engine(self) -> Any:
@@ -432,6 +437,7 @@ class DataPanel(QScrollArea):
     def set_summary(self, summary) -> None:
         """Show what a scan found (a tasks.DataSummary), or None to clear."""
         self.summary = summary
+        self._update_qat_availability()
         self.skipped_label.clear()
         self.counts_label.clear()
         self.counts_label.setVisible(False)
@@ -474,6 +480,7 @@ class DataPanel(QScrollArea):
 
     def set_error(self, message: str) -> None:
         self.summary = None
+        self._update_qat_availability()
         self._update_split_label()
         from html import escape
 
@@ -542,6 +549,7 @@ class DataPanel(QScrollArea):
             "per_channel": self.per_channel_check.isChecked(),
             "equalize": self.equalize_check.isChecked(),
             "calib_samples": self.calib_spin.value(),
+            **self.qat_config(),
         }
 
     def benchmark_batches(self) -> list[int]:
@@ -574,6 +582,7 @@ class DataPanel(QScrollArea):
             "benchmark_batches": self.batches_edit.text(),
             "sensitivity": self.sensitivity_check.isChecked(),
             "measure_memory": self.memory_check.isChecked(),
+            **self._qat_state(),
         }
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -616,6 +625,7 @@ class DataPanel(QScrollArea):
                                (self.memory_check, "measure_memory")):
                 if isinstance(state.get(key), bool):
                     check.setChecked(state[key])
+            self._restore_qat(state)
             custom = self.preset_combo.currentData() == "custom"
             for w in (self.resize_edit, self.crop_edit, self.mean_edit, self.std_edit):
                 w.setEnabled(custom)
@@ -738,3 +748,188 @@ class DataPanel(QScrollArea):
                 self.budget_user_chosen = False
             self._show_budget_metric(self._budget_metric, keep_shown=False)
             self._budget_follow_data()
+    # ------------------------------------------------------------------ fine-tuning (QAT, issue 14)
+    def _build_qat(self, form: QFormLayout) -> None:
+        """The "Fine-tune (QAT)" check box and its few settings (usable while it is ticked)."""
+        defaults = QuantConfig()
+        self._qat_model: Any = None  # the open LoadedModel (None: no model)
+        self.qat_check = QCheckBox(glossary.QAT_LABEL)
+        self.qat_check.setToolTip(glossary.QAT_HELP)
+        form.addRow("", self.qat_check)
+        self.qat_reason_label = QLabel()  # why fine-tuning is not offered, or why a setting will not work
+        self.qat_reason_label.setWordWrap(True)
+        self.qat_reason_label.setStyleSheet("color: #a05000")
+        self.qat_reason_label.setVisible(False)
+        form.addRow(self.qat_reason_label)
+        # Shown always (what fine-tuning offers is visible), usable while the box is ticked.
+        self.qat_box = QWidget()
+        self._qat_form = qat_form = QFormLayout(self.qat_box)
+        qat_form.setContentsMargins(16, 0, 0, 0)
+        self.qat_epochs_spin = QSpinBox()
+        self.qat_epochs_spin.setRange(1, 1000)
+        self.qat_epochs_spin.setValue(defaults.qat_epochs)
+        self.qat_epochs_spin.setToolTip(glossary.QAT_EPOCHS_HELP)
+        # 0 shows "Auto": the core picks a rate for fine-tuning (QuantConfig.qat_lr = 0).
+        self.qat_lr_spin = QDoubleSpinBox()
+        self.qat_lr_spin.setDecimals(6)
+        self.qat_lr_spin.setRange(0.0, 1.0)
+        self.qat_lr_spin.setSingleStep(0.0001)
+        self.qat_lr_spin.setSpecialValueText("Auto")
+        self.qat_lr_spin.setValue(defaults.qat_lr)
+        self.qat_lr_spin.setToolTip(glossary.QAT_LR_HELP)
+        self.qat_batch_spin = QSpinBox()
+        self.qat_batch_spin.setRange(1, 4096)
+        self.qat_batch_spin.setValue(defaults.qat_batch_size)
+        self.qat_batch_spin.setToolTip(glossary.QAT_BATCH_HELP)
+        self.qat_signal_combo = _combo(glossary.QAT_SIGNAL_CHOICES, glossary.QAT_SIGNAL_HELP)
+        self.qat_signal_combo.setToolTip("\n".join(glossary.QAT_SIGNAL_HELP.values()))
+        _select(self.qat_signal_combo, defaults.qat_signal)
+        self.qat_estimate_label = QLabel()
+        self.qat_estimate_label.setWordWrap(True)
+        self.qat_estimate_label.setToolTip("What fine-tuning will take on this computer, estimated before it starts.")
+        qat_form.addRow("Epochs:", self.qat_epochs_spin)
+        qat_form.addRow("Learning rate:", self.qat_lr_spin)
+        qat_form.addRow("Batch size:", self.qat_batch_spin)
+        qat_form.addRow("Learn from:", self.qat_signal_combo)
+        qat_form.addRow("Estimate:", self.qat_estimate_label)
+        form.addRow(self.qat_box)
+        self.qat_box.setEnabled(False)
+        qat_form.setRowVisible(self.qat_estimate_label, False)
+        # Settings change in bursts (typing 10 in a spin box): estimate once they settle.
+        self._qat_estimate_timer = QTimer(self)
+        self._qat_estimate_timer.setSingleShot(True)
+        self._qat_estimate_timer.setInterval(600)
+        self._qat_estimate_timer.timeout.connect(self._on_qat_estimate_due)
+        self.qat_check.toggled.connect(self._update_qat_availability)
+        self.qat_signal_combo.currentIndexChanged.connect(self._update_qat_availability)
+        self.mode_combo.currentIndexChanged.connect(self._update_qat_availability)
+        self.kind_combo.currentIndexChanged.connect(self._update_qat_availability)
+        for spin in (self.qat_epochs_spin, self.qat_batch_spin, self.eval_spin, self.calib_spin):
+            spin.valueChanged.connect(self._schedule_qat_estimate)
+
+    def qat_unavailable_reason(self) -> str | None:
+        """Why fine-tuning cannot be offered for the open model and settings, or None."""
+        model = self._qat_model
+        if model is not None and not getattr(model, "is_eager", False):
+            kind = getattr(model, "kind_label", "model")
+            return glossary.QAT_NEEDS_TORCH.format(n="n" if kind[:1].lower() in "aeiou" else "", kind=kind)
+        if self.mode_combo.currentData() != "static":
+            return glossary.QAT_NEEDS_STATIC
+        if self.kind == "random":
+            return glossary.QAT_NEEDS_IMAGES
+        return None
+
+    def qat_enabled(self) -> bool:
+        """Fine-tuning will run: ticked, and possible for this model and these settings."""
+        return self.qat_check.isChecked() and self.qat_unavailable_reason() is None
+
+    def qat_config(self) -> dict[str, Any]:
+        """The QAT fields of core.engines.base.QuantConfig."""
+        return {
+            "qat": self.qat_enabled(),
+            "qat_epochs": self.qat_epochs_spin.value(),
+            "qat_lr": float(self.qat_lr_spin.value()),
+            "qat_batch_size": self.qat_batch_spin.value(),
+            "qat_signal": self.qat_signal_combo.currentData(),
+        }
+
+    def qat_train_samples(self) -> int | None:
+        """About how many images fine-tuning has (training and validation split share them), or None."""
+        summary = self.summary
+        if summary is None or summary.is_random:
+            return None
+        if getattr(summary, "eval_count", None) is not None:
+            return int(summary.count)
+        # Calibration images may be trained on; the evaluation images never are.
+        n = int(summary.count)
+        calib = min(self.calib_spin.value(), n) if self.mode_combo.currentData() == "static" else 0
+        return max(n - min(self.eval_spin.value(), n - calib), 0)
+
+    def _qat_state(self) -> dict[str, Any]:
+        return {
+            "qat": self.qat_check.isChecked(),  # what the user ticked (kept where it is not possible)
+            "qat_epochs": self.qat_epochs_spin.value(),
+            "qat_lr": float(self.qat_lr_spin.value()),
+            "qat_batch_size": self.qat_batch_spin.value(),
+            "qat_signal": self.qat_signal_combo.currentData(),
+        }
+
+    def _restore_qat(self, state: dict[str, Any]) -> None:
+        """The QAT widgets from ``state`` (wrong types skipped, as in :meth:`restore_state`)."""
+        from PySide6.QtCore import QSignalBlocker
+
+        if isinstance(state.get("qat"), bool):
+            with QSignalBlocker(self.qat_check):
+                self.qat_check.setChecked(state["qat"])
+        for spin, key in ((self.qat_epochs_spin, "qat_epochs"), (self.qat_batch_spin, "qat_batch_size")):
+            value = state.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                spin.setValue(max(spin.minimum(), min(spin.maximum(), value)))
+        lr = state.get("qat_lr")
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+            self.qat_lr_spin.setValue(max(0.0, min(1.0, float(lr))))
+        if isinstance(state.get("qat_signal"), str):
+            with QSignalBlocker(self.qat_signal_combo):
+                _select(self.qat_signal_combo, state["qat_signal"])
+        self._update_qat_availability()
+
+    def _set_qat_model(self, model: Any) -> None:
+        self._qat_model = model
+        self._update_qat_availability()
+
+    @Slot()
+    def _update_qat_availability(self) -> None:
+        """Grey the option out with the reason shown; its settings are usable while it is ticked."""
+        reason = self.qat_unavailable_reason()
+        self.qat_check.setEnabled(reason is None)
+        self.qat_check.setToolTip(glossary.QAT_HELP + (f"\n\n{reason}" if reason else ""))
+        on = reason is None and self.qat_check.isChecked()
+        self.qat_box.setEnabled(on)
+        self._qat_form.setRowVisible(self.qat_estimate_label, on)
+        if reason is None and on and self.qat_signal_combo.currentData() == "labels" \
+                and self.summary is not None and not self.summary.labeled:
+            reason = glossary.QAT_NEEDS_LABELS
+        self.qat_reason_label.setText(reason or "")
+        self.qat_reason_label.setVisible(bool(reason) and (on or not self.qat_check.isEnabled()))
+        self._schedule_qat_estimate()
+
+    @Slot()
+    def _schedule_qat_estimate(self) -> None:
+        if not self.qat_enabled():
+            self._qat_estimate_timer.stop()
+            return
+        samples = self.qat_train_samples()
+        if samples is None:
+            self.qat_estimate_label.setText(glossary.QAT_ESTIMATE_NEEDS_DATA)
+            return
+        if samples == 0:
+            self.qat_estimate_label.setText(glossary.QAT_NO_TRAINING_IMAGES)
+            return
+        self.qat_estimate_label.setText("estimating…")
+        self._qat_estimate_timer.start()
+
+    @Slot()
+    def _on_qat_estimate_due(self) -> None:
+        if self.qat_enabled() and self._qat_model is not None:
+            self.qat_estimate_requested.emit()
+
+    def set_qat_estimate(self, estimate: tuple[float, int] | None) -> None:
+        """Show the estimate (seconds, bytes), or None: it could not be made."""
+        from quantstudio.gui.style import human_bytes
+
+        if estimate is None:
+            self.qat_estimate_label.setText(glossary.QAT_ESTIMATE_UNAVAILABLE)
+            return
+        seconds, memory = estimate
+        self.qat_estimate_label.setText(f"about {_duration(seconds)}, {human_bytes(memory)} of memory")
+
+
+def _duration(seconds: float) -> str:
+    """A rough duration for an estimate: "40 s", "3 min", "1 h 20 min"."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{max(round(seconds / 5) * 5, 5):.0f} s" if seconds >= 10 else f"{max(round(seconds), 1):.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes % 60 else f"{minutes // 60} h"

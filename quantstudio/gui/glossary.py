@@ -86,6 +86,45 @@ MEMORY_HELP = (
 )
 RANDOM_DATA_LABEL = "Random data — speed only (accuracy not meaningful)"
 
+# ---------------------------------------------------------------- fine-tuning (QAT, issue 14)
+QAT_LABEL = "Fine-tune (QAT)"
+QAT_HELP = (
+    "Fine-tune (QAT, quantization-aware training): after calibration, train the INT8 model for a few epochs on "
+    "your images while it computes as INT8 will, so it learns to cope with the rounding. Use it when INT8 loses "
+    "too much accuracy and FP32 layers or another calibration did not help. Takes minutes instead of seconds; "
+    "the epoch with the best validation result is kept. Needs the PyTorch model (state_dict or whole saved model)."
+)
+QAT_EPOCHS_HELP = ("Epochs: how many times training goes through your training images. 2 (recommended) is "
+                   "usually enough; training stops early when the validation result stops improving.")
+QAT_LR_HELP = ("Learning rate: how big each training step is. Auto (recommended) picks a small rate for "
+               "fine-tuning; a larger one can undo what the model learned.")
+QAT_BATCH_HELP = ("Batch size: images per training step. 32 (recommended); smaller needs less memory, "
+                  "larger is a little faster per image.")
+QAT_SIGNAL_CHOICES = (("auto", "Auto (recommended)"), ("labels", "Labels"), ("distill", "Distillation"))
+QAT_SIGNAL_HELP = {
+    "auto": "Auto (recommended): labels when your folder has class sub-folders, distillation otherwise.",
+    "labels": "Labels: learn the right class of each image (needs one sub-folder per class).",
+    "distill": ("Distillation: learn to give the same outputs as the original FP32 model. Needs no labels, "
+                "so a folder of sample images is enough."),
+}
+QAT_NEEDS_TORCH = "QAT needs the PyTorch model (a state_dict or a whole saved model); a{n} {kind} cannot be fine-tuned."
+QAT_NEEDS_STATIC = "QAT fine-tunes static INT8: choose the Static INT8 mode."
+QAT_NEEDS_IMAGES = "QAT needs your own images: random data cannot teach the model anything."
+QAT_NEEDS_LABELS = "Labels need a folder with one sub-folder per class: choose Distillation or Auto."
+QAT_ESTIMATE_UNAVAILABLE = "estimate unavailable"
+QAT_ESTIMATE_NEEDS_DATA = "choose data for an estimate"
+QAT_NO_TRAINING_IMAGES = "no images left to train on: lower Evaluation (Samples) or add images"
+STOP_TRAINING = "Stop training (keep best epoch)"
+STOP_TRAINING_HELP = ("Stop fine-tuning now and keep the epoch with the best validation result so far; "
+                      "the run then finishes (evaluation, timing) as usual. Press again to cancel the whole run.")
+STOPPING_TRAINING = "Stopping training: keeping the best epoch so far…"
+TRAINING_HOVER = (
+    "Training loss (lower is better): light, every few training steps; dark, the mean of each epoch. "
+    "Validation: the fine-tuned model on images kept out of training, after each epoch; epoch 0 (dashed line) is "
+    "where it started, the plain INT8 result. The starred epoch is the one kept."
+)
+METRIC_WORDS = {"top1": "top-1", "agreement": "agreement"}
+
 # Labels for the choices, with the default marked (for the Data & settings panel).
 ENGINE_CHOICES = (("onnxruntime", "ONNX Runtime (recommended)"), ("torch", "PyTorch"))
 MODE_CHOICES = (("static", "Static INT8 (recommended)"), ("dynamic", "Dynamic INT8"), ("fp16", "FP16"))
@@ -156,6 +195,8 @@ EMPTY_PANEL = {
                    "click a bar to find its layer in the tree.",
     "confusion": "Press Quantize with a labeled image folder (one sub-folder per class) to see here "
                  "which classes the model mixes up.",
+    "training": "Tick Fine-tune (QAT) in Data & settings and press Quantize: the training loss and the "
+                "validation result of each epoch appear here, next to the plain INT8 starting point.",
     "tradeoff": "Every run you make becomes a point here — speed against accuracy — so you can pick the "
                 "best. Press Quantize for the first one.",
 }
@@ -202,6 +243,8 @@ TERMS: dict[str, str] = {
     "ONNX": "A portable model format that runs with ONNX Runtime on many systems (QuantStudio's .onnx exports).",
     "Variant": "One Quantize run: its precisions, settings and results, kept in the Variants table.",
     "Recipe": "A small JSON file beside every export with the exact settings, to reproduce the result.",
+    "Fine-tune (QAT)": "Quantization-aware training: a short training of the INT8 model on your images (with labels, "
+                       "or copying the original model's answers) that wins back accuracy plain INT8 lost.",
     "Project (.qsproj)": "Your model, data settings, precisions and every variant, saved to reopen later.",
 }
 

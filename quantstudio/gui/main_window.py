@@ -83,6 +83,9 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self._layout_restored = False  # a saved dock layout was restored (keep its sizes)
         self._pending_budget = None  # the Auto button's budget, for the request quantize() builds
         self._auto_running = False  # the running job searches for a plan (Cancel keeps the best so far)
+        self._in_training = False  # the running job is fine-tuning (QAT): Cancel stops training only
+        self._training_stop_sent = False
+        self._qat_estimate_pending = False
 
         self.layer_model = LayerTreeModel(self)
         self.layer_panel = LayerPanel(self.layer_model)
@@ -155,9 +158,10 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.changed_panel = plots.ChangedSamplesPanel()
         self.tradeoff_panel = plots.TradeoffPanel()
         self.candidates_panel = plots.CandidatesPanel()
+        self.training_panel = plots.TrainingPanel()
         self.plot_panels = [
             self.latency_panel, self.accuracy_panel, self.size_panel, self.layer_error_panel,
-            self.confusion_panel, self.tradeoff_panel,
+            self.confusion_panel, self.tradeoff_panel, self.training_panel,
         ]
         self.plot_panels.append(self.candidates_panel)
         right = Qt.DockWidgetArea.RightDockWidgetArea
@@ -165,7 +169,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         top = [(self.latency_panel, "Speed"), (self.size_panel, "Size"), (self.tradeoff_panel, "Speed vs accuracy")]
         top.append((self.candidates_panel, "Auto precision"))
         bottom = [(self.accuracy_panel, "Accuracy"), (self.layer_error_panel, "Per-layer error"),
-                  (self.confusion_panel, "Confusion"), (self.changed_panel, "Changed")]
+                  (self.confusion_panel, "Confusion"), (self.changed_panel, "Changed"),
+                  (self.training_panel, "Training")]
         firsts = []
         for group in (top, bottom):
             first = None
@@ -186,6 +191,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
                 # generator) it is drawn over the layer tree as a stray "Speed | Size"
                 # strip. Letting the layout run after each change keeps one bar per group.
                 self.layout().activate()
+        self.training_dock = next(d for d in self.plot_docks if d.widget() is self.training_panel)
         for dock in firsts:
             dock.raise_()
         self._apply_default_dock_sizes()
@@ -364,6 +370,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.variants_panel.rerun_requested.connect(self.rerun_variant)
         self.data_panel.engine_note.connect(self._on_job_log)
         self.variants_panel.variants_changed.connect(self._on_variants_changed)
+        self.data_panel.qat_estimate_requested.connect(self.estimate_qat)
+        self.job_idle.connect(self._on_idle_for_qat_estimate)
 
     # ================================================================== jobs
     def start_job(self, job: Job) -> bool:
@@ -385,6 +393,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         self.progress.setValue(0)
         if not busy:
             self.stage_label.setText("")
+            self._end_training_stage()
         self._update_actions()
         if not busy:
             self.job_idle.emit()
@@ -395,6 +404,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
 
     @Slot()
     def cancel_job(self) -> None:
+        if self._stop_training():
+            return
         if self.runner.busy:
             self.stage_label.setText(glossary.AUTO_CANCELLING if self._auto_running else "Cancelling…")
             self.runner.cancel()
@@ -479,7 +490,8 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
             show_error(self, "Could not re-run the variant", exc)
             return False
         self.layer_model.replace_plan(plan, f"Re-run plan of {run.name}")
-        keys = ("engine", "mode", "backend", "calibration", "per_channel", "equalize", "calib_samples")
+        keys = ("engine", "mode", "backend", "calibration", "per_channel", "equalize", "calib_samples",
+                "qat", "qat_epochs", "qat_lr", "qat_batch_size", "qat_signal")
         self.data_panel.restore_state({k: run.config[k] for k in keys if k in run.config})
         self.data_panel.set_model(self.loaded)
         log.info("Re-running %s with its plan (Ctrl+Z restores the previous plan) and quantization settings.", run.name)
@@ -553,7 +565,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
 
     def run_job(self, fn, request, name: str) -> bool:
         """Start a quantize-like job (the real one or a test's) with the live panels attached."""
-        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
+        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel, self.training_panel):
             panel.clear()
         self.accuracy_panel.set_note("")
         if getattr(request, "data_spec", None) == "random":
@@ -575,8 +587,9 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         event = as_event(payload)  # typed once here; the engines' own stage dicts included
         if event is None:
             return
-        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel):
+        for panel in (self.latency_panel, self.accuracy_panel, self.size_panel, self.training_panel):
             panel.feed(event)
+        self._on_training_event(event)
         if isinstance(event, StageStarted):
             log.info("Stage: %s", event.name.replace("_", " "))
         elif isinstance(event, LayersFused) and event.groups:
@@ -606,6 +619,10 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         elif q.get("agreement") is not None:
             parts.append(f"agreement {100 * q['agreement']:.2f}%")
         log.info("%s.", ", ".join(parts))
+        if run.training:
+            from quantstudio.gui.variants import training_text
+
+            log.info("%s.", training_text(run))
         for w in run.warnings:
             log.info("⚠ %s", w)
         self.statusBar().showMessage(", ".join(parts), 10000)
@@ -755,6 +772,68 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, QMainWindow):
         log.info("Auto precision chose #%s %s: %d layers in FP32, %.2f ms%s. Applied to the tree (%d layers "
                  "changed; Ctrl+Z undoes it).", chosen, candidate.get("label", ""), len(candidate.get("fp32_layers") or []),
                  float(candidate.get("latency_ms") or 0.0), stopped, len(changed))
+    # ================================================================== fine-tuning (QAT)
+    def _on_training_event(self, event: Any) -> None:
+        """While a run fine-tunes, Cancel stops the training only (the best epoch is kept)."""
+        from quantstudio.core.results import StageStarted, TrainingEpoch, TrainingStep
+
+        if isinstance(event, (TrainingStep, TrainingEpoch)) or (isinstance(event, StageStarted) and event.name == "train"):
+            if not self._in_training:
+                self._in_training = True
+                self.training_dock.raise_()
+                if not self._training_stop_sent:
+                    for w in (self.cancel_button, self.cancel_action):
+                        w.setText(glossary.STOP_TRAINING)
+                        w.setToolTip(glossary.STOP_TRAINING_HELP)
+        elif isinstance(event, StageStarted):
+            self._end_training_stage()
+
+    def _end_training_stage(self) -> None:
+        if self._in_training or self._training_stop_sent:
+            self.cancel_button.setText("Cancel")
+            self.cancel_button.setToolTip("")
+            self.cancel_action.setText("&Cancel")
+            self.cancel_action.setToolTip("Stop the running job")
+        self._in_training = False
+        if not self.runner.busy:
+            self._training_stop_sent = False
+
+    def _stop_training(self) -> bool:
+        """The first Cancel during fine-tuning: stop training, keep the best epoch; True when sent."""
+        if not (self._in_training and not self._training_stop_sent and self.runner.stop_stage("train")):
+            return False
+        self._training_stop_sent = True
+        self.stage_label.setText(glossary.STOPPING_TRAINING)
+        log.info("%s", glossary.STOPPING_TRAINING)
+        self.cancel_button.setText("Cancel")  # a second press cancels the whole run
+        self.cancel_action.setText("&Cancel")
+        return True
+
+    @Slot()
+    def estimate_qat(self) -> None:
+        """Estimate time and memory of fine-tuning with the panel's settings (a worker job)."""
+        samples = self.data_panel.qat_train_samples()
+        if self.loaded is None or samples is None or not self.data_panel.qat_enabled():
+            return
+        if self.runner.busy:
+            self._qat_estimate_pending = True  # after the current job
+            return
+        self._qat_estimate_pending = False
+        qat = self.data_panel.qat_config()
+        self.start_job(Job(
+            "Estimating fine-tuning", tasks.qat_estimate_job,
+            (self.loaded, self.loaded.input_shape, samples, qat["qat_epochs"], qat["qat_batch_size"]),
+            on_done=self.data_panel.set_qat_estimate, on_failed=self._on_qat_estimate_failed,
+        ))
+
+    def _on_qat_estimate_failed(self, exc: BaseException) -> None:
+        log.info("Could not estimate fine-tuning: %s", exc)
+        self.data_panel.set_qat_estimate(None)
+
+    @Slot()
+    def _on_idle_for_qat_estimate(self) -> None:
+        if self._qat_estimate_pending:
+            QTimer.singleShot(0, self.estimate_qat)
 
     # ================================================================== export
     @Slot()

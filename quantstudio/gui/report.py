@@ -45,6 +45,8 @@ def report_panels(run: Any, runs: list[Any]) -> list[Any]:
               plots.ConfusionPanel(), plots.TradeoffPanel()]
     if getattr(run, "auto_precision", None):  # the search's chart (issue 13)
         panels.append(plots.CandidatesPanel())
+    if getattr(run, "training", None):
+        panels.append(plots.TrainingPanel())  # fine-tuned variants: the training curve
     for panel in panels:
         panel.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
         panel.resize(*PANEL_SIZE)
@@ -93,6 +95,43 @@ def _num(v: Any, unit: str = "") -> str:
     if v is None:
         return "—"
     return f"{float(v):.2f}{unit}"
+
+
+def training_html(run: Any) -> str:
+    """The fine-tuning (QAT) section: its settings and every epoch's figures ("" when not fine-tuned)."""
+    t = getattr(run, "training", None) or {}
+    if not t:
+        return ""
+    e = html.escape
+    s = t.get("settings") or {}
+    signal = {"labels": "labels (cross-entropy)", "distill": "distillation from the FP32 model"}.get(
+        str(s.get("signal")), str(s.get("signal", "—")))
+    lr = s.get("lr")
+    rows = [("epochs asked", s.get("epochs")), ("learning rate", f"{lr:.3g}" if isinstance(lr, (int, float)) else lr),
+            ("batch size", s.get("batch_size")), ("learned from", signal),
+            ("training images", s.get("train_samples")), ("validation images", s.get("val_samples")),
+            ("seed", s.get("seed")), ("epoch kept", t.get("best_epoch")),
+            ("stopped", "by the user (best epoch kept)" if t.get("cancelled") else
+             "early: no better validation result" if t.get("stopped_early") else "no, every epoch ran"),
+            ("time (s)", f"{float(t['seconds']):.1f}" if isinstance(t.get("seconds"), (int, float)) else None),
+            ("peak memory (MB)", f"{float(t['peak_memory_bytes']) / 1e6:.0f}"
+             if isinstance(t.get("peak_memory_bytes"), (int, float)) else None)]
+    settings = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in rows if v is not None)
+    metric = {"top1": "top-1", "agreement": "agreement with the original"}.get(str(t.get("metric")),
+                                                                                 str(t.get("metric", "")))
+    history = list(t.get("history") or [])
+    if not any(h.get("epoch") == 0 for h in history) and isinstance(t.get("ptq_val_metric"), (int, float)):
+        history.insert(0, {"epoch": 0, "train_loss": None, "val_metric": t["ptq_val_metric"]})
+    epochs = []
+    for h in history:
+        loss, val = h.get("train_loss"), h.get("val_metric")
+        kept = " (kept)" if h.get("epoch") == t.get("best_epoch") else ""
+        label = "0 — plain INT8 start" if h.get("epoch") == 0 else str(h.get("epoch"))
+        epochs.append(f"<tr><td>{e(label + kept)}</td><td>{'—' if loss is None else f'{float(loss):.4f}'}</td>"
+                      f"<td>{'—' if val is None else f'{float(val):.2f}'}</td></tr>")
+    return (f"<h2>Fine-tuning (QAT)</h2><table>{settings}</table>"
+            f"<table><tr><th>epoch</th><th>training loss</th><th>validation {e(metric)} (%)</th></tr>"
+            f"{''.join(epochs)}</table>")
 
 
 def build_report(run: Any, model_text: str, plots: dict[str, bytes], export_summary: dict | None = None) -> str:
@@ -174,6 +213,7 @@ td:first-child {{ text-align: left; }} .warn {{ color: #a05000; }} figure {{ mar
 <h2>Results</h2>{measured_html}{''.join(table)}
 {export}
 <h2>Settings</h2><table>{cfg}</table>
+{training_html(run)}
 <h2>Precision plan</h2>{plan}
 {fp32_and_search_html(run)}
 {'<h2>Warnings</h2><ul class="warn">' + warn + '</ul>' if warn else ''}

@@ -71,6 +71,12 @@ _DECLARED = [
     Setting("budget_metric", str, "auto", "auto (follows the data: labeled -> drop, else agreement) | drop | agreement"),
     Setting("budget_max_drop", float, 1.0, "Auto: the most top-1 points below the original accepted"),
     Setting("budget_min_agreement", float, 99.0, "Auto: the least % of predictions equal to the original's"),
+    # quantization-aware training (issue 14); defaults are QuantConfig's
+    Setting("qat", bool, False, "fine-tune with fake quantization after calibration (PyTorch models)"),
+    Setting("qat_epochs", int, 2, "QAT epochs"),
+    Setting("qat_lr", float, 0.0, "QAT learning rate (0 = automatic)"),
+    Setting("qat_batch_size", int, 32, "QAT batch size"),
+    Setting("qat_signal", str, "auto", "auto | labels | distill"),
     # window
     Setting("window_geometry", QByteArray, QByteArray(), "main window geometry"),
     Setting("window_state", QByteArray, QByteArray(), "dock and toolbar layout"),

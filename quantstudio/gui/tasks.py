@@ -269,6 +269,8 @@ class RunOutcome:
     auto_precision: dict[str, Any] = field(default_factory=dict)
     sensitivity_fix: dict[str, list[str]] = field(default_factory=dict)  # entry -> layers whose FP32 removes its error
     layer_sqnr_isolated: dict[str, float] = field(default_factory=dict)  # layer -> SQNR with only it quantized
+    # Quantization-aware training: the summary's ``training`` (settings, per-epoch history); {} when not fine-tuned.
+    training: dict[str, Any] = field(default_factory=dict)
     raw: Any = None
 
     @classmethod
@@ -308,6 +310,7 @@ class RunOutcome:
             data_note="random data — accuracy not meaningful" if summary.random_data else (
                 "" if (q is None or q.n is None or labeled) else "no labels: only agreement with the original is measured"),
             warnings=list(summary.warnings), notes=list(summary.notes),
+            training=dict(getattr(summary, "training", None) or {}),
         )
         fields_.update(_auto_precision_fields(summary))
         fields_.update(extra)
@@ -405,3 +408,18 @@ def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:
     from quantstudio.gui import pipeline_adapter
 
     return pipeline_adapter.run(ctx, request)
+
+
+# --------------------------------------------------------------------------- fine-tuning estimate
+
+
+def qat_estimate_job(ctx, model: Any, input_shape: Any, train_samples: int, epochs: int,
+                     batch_size: int) -> tuple[float, int] | None:
+    """(seconds, bytes) fine-tuning will take, or None when this build cannot estimate it."""
+    try:
+        from quantstudio.core.engines.pytorch.qat import estimate_qat
+    except ImportError:  # a build without quantization-aware training
+        return None
+    ctx.report(0.1, "Estimating the cost of fine-tuning")
+    seconds, memory = estimate_qat(model, tuple(input_shape), int(train_samples), int(epochs), int(batch_size))
+    return float(seconds), int(memory)

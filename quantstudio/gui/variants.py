@@ -60,7 +60,34 @@ def settings_label(config: dict[str, Any]) -> str:
         parts.append("per-tensor")
     if config.get("backend") == "qnnpack":
         parts.append("ARM")
+    if config.get("qat"):
+        parts.append(f"QAT {config.get('qat_epochs', 2)} ep")
     return " · ".join(parts)
+
+
+def training_text(run: RunOutcome) -> str:
+    """How a fine-tuned variant was trained, in one line ("" when it was not)."""
+    t = run.training or {}
+    if not t:
+        return ""
+    s = t.get("settings") or {}
+    signal = {"labels": "labels", "distill": "distillation"}.get(str(s.get("signal")), str(s.get("signal", "?")))
+    lr = s.get("lr")
+    parts = [f"Fine-tuned (QAT): {s.get('epochs', '?')} epochs, learning rate {lr:.2g}" if isinstance(lr, (int, float))
+             else f"Fine-tuned (QAT): {s.get('epochs', '?')} epochs",
+             f"batch {s.get('batch_size', '?')}", f"from {signal}",
+             f"{s.get('train_samples', '?')} training / {s.get('val_samples', '?')} validation images"]
+    line = ", ".join(parts)
+    metric = {"top1": "top-1", "agreement": "agreement"}.get(str(t.get("metric")), str(t.get("metric", "")))
+    best = next((h for h in t.get("history") or [] if h.get("epoch") == t.get("best_epoch")), None)
+    if best is not None and isinstance(t.get("ptq_val_metric"), (int, float)):
+        line += (f"; validation {metric} {float(t['ptq_val_metric']):.1f} % (plain INT8) → "
+                 f"{float(best['val_metric']):.1f} % (epoch {t.get('best_epoch')} kept)")
+    if t.get("cancelled"):
+        line += "; stopped by the user"
+    elif t.get("stopped_early"):
+        line += "; stopped early"
+    return line
 
 
 def variant_name(number: int, config: dict[str, Any], counts: dict[Precision, int]) -> str:
@@ -155,6 +182,8 @@ class VariantTableModel(QAbstractTableModel):
             lines = [run.name, run.data]
             if run.evaluation_data:
                 lines.append(f"accuracy on {run.evaluation_data}")
+            if run.training:
+                lines.append(training_text(run))
             lines += [f"⚠ {w}" for w in run.warnings[:5]]
             return "\n".join(lines)
         if role == Qt.ItemDataRole.ForegroundRole and COLUMNS[col] == "Data" and run.is_random:

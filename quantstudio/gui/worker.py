@@ -5,7 +5,9 @@ A job is a plain function ``fn(ctx, *args)``; ``ctx`` implements the core's
 ``QThread`` with one :class:`_Worker` in it, so at most one job runs at a time. The
 worker's signals are queued to the runner's methods, which call the job's callbacks in
 the GUI thread. Cancelling sets an event; the job stops at its next
-``check_cancelled()`` and ends through the ``cancelled`` path. The worker thread runs
+``check_cancelled()`` and ends through the ``cancelled`` path. Stopping one *stage*
+(:meth:`JobRunner.stop_stage`, e.g. fine-tuning: "keep the best epoch") raises
+``Cancelled`` once, inside that stage only; a job that catches it goes on and ends normally. The worker thread runs
 below the GUI thread's CPU priority, and can run a warm-up (the heavy imports, see
 :mod:`quantstudio.gui.warmup`) before its first job.
 
@@ -65,6 +67,36 @@ class Job:
     on_cancelled: Callable[[], None] | None = None
     on_partial: Callable[[Any], None] | None = None
     id: int = 0
+    interrupt: "StageInterrupt | None" = None  # set by JobRunner.start
+
+
+class StageInterrupt:
+    """A one-shot request to stop one named stage of a job, not the job (thread-safe).
+
+    Why not the cancel event: a job that stops a stage on ``Cancelled`` and carries on
+    (quantization-aware training keeps its best epoch, then evaluates) would meet the
+    still-set event at its next check and be cancelled after all. This request is used
+    up by the one ``Cancelled`` it raises, and dropped once the job has left the stage
+    (a click that arrived just after training ended must not cancel the evaluation).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stage: str | None = None
+
+    def request(self, stage: str) -> None:
+        with self._lock:
+            self._stage = stage
+
+    def pending(self, current: str) -> bool:
+        with self._lock:
+            return self._stage is not None and self._stage == current
+
+    def take(self, current: str) -> bool:
+        """True once when a stop of stage ``current`` was requested; a request for another stage is dropped."""
+        with self._lock:
+            asked, self._stage = self._stage, None
+            return asked is not None and asked == current
 
 
 class JobFailure:
@@ -78,10 +110,13 @@ class JobFailure:
 class QtJobContext:
     """The core job context, backed by the worker's signals (called in the worker thread)."""
 
-    def __init__(self, worker: "_Worker", job_id: int, cancel: threading.Event) -> None:
+    def __init__(self, worker: "_Worker", job_id: int, cancel: threading.Event,
+                 interrupt: StageInterrupt | None = None) -> None:
         self._worker = worker
         self._job_id = job_id
         self._cancel = cancel
+        self._interrupt = interrupt
+        self._stage = ""  # the job's current stage, from the events it sends (for stop_stage)
         self._last_emit = 0.0
         self._last_message = None
 
@@ -93,7 +128,18 @@ class QtJobContext:
             self._worker.progress.emit(self._job_id, float(fraction), str(message))
 
     def partial(self, payload: Any) -> None:
+        if self._interrupt is not None:
+            self._note_stage(payload)
         self._worker.partial.emit(self._job_id, payload)
+
+    def _note_stage(self, payload: Any) -> None:
+        from quantstudio.core.results import StageStarted, TrainingEpoch, TrainingStep, as_event
+
+        event = as_event(payload)
+        if isinstance(event, StageStarted):
+            self._stage = event.name
+        elif isinstance(event, (TrainingStep, TrainingEpoch)):
+            self._stage = "train"
 
     def log(self, message: str) -> None:
         self._worker.log.emit(self._job_id, str(message))
@@ -101,10 +147,12 @@ class QtJobContext:
     def check_cancelled(self) -> None:
         if self._cancel.is_set():
             raise Cancelled("cancelled by the user")
+        if self._interrupt is not None and self._interrupt.take(self._stage):
+            raise Cancelled(f"{self._stage} stopped by the user")
 
     @property
     def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel.is_set() or (self._interrupt is not None and self._interrupt.pending(self._stage))
 
 
 class _Worker(QObject):
@@ -124,7 +172,7 @@ class _Worker(QObject):
 
     @Slot(object, object)
     def run(self, job: Job, cancel: threading.Event) -> None:
-        ctx = QtJobContext(self, job.id, cancel)
+        ctx = QtJobContext(self, job.id, cancel, job.interrupt)
         if not self._started:
             self._started = True
             lower_thread_priority()
@@ -198,6 +246,7 @@ class JobRunner(QObject):
         self._next_id += 1
         self._current = job
         self._cancel = threading.Event()
+        job.interrupt = StageInterrupt()
         self.started.emit(job.name)
         self.busy_changed.emit(True)
         self._submit.emit(job, self._cancel)
@@ -207,6 +256,13 @@ class JobRunner(QObject):
         """Ask the running job to stop at its next ``check_cancelled()``."""
         if self._current is not None:
             self._cancel.set()
+
+    def stop_stage(self, stage: str) -> bool:
+        """Ask the running job to stop its stage ``stage`` only (see :class:`StageInterrupt`)."""
+        if self._current is None or self._current.interrupt is None:
+            return False
+        self._current.interrupt.request(stage)
+        return True
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Process events until no job runs (tests and shutdown use it)."""

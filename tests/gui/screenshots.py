@@ -122,6 +122,27 @@ def main() -> int:
     pump(app, 0.5)
     save(dlg, "export_dialog.png")
     dlg.reject()
+
+    # Fine-tuning (QAT), where this build has it: the Training panel after a real run on the demo.
+    try:
+        from quantstudio.core.engines.pytorch import qat  # noqa: F401
+    except ImportError:
+        print("this build has no quantization-aware training: after_qat.png not made", file=sys.stderr)
+    else:
+        p.qat_check.setChecked(True)
+        p.qat_epochs_spin.setValue(2)
+        pump(app, 1.0)  # the estimate job starts once the settings settle
+        wait(app, lambda: not w.runner.busy)
+        done.clear()
+        w.quantize()
+        wait(app, lambda: bool(done) or not w.runner.busy)
+        if done:
+            raise_dock("Training")
+            p.ensureWidgetVisible(p.qat_check)
+            pump(app, 0.5)
+            save(w, "after_qat.png")
+        else:
+            print("the QAT run did not finish", file=sys.stderr)
     w.shutdown()  # not close(): it would ask "Save changes?" and wait for an answer nobody gives
     auto_precision_shot(app)
     return 0

@@ -19,8 +19,9 @@ from quantstudio.gui.plots.latency import LatencyPanel
 from quantstudio.gui.plots.layer_error import LayerErrorPanel
 from quantstudio.gui.plots.size import SizePanel
 from quantstudio.gui.plots.tradeoff import TradeoffPanel
+from quantstudio.gui.plots.training import TrainingPanel
 
 __all__ = [
     "AccuracyPanel", "CandidatesPanel", "ChangedSamplesPanel", "ConfusionPanel", "LatencyPanel", "LayerErrorPanel", "LogAxis",
-    "PlotPanel", "SizePanel", "TradeoffPanel", "_VariantColours", "export_widget", "pareto_front",
+    "PlotPanel", "SizePanel", "TradeoffPanel", "TrainingPanel", "_VariantColours", "export_widget", "pareto_front",
 ]
