@@ -103,8 +103,10 @@ class TfliteEngine:
             fp32_ops = layer_ops(fp32_facts, list(overrides))
             regexes = {recipe_regex(n, fp32_ops[n], fp32_facts): p for n, p in overrides.items() if fp32_ops[n]}
             recipe = build_recipe(config.mode, regexes, per_channel=config.per_channel)
-            data = quantize_tflite(fp32, recipe, calib_batches if config.mode == "static" else None, ctx,
-                                   0.4, 0.9, tuple(model.input_shape))
+            data, how = quantize_tflite(fp32, recipe, calib_batches if config.mode == "static" else None, ctx,
+                                        0.4, 0.9, tuple(model.input_shape), config.calibration)
+            if how:
+                notes.append(f"activation ranges: {how}")
         else:
             recipe, data = [], fp32
             notes.append("the plan leaves every layer FP32: the file is the plain FP32 conversion")

@@ -87,13 +87,24 @@ def _jsonable(obj: Any) -> Any:
 
 
 def quantize_tflite(fp32: bytes, recipe: list[dict[str, Any]], calib_batches: Iterable[Any] | None,
-                    ctx: JobContext, lo: float, hi: float, input_shape: tuple[int, ...]) -> bytes:
+                    ctx: JobContext, lo: float, hi: float, input_shape: tuple[int, ...],
+                    calibration: str = "minmax") -> tuple[bytes, str]:
     """``fp32`` quantized with ``recipe``; static recipes calibrate on ``calib_batches``
-    (progress between ``lo`` and ``hi``)."""
-    from ai_edge_quantizer import quantizer
+    (progress between ``lo`` and ``hi``). Returns the file and how ranges were calibrated.
+
+    Ranges: ai-edge-quantizer's default keeps a moving average (factor 0.95) of each
+    sample's min/max, which clips every sample's extremes. Measured on the digits demo
+    (mobilenet_v2 64×64, 256 samples, vs FP32 on the 540 images): output SQNR 15.1 dB with
+    the moving average, 30.3 dB with the true min/max (top-1 98.33 % both, FP32 98.52 %). So ``minmax`` uses the
+    true min/max over every sample (its ``min_max_update``), the app's meaning of min-max;
+    ``percentile`` and ``entropy`` use the moving average, the robust range it offers.
+    """
+    from ai_edge_quantizer import calibrator, quantizer
+    from ai_edge_quantizer.utils import qsv_utils
 
     from quantstudio.core.engines.tflite.convert import quiet
 
+    how = ""
     with quiet():
         q = quantizer.Quantizer(fp32)
         q.load_quantization_recipe(recipe)
@@ -102,19 +113,28 @@ def quantize_tflite(fp32: bytes, recipe: list[dict[str, Any]], calib_batches: It
             samples = _samples(calib_batches or [], input_shape, ctx, lo, lo + (hi - lo) * 0.3)
             if not samples:
                 raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+            if calibration == "minmax":
+                cal = calibrator.Calibrator(fp32, qsv_update_func=qsv_utils.min_max_update)
+                how = f"min/max over all {len(samples)} calibration samples"
+            else:
+                cal = calibrator.Calibrator(fp32)
+                how = (f"moving average (0.95) of each sample's min/max over {len(samples)} samples "
+                       f"(ai-edge-quantizer's range; it has no {calibration} calibration)")
+            manager = q._recipe_manager  # noqa: SLF001 - the calibrator needs the recipe's op configs
             for i in range(0, len(samples), CALIB_CHUNK):
                 ctx.check_cancelled()
                 chunk = [{"args_0": s} for s in samples[i:i + CALIB_CHUNK]]
-                result = q.calibrate({"serving_default": chunk}, previous_calibration_result=result)
+                cal.calibrate({"serving_default": chunk}, manager)
                 done = min(len(samples), i + CALIB_CHUNK)
                 ctx.report(lo + (hi - lo) * (0.3 + 0.6 * done / len(samples)),
                            f"calibrating (LiteRT): {done}/{len(samples)} samples")
+            result = cal.get_model_qsvs()
         ctx.check_cancelled()
         ctx.report(lo + (hi - lo) * 0.92, "quantizing the .tflite (ai-edge-quantizer)")
         out = q.quantize(result, enable_progress_report=False)
     if out.quantized_model is None:
         raise InputError("ai-edge-quantizer produced no model", hint="Try another mode or keep more layers FP32.")
-    return bytes(out.quantized_model)
+    return bytes(out.quantized_model), how
 
 
 def _samples(batches: Iterable[Any], input_shape: tuple[int, ...], ctx: JobContext, lo: float, hi: float) -> list[np.ndarray]:
