@@ -160,6 +160,21 @@ def test_per_layer_plan_leaves_the_named_layers_float_in_the_file(tiny):
 
 
 @needs_extra
+def test_int8_io_option_makes_integer_input_and_output_that_the_runner_scales(tiny):
+    from quantstudio.core.engines.tflite.recipe import build_recipe, quantize_tflite
+    from quantstudio.core.engines.tflite.runtime import TfliteRunner, read_facts
+
+    fp32 = quantize(tiny, "static", PrecisionPlan(default=Precision.FP32)).artifact
+    data, how = quantize_tflite(fp32, build_recipe("static", {}, int8_io=True), tiny.xs, NullContext(), 0, 1,
+                                tiny.model.input_shape)
+    facts = read_facts(data)
+    assert facts.input_dtype == facts.output_dtype == "int8"
+    assert "min/max over all 32" in how
+    out = TfliteRunner(data)(np.concatenate(tiny.xs))
+    assert sqnr(tiny.ref, out) > 20
+
+
+@needs_extra
 def test_runner_resizes_for_batches_and_gives_the_per_sample_outputs(tiny):
     qm = quantize(tiny, "static")
     x = np.concatenate(tiny.xs)[:8]

@@ -102,7 +102,12 @@ class TfliteEngine:
             fp32_facts = read_facts(fp32)
             fp32_ops = layer_ops(fp32_facts, list(overrides))
             regexes = {recipe_regex(n, fp32_ops[n], fp32_facts): p for n, p in overrides.items() if fp32_ops[n]}
-            recipe = build_recipe(config.mode, regexes, per_channel=config.per_channel)
+            # int8 input/output (for integer-only accelerators): read from the config once it
+            # has the field; float I/O by default so the file drops into code fed FP32.
+            int8_io = bool(getattr(config, "int8_io", False))
+            recipe = build_recipe(config.mode, regexes, per_channel=config.per_channel, int8_io=int8_io)
+            if int8_io and config.mode == "static":
+                notes.append("int8 input and output: quantize inputs with the input tensor's scale/zero point")
             data, how = quantize_tflite(fp32, recipe, calib_batches if config.mode == "static" else None, ctx,
                                         0.4, 0.9, tuple(model.input_shape), config.calibration)
             if how:
