@@ -241,3 +241,30 @@ def test_cli_quantize_engine_tflite_writes_a_file_that_reloads(tmp_path, capsys)
     assert recipe["engine"] == "tflite" and "model.tflite" in recipe["exports"]
     y = fresh_run(out.read_bytes(), np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32))
     assert y.shape == (2, 5) and np.isfinite(y).all()
+
+
+class _BakedBatch(torch.nn.Module):
+    """Flattens with the traced batch size: torch.export bakes 1 into the file's reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.reshape(y.shape[0], -1))
+
+
+@needs_extra
+def test_runner_falls_back_to_one_sample_at_a_time_when_the_batch_is_baked_in():
+    from quantstudio.core.engines.tflite.runtime import TfliteRunner
+
+    torch.manual_seed(0)
+    model = loaded(_BakedBatch())
+    data = tfl_convert.convert_fp32(model)
+    x = np.concatenate(batches(1, (6, 3, 32, 32)))
+    runner = TfliteRunner(data)
+    out = runner(x)
+    assert out.shape == (6, 3) and runner._per_sample  # resizing could not give 6 rows
+    np.testing.assert_allclose(out, model.forward_numpy(x), atol=1e-4)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel
-from quantstudio.core.errors import InputError
+from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
 from quantstudio.core.plan import Precision, PrecisionPlan
 
@@ -108,8 +108,16 @@ class TfliteEngine:
             recipe = build_recipe(config.mode, regexes, per_channel=config.per_channel, int8_io=int8_io)
             if int8_io and config.mode == "static":
                 notes.append("int8 input and output: quantize inputs with the input tensor's scale/zero point")
-            data, how = quantize_tflite(fp32, recipe, calib_batches if config.mode == "static" else None, ctx,
-                                        0.4, 0.9, tuple(model.input_shape), config.calibration)
+            try:
+                data, how = quantize_tflite(fp32, recipe, calib_batches if config.mode == "static" else None, ctx,
+                                            0.4, 0.9, tuple(model.input_shape), config.calibration)
+            except (InputError, Cancelled):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the quantizer's checks raise ValueError/RuntimeError
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise InputError(f"ai-edge-quantizer could not quantize this model: {first}", path=model.path,
+                                 hint="Keep the layers it names in FP32, or use dynamic INT8 or FP16.",
+                                 details=f"{type(exc).__name__}: {exc}"[-4000:]) from exc
             if how:
                 notes.append(f"activation ranges: {how}")
         else:

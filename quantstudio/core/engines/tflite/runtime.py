@@ -82,15 +82,18 @@ class TfliteRunner:
     def __call__(self, x: Any) -> np.ndarray:
         x = np.ascontiguousarray(getattr(x, "x", x), dtype=np.float32)
         shape = tuple(x.shape)
-        if not self._per_sample and shape != self._shape:
-            if not self._resize(shape):
-                self._per_sample = True
-        if self._per_sample and shape != self._shape:
+        if self._per_sample:
+            if shape == self.converted_shape:
+                return self._invoke(x)
             one = self.converted_shape[0]
             return np.concatenate([self._invoke(x[i:i + one]) for i in range(0, len(x), one)])
+        if shape != self._shape and not self._resize(shape):
+            self._per_sample = True
+            return self(x)
         y = self._invoke(x)
-        if len(y) != len(x) and len(x) != self._shape[0]:
-            self._per_sample = True  # resized, but the file's reshapes kept the old batch
+        if len(y) != len(x):  # resized, but the file's reshapes kept the old batch
+            self._resize(self.converted_shape)
+            self._per_sample = True
             return self(x)
         return y
 
