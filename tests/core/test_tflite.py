@@ -106,6 +106,21 @@ def test_onnx_and_torchscript_sources_are_refused_with_the_reason(monkeypatch):
     assert engine.unsupported_reason(program) is None
 
 
+def test_doctor_explains_litert_and_what_stayed_float():
+    from quantstudio.core.doctor import CpuFeatures, DoctorInput, ModelFacts, diagnose
+
+    cpu = CpuFeatures("x86_64", {"avx2", "avx512f", "avx512_vnni"})
+    mixed = ModelFacts(runtime="litert", int8_compute=19, float_compute=2, float_ops=3, activation_type="int8",
+                       quantize_nodes=3, dequantize_nodes=3, delegate_partitions=1)
+    found = {f.title: f for f in diagnose(DoctorInput(cpu=cpu, facts=mixed))}
+    assert "one XNNPACK partition" in found["LiteRT's CPU path is XNNPACK"].detail
+    stayed = found["LiteRT: part of the model stayed float"]
+    assert stayed.severity == "warning" and "2 compute ops and 3 other ops" in stayed.detail
+    fp16 = ModelFacts(runtime="litert", fp16_compute=21, delegate_partitions=1)
+    titles = [f.title for f in diagnose(DoctorInput(cpu=cpu, facts=fp16))]
+    assert "LiteRT: part of the model stayed float" not in titles and "LiteRT's CPU path is XNNPACK" in titles
+
+
 # --------------------------------------------------------------------------- modes
 
 
