@@ -283,3 +283,25 @@ def test_runner_falls_back_to_one_sample_at_a_time_when_the_batch_is_baked_in():
     out = runner(x)
     assert out.shape == (6, 3) and runner._per_sample  # resizing could not give 6 rows
     np.testing.assert_allclose(out, model.forward_numpy(x), atol=1e-4)
+
+
+@needs_extra
+def test_pipeline_runs_the_tflite_side_by_side_with_the_original(tiny):
+    from quantstudio.core.data import open_data
+    from quantstudio.core.pipeline import run_quantize
+
+    data = open_data("random", input_shape=tiny.model.input_shape, random_samples=24)
+    ctx = RecordingContext()
+    plan = PrecisionPlan()
+    plan.parse_assignment("fc=fp32")
+    result = run_quantize(tiny.model, data, None, plan, QuantConfig(engine="tflite", calib_samples=8), ctx,
+                          eval_samples=16, batch_size=8, benchmark_runs=3, measure_memory=True)
+    assert result.quantized_metrics.sqnr_db > 20
+    assert set(result.layer_sqnr) == {"conv1", "conv2", "fc"}
+    built = result.quantized.layer_precisions
+    assert built["fc"] == "fp32" and built["conv1"] == "int8"
+    assert len(result.latency_ms) == 3  # the original, the FP32 .tflite (same runtime) and the INT8 .tflite
+    assert result.sizes["quantized_bytes"] < result.sizes["original_bytes"]
+    assert any("peak memory" in n and ".tflite" in n for n in result.notes)
+    fractions = [f for f, _ in ctx.reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
