@@ -14,7 +14,12 @@ $(STAMP): $(PY) pyproject.toml
 	# torch/torchvision first, pinned to the wheels on this machine's disk, so the
 	# resolver never reaches for a different (multi-GB) build.
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -e ".[test]"
+	# The tflite extra (TensorFlow Lite engine) only where litert-converter has wheels;
+	# elsewhere its tests skip and say why.
+	case "$$(uname -s)-$$(uname -m)" in \
+	  Linux-x86_64|Darwin-arm64) $(PY) -m pip install -e ".[test,tflite]" ;; \
+	  *) $(PY) -m pip install -e ".[test]" ;; \
+	esac
 	touch $(STAMP)
 
 install: $(STAMP)

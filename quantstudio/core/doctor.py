@@ -108,7 +108,7 @@ def cpu_features() -> CpuFeatures:
 class ModelFacts:
     """What a quantized model really contains (as the engine will run it)."""
 
-    runtime: str  # what the file runs in: "onnx" (ONNX Runtime) | "pytorch" — a file's format, not an engine
+    runtime: str  # what the file runs in: "onnx" (ONNX Runtime) | "pytorch" | "litert" (a .tflite) — a file's format, not an engine
     activation_type: str | None = None  # "uint8" | "int8" | None (no static activations)
     weight_type: str | None = None
     per_channel: bool | None = None
@@ -119,6 +119,8 @@ class ModelFacts:
     dequantize_nodes: int = 0
     low_intensity_int8: list[str] = field(default_factory=list)  # tiny INT8 layers
     total_macs: int | None = None
+    float_ops: int = 0  # other ops (add, pool, ...) still computing in float (LiteRT files)
+    delegate_partitions: int | None = None  # LiteRT: graph parts XNNPACK took (1: all of it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +241,8 @@ def diagnose(d: DoctorInput) -> list[Finding]:
             "dominates and INT8 has little to speed up.",
             "Compare at a larger batch size (e.g. 8 or 32), where INT8 kernels pay off.",
         ))
+    if f.runtime == "litert":
+        out.extend(_tflite_findings(f))
     if slow and f.runtime == "pytorch" and f.float_compute == 0 and f.int8_compute:
         out.append(Finding(
             "info", "try the other engine",
@@ -246,6 +250,47 @@ def diagnose(d: DoctorInput) -> list[Finding]:
             "ONNX Runtime's QDQ INT8 (uint8 activations, int8 per-channel weights) is often faster on x86.",
         ))
     return out
+
+
+def _tflite_findings(f: ModelFacts) -> list[Finding]:
+    """LiteRT's CPU path, and what stayed float in a .tflite."""
+    parts = ("in one XNNPACK partition" if f.delegate_partitions == 1 else
+             f"in {f.delegate_partitions} XNNPACK partitions (ops between them run in TFLite's builtin kernels)"
+             if f.delegate_partitions else "")
+    out = [Finding(
+        "info", "LiteRT's CPU path is XNNPACK",
+        "LiteRT's interpreter hands float and int8 ops to the XNNPACK delegate (AVX2/AVX-512 on x86, NEON on ARM)"
+        + (f"; this file runs {parts}" if parts else "") + f". {f.int8_compute} compute ops run int8, "
+        f"{f.float_compute} float, {f.fp16_compute} with FP16 weights (dequantized to float at load time).",
+    )]
+    if f.int8_compute and f.activation_type and (f.float_compute or f.float_ops):  # full-integer files
+        out.append(Finding(
+            "warning" if f.float_compute else "info",
+            "LiteRT: part of the model stayed float",
+            f"{f.float_compute} compute ops and {f.float_ops} other ops compute in float; each boundary adds a "
+            f"quantize/dequantize ({f.quantize_nodes} quantize, {f.dequantize_nodes} dequantize ops in the file).",
+            "Keep FP32 only the layers that need it (the per-layer error shows which).",
+        ))
+    return out
+
+
+def tflite_facts(file_facts) -> ModelFacts:
+    """Facts about a .tflite from :func:`quantstudio.core.engines.tflite.runtime.read_facts`."""
+    counts = file_facts.counts()
+    facts = ModelFacts(runtime="litert", int8_compute=counts["compute_int8"], float_compute=counts["compute_fp32"],
+                       fp16_compute=counts["compute_fp16"], float_ops=counts["float_ops"],
+                       delegate_partitions=file_facts.delegate_partitions or None)
+    for op in file_facts.ops:
+        if op.op == "QUANTIZE":
+            facts.quantize_nodes += 1
+        elif op.op == "DEQUANTIZE":
+            facts.dequantize_nodes += 1
+    for op in file_facts.ops:
+        if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op.inputs) > 1:
+            act, weight = (file_facts.tensors[i].dtype if i >= 0 else None for i in op.inputs[:2])
+            facts.activation_type = facts.activation_type or (act if act in ("int8", "int16") else None)
+            facts.weight_type = facts.weight_type or (weight if weight in ("int8", "float16") else None)
+    return facts
 
 
 # --------------------------------------------------------------------------- reading models

@@ -63,7 +63,12 @@ def test_export_format_comes_from_the_engines():
                         export_format(other.name, f"m{suffix}")
 
 
-def test_unsupported_reason_says_which_models_an_engine_cannot_take():
+def test_unsupported_reason_says_which_models_an_engine_cannot_take(monkeypatch):
+    # Which models an engine takes, whether or not an optional engine's extra is installed here
+    # (without it the TensorFlow Lite engine refuses every model: tests/core/test_tflite.py).
+    from quantstudio.core.engines.tflite import convert as tflite_convert
+
+    monkeypatch.setattr(tflite_convert, "missing_modules", lambda: [])
     eager = SimpleNamespace(is_eager=True, kind_label="PyTorch state_dict")
     script = SimpleNamespace(is_eager=False, kind_label="TorchScript archive")
     assert all(e.unsupported_reason(eager) is None for e in available_engines())

@@ -149,6 +149,7 @@ ENGINE_MEMBERS = ("name", "label", "short_label", "formats", "unsupported_reason
 ENGINES = {
     "onnxruntime": "quantstudio.core.engines.ort.engine:OrtEngine",
     "torch": "quantstudio.core.engines.pytorch.engine:TorchEngine",
+    "tflite": "quantstudio.core.engines.tflite.engine:TfliteEngine",
 }
 
 
