@@ -32,7 +32,7 @@ from quantstudio.core.jobs import JobContext, NullContext, Stages
 from quantstudio.core.plan import PrecisionPlan
 from quantstudio.core.results import (BenchmarkDone, LayerErrors, LayerSensitivity, LayersFused, MemoryMeasured,
                                       MetricsReady, RunSummary, SizesMeasured, StageStarted, VariantMetrics,
-                                      VariantRole, finite_values, smallest_batch_latency, speedup, speedup_baseline)
+                                      VariantRole, finite_values, same_runtime_role, smallest_batch_latency, speedup, speedup_baseline)
 
 DEFAULT_EVAL_SAMPLES = 1000
 SQNR_BATCHES = 2
@@ -517,9 +517,8 @@ def _benchmark(model, qm, batch_sizes, runs, ctx, sizes):
     ]
     reference = engine.reference_runner(model, qm)
     if reference is not None:
-        # Same runtime, FP32: the fair baseline for the INT8 speed-up.
-        # Today only ONNX Runtime times the original in its own runtime; the role's name says so.
-        variants.append(Variant(VariantRole.ORIGINAL_SAME_RUNTIME.value, reference, kind=f"{engine.name} fp32"))
+        # Same runtime, FP32: the fair baseline for the INT8 speed-up; its name says which runtime.
+        variants.append(Variant(same_runtime_role(engine.name), reference, kind=f"{engine.name} fp32"))
     variants.append(Variant(VariantRole.QUANTIZED.value, qm.runner, param_bytes=sizes.get("quantized_bytes"), kind=f"{qm.engine} {qm.config.mode}"))
     shape = tuple(model.input_shape)
     return run_benchmark(variants, shape, batch_sizes=tuple(batch_sizes), runs=runs, warmup=3, ctx=ctx)

@@ -20,12 +20,23 @@ class VariantRole(str, Enum):
     """What a timed/evaluated model is. The values are the names users see (and script against)."""
 
     ORIGINAL = "original"
-    # The FP32 model in the quantized model's runtime: the fair baseline for a speed-up.
+    # The FP32 model in the quantized model's runtime: the fair baseline for a speed-up. This is
+    # its name for ONNX Runtime; another engine's is same_runtime_role(engine) ("original (tflite)").
     ORIGINAL_SAME_RUNTIME = "original (onnxruntime)"
     QUANTIZED = "quantized"
 
     def __str__(self) -> str:  # f-strings and str() give the user-facing name, not "VariantRole.X"
         return self.value
+
+
+def same_runtime_role(engine: str) -> str:
+    """The name of the FP32 model run in ``engine``'s runtime ("original (onnxruntime)", "original (tflite)")."""
+    return f"original ({engine})"
+
+
+def is_same_runtime_role(name: str) -> bool:
+    """``name`` is an original timed in the quantized model's runtime (any engine's)."""
+    return name.startswith("original (") and name.endswith(")")
 
 
 def json_float(v: Any) -> float | str | None:
@@ -111,9 +122,9 @@ class VariantMetrics:
 
 def speedup_baseline(latency: Mapping[str, Any]) -> str | None:
     """The variant a speed-up is measured against: the same-runtime FP32 model when timed."""
-    for role in (VariantRole.ORIGINAL_SAME_RUNTIME, VariantRole.ORIGINAL):
-        if read_float(latency.get(role.value)):
-            return role.value
+    for name in [n for n in latency if is_same_runtime_role(n)] + [VariantRole.ORIGINAL.value]:
+        if read_float(latency.get(name)):
+            return name
     return None
 
 

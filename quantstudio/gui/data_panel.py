@@ -290,11 +290,14 @@ class DataPanel(QScrollArea):
         ``engine_note`` says so. Returns True when the engine changed.
         """
         self._engine_reasons = {}
-        if model is not None:
-            for engine in self._engines:
+        for engine in self._engines:
+            # An engine whose optional extra is missing is greyed out before any model is open.
+            install = getattr(engine, "install_reason", None)
+            reason = install() if callable(install) else None
+            if not reason and model is not None:
                 reason = engine.unsupported_reason(model)
-                if reason:
-                    self._engine_reasons[engine.name] = reason
+            if reason:
+                self._engine_reasons[engine.name] = reason
         combo_model = self.engine_combo.model()
         for engine in self._engines:
             i = self.engine_combo.findData(engine.name)

@@ -43,7 +43,9 @@ from quantstudio.gui.settings import SETTINGS
 from quantstudio.gui.variants import export_stem
 from quantstudio.gui.worker import Job
 
-MODEL_KEYS = {"onnx": ".onnx", "pth": ".pth"}  # targets() key → file suffix
+MODEL_KEYS = {"onnx": ".onnx", "pth": ".pth", "tflite": ".tflite"}  # targets() key → file suffix
+MODEL_LABELS = {"onnx": "Quantized model (.onnx)", "pth": "Quantized model (.pth, TorchScript)",
+                "tflite": "Quantized model (.tflite, LiteRT)"}
 BUILT_ON_EXPORT = " — made on export: quantized again with the same plan and data by the engine that writes it"
 
 
@@ -72,14 +74,16 @@ class ExportDialog(QDialog):
         form.addRow("Folder:", row)
         self.name_edit = QLineEdit()
         form.addRow("File name:", self.name_edit)
-        self.onnx_check = QCheckBox("Quantized model (.onnx)")
-        self.pth_check = QCheckBox("Quantized model (.pth, TorchScript)")
+        self.onnx_check = QCheckBox(MODEL_LABELS["onnx"])
+        self.pth_check = QCheckBox(MODEL_LABELS["pth"])
+        self.tflite_check = QCheckBox(MODEL_LABELS["tflite"])
+        self.model_checks = {"onnx": self.onnx_check, "pth": self.pth_check, "tflite": self.tflite_check}
         self.recipe_check = QCheckBox("Recipe (.recipe.json) — re-runs the same quantization with quantstudio-cli")
         self.report_check = QCheckBox("HTML report with the plots")
         self.memory_check = QCheckBox("Measure peak memory of the exported model (a few seconds)")
         for c in (self.recipe_check, self.report_check):
             c.setChecked(True)
-        for c in (self.onnx_check, self.pth_check, self.recipe_check, self.report_check, self.memory_check):
+        for c in (*self.model_checks.values(), self.recipe_check, self.report_check, self.memory_check):
             form.addRow("", c)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
@@ -128,7 +132,7 @@ class ExportDialog(QDialog):
 
     @Slot()
     def _on_variant_changed(self) -> None:
-        from quantstudio.core.engines.base import ENGINES, QuantConfig, available_engines, get_engine
+        from quantstudio.core.engines.base import ENGINES, QuantConfig, engine_writing, get_engine
 
         run = self.run
         if run is None:
@@ -139,24 +143,25 @@ class ExportDialog(QDialog):
         # never propose the same file.
         self.name_edit.setText(export_stem(stem, run))
         can_model = run.raw is not None
-        # A source every engine can quantize (a state_dict, a trusted pickle), so the format
-        # this variant's engine does not write can be built on export.
+        # A format this variant's engine does not write is built on export by the engine that
+        # writes it, when that engine can quantize the source (a state_dict, a trusted pickle).
         source = getattr(run.raw, "model", None)
-        every_engine_source = can_model and source is not None and all(
-            e.unsupported_reason(source) is None for e in available_engines())
         native = get_engine(engine).formats if engine in ENGINES else {}
-        for check, suffix, label in ((self.onnx_check, ".onnx", "Quantized model (.onnx)"),
-                                     (self.pth_check, ".pth", "Quantized model (.pth, TorchScript)")):
+        for key, check in self.model_checks.items():
+            suffix, label = MODEL_KEYS[key], MODEL_LABELS[key]
             own = suffix in native
-            check.setEnabled(can_model and (own or every_engine_source))
+            writer = engine_writing(suffix)
+            why_not = None if own or writer is None or source is None else writer.unsupported_reason(source)
+            check.setEnabled(can_model and (own or (source is not None and writer is not None and why_not is None)))
             check.setChecked(can_model and own)
             check.setText(label + ("" if own or not check.isEnabled() else BUILT_ON_EXPORT))
             check.setToolTip(
                 "" if own else
                 "Quantizes this variant again with the engine that writes this format (same plan, settings, data "
                 "and preprocessing), checks it and exports it with the rest." if check.isEnabled() else
-                "Only a PyTorch source model (state_dict or trusted pickle) can be quantized into both formats."
-                if can_model else "Re-run this variant to export its model.")
+                "Re-run this variant to export its model." if not can_model else
+                f"Not available for this model: {why_not}." if why_not else
+                "Only a PyTorch source model (state_dict or trusted pickle) can be quantized into other formats.")
         self.recipe_check.setEnabled(True)  # a reopened variant's stored plan and settings make one too
         self.recipe_check.setChecked(True)
         self.memory_check.setEnabled(can_model)
@@ -172,7 +177,7 @@ class ExportDialog(QDialog):
         folder = Path(self.folder_edit.text()).expanduser()
         stem = self.name_edit.text().strip() or "model"
         out: dict[str, Path] = {}
-        for key, check in (("onnx", self.onnx_check), ("pth", self.pth_check)):
+        for key, check in self.model_checks.items():
             if check.isChecked() and check.isEnabled():
                 out[key] = folder / f"{stem}{MODEL_KEYS[key]}"
         if self.recipe_check.isChecked() and self.recipe_check.isEnabled():

@@ -58,6 +58,9 @@ ENGINE_HELP = {
                     "kind of model file; gives an .onnx file."),
     "torch": ("PyTorch: quantizes the PyTorch model itself (FX graph mode). Needs the model's Python code "
               "(a state_dict or a whole saved model); gives a .pth (TorchScript) file that runs with PyTorch alone."),
+    "tflite": ("TensorFlow Lite (LiteRT): converts the PyTorch model to a .tflite file for phones and small boards "
+               "and quantizes it there; measured with LiteRT's own interpreter. Needs the PyTorch model and the "
+               "optional tflite extra (pip install 'quantstudio[tflite]'; Linux x86_64 and macOS arm64)."),
 }
 BACKEND_HELP = {
     "auto": "Auto (recommended): chosen from this computer's processor.",

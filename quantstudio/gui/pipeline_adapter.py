@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 from quantstudio.gui.tasks import QuantizeRequest, RunOutcome
 
-from quantstudio.core.results import VariantRole
 
 
 
@@ -114,12 +113,18 @@ def export_job(ctx, result: Any, path: str | list[str], data_spec: str | None, m
     own = [p for p in paths if _writes(result.config.engine, p)]
     other = [p for p in paths if p not in own]
     runs: list[tuple[Any, Path]] = [(result, p) for p in own]
-    if other:
-        engine = _engine_writing(other[0].suffix)
-        export_format(engine, other[0])  # InputError naming the file if no engine writes it
+    # Each format the variant's engine does not write is built by the engine that writes it
+    # (a tflite variant exported with .onnx and .pth too: one run each of ORT and torch).
+    engines: dict[str, list[Path]] = {}
+    for p in other:
+        engine = _engine_writing(p.suffix)
+        export_format(engine, p)  # InputError naming the file if no engine writes it
+        engines.setdefault(engine, []).append(p)
+    for i, (engine, files) in enumerate(engines.items()):
+        share = 0.6 / len(engines)
         # Its live results (plots, layer errors) are not the variant's: the window keeps showing the variant.
-        built = _quantize_with(ScaledContext(ctx, 0.0, 0.6, partials=False), result, engine)
-        runs += [(built, p) for p in other]
+        built = _quantize_with(ScaledContext(ctx, i * share, share, partials=False), result, engine)
+        runs += [(built, p) for p in files]
     ectx = ScaledContext(ctx, 0.6, 0.4) if other else ctx
     recipe = result_recipe(runs[0][0], data_spec) if with_recipe else None
     memory: dict[str, Any] = {}

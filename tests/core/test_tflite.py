@@ -301,6 +301,8 @@ def test_pipeline_runs_the_tflite_side_by_side_with_the_original(tiny):
     built = result.quantized.layer_precisions
     assert built["fc"] == "fp32" and built["conv1"] == "int8"
     assert len(result.latency_ms) == 3  # the original, the FP32 .tflite (same runtime) and the INT8 .tflite
+    assert "original (tflite)" in result.latency_ms  # named by its runtime, not "onnxruntime"
+    assert result.to_dict()["speedup_baseline"] == "original (tflite)"
     assert result.sizes["quantized_bytes"] < result.sizes["original_bytes"]
     assert any("peak memory" in n and ".tflite" in n for n in result.notes)
     fractions = [f for f, _ in ctx.reports]

@@ -191,6 +191,20 @@ def test_a_pytorch_source_exports_both_formats_in_one_transaction(qtbot, window,
     assert partials == []  # building the .pth did not redraw the window's plots
 
 
+def test_the_tflite_format_is_offered_for_a_pytorch_source(qtbot, window, real_run, tmp_path):
+    from quantstudio.core.engines.tflite.convert import extra_missing_reason
+
+    dlg = _dialog(window, tmp_path / "out", 0, memory_check=False)
+    missing = extra_missing_reason()
+    assert not dlg.tflite_check.isChecked()  # not the variant's own format
+    if missing:  # greyed, saying how to get it
+        assert not dlg.tflite_check.isEnabled() and "tflite extra" in dlg.tflite_check.toolTip()
+    else:
+        assert dlg.tflite_check.isEnabled() and "made on export" in dlg.tflite_check.text()
+        dlg.tflite_check.setChecked(True)
+        assert dlg.targets()["tflite"].name == dlg.name_edit.text() + ".tflite"
+
+
 def test_a_blocked_report_path_keeps_every_earlier_file(qtbot, window, real_run, tmp_path):
     tmp_path = tmp_path / "out"
     tmp_path.mkdir()

@@ -13,7 +13,7 @@ from PySide6.QtCore import QRectF, QSize, Qt, QTimer, Slot
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
-from quantstudio.core.results import VariantRole
+from quantstudio.core.results import VariantRole, is_same_runtime_role
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 
@@ -264,8 +264,11 @@ class _VariantColours:
         return self.names.index(name)
 
     def colour(self, name: str, alpha: int = 255) -> QColor:
-        if name in self.FIXED:
-            c = QColor(self.FIXED[name])
+        fixed = self.FIXED.get(name)
+        if fixed is None and is_same_runtime_role(name):  # "original (tflite)": the same-runtime colour
+            fixed = self.FIXED[VariantRole.ORIGINAL_SAME_RUNTIME.value]
+        if fixed is not None:
+            c = QColor(fixed)
         else:
             c = QColor(*RUN_COLOURS[self.index(name) % len(RUN_COLOURS)])
         c.setAlpha(alpha)

@@ -43,6 +43,15 @@ class TfliteEngine:
     short_label = "LiteRT"
     formats = {".tflite": "tflite"}
 
+    def install_reason(self) -> str | None:
+        """Why the engine cannot run on this install at all (the optional extra missing), or None.
+
+        Asked before any model is open, so the app can grey the engine out from the start.
+        """
+        from quantstudio.core.engines.tflite.convert import extra_missing_reason
+
+        return extra_missing_reason()
+
     def unsupported_reason(self, model: Any) -> str | None:
         from quantstudio.core.engines.tflite.convert import extra_missing_reason
 
