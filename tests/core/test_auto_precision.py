@@ -185,7 +185,7 @@ def test_run_with_a_budget_chooses_a_plan_and_the_run_measures_it(tmp_path):
     data = labeled_file(tmp_path)
     ctx = RecordingContext()
     result = run_quantize(damaged_model(), str(data), None, PrecisionPlan(), QuantConfig(engine="torch", **NO_EQ), ctx,
-                          eval_samples=128, benchmark_runs=2, budget=Budget(max_drop=1.0))
+                          eval_samples=128, benchmark=False, budget=Budget(max_drop=1.0))
     s = json.loads(json.dumps(result.to_dict()))
     auto = s["auto_precision"]
     assert auto["budget"] == {"max_drop": 1.0, "min_agreement": None} and auto["metric"] == "top1"
@@ -210,11 +210,14 @@ def test_unlabeled_data_needs_an_agreement_budget(tmp_path):
         run_quantize(damaged_model(), str(tmp_path / "x.npy"), None, PrecisionPlan(),
                      QuantConfig(engine="torch", **NO_EQ), NullContext(), eval_samples=64, benchmark=False,
                      budget=Budget(max_drop=1.0))
-    result = run_quantize(damaged_model(), str(tmp_path / "x.npy"), None, PrecisionPlan(),
-                          QuantConfig(engine="torch", **NO_EQ), NullContext(), eval_samples=64, benchmark=False,
-                          budget=Budget(min_agreement=99.0))
-    auto = result.auto_precision
-    assert auto["metric"] == "agreement" and auto["candidates"][auto["chosen"] - 1]["metric"] >= 99.0
+    model = damaged_model()
+    found = search(model, model, PrecisionPlan(), QuantConfig(engine="torch", **NO_EQ), get_engine("torch"),
+                   [x[:64].numpy()], x[64:].numpy(), None, Budget(min_agreement=99.0), NullContext(),
+                   calibrations=("minmax",))
+    rec = found.record
+    assert rec["metric"] == "agreement" and rec["original_metric"] == 100.0
+    chosen = rec["candidates"][rec["chosen"] - 1]
+    assert chosen["metric"] >= 99.0 and chosen["drop"] == pytest.approx(100.0 - chosen["metric"])
 
 
 class CancelAfterCandidates(RecordingContext):
