@@ -242,3 +242,31 @@ def test_cancel_during_the_search_keeps_the_best_plan_and_finishes_the_run(tmp_p
     assert auto["cancelled"] and len(auto["candidates"]) == 1 and auto["chosen"] == 1
     assert result.quantized_metrics is not None and result.quantized_metrics.n == 64  # the run went on
     assert any("no candidate met the budget" in w and "before the search was cancelled" in w for w in result.warnings)
+
+
+def test_cli_auto_precision_prints_the_plan_and_its_recipe_replays_it_without_searching(tmp_path, capsys):
+    from quantstudio.cli import main
+    from quantstudio.core.recipe import Recipe
+
+    model_file = tmp_path / "damaged.pth"
+    torch.save(damaged_net(), model_file)
+    data = labeled_file(tmp_path)
+    common = [str(model_file), "--trust", "--input-shape", "1,3,16,16", "--data", str(data), "--engine", "torch",
+              "--calib-samples", "64", "--eval-samples", "128", "--no-benchmark", "--no-equalize"]
+    assert main(["quantize", *common, "--max-drop", "1", "--out", str(tmp_path / "x.pth")]) == 2
+    assert "--auto-precision" in capsys.readouterr().err
+    assert main(["quantize", *common, "--auto-precision", "--out", str(tmp_path / "x.pth")]) == 2
+    assert "needs a budget" in capsys.readouterr().err
+
+    assert main(["quantize", *common, "--auto-precision", "--max-drop", "1", "--out", str(tmp_path / "q.pth")]) == 0
+    out = capsys.readouterr()
+    assert "candidate 1: minmax" in out.err and "misses the budget" in out.err  # one line per candidate, as tried
+    assert "auto precision (at most 1 pt top-1 drop" in out.out and "meets the budget" in out.out
+    recipe = Recipe.load(tmp_path / "q.recipe.json")
+    assert recipe.quant_config().calibration != "minmax"  # min-max collapses; the chosen method is written
+
+    assert main(["quantize", *common, "--recipe", str(tmp_path / "q.recipe.json"), "--json",
+                 "--out", str(tmp_path / "r.pth")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["auto_precision"] == {} and d["config"]["calibration"] == recipe.quant_config().calibration
+    assert d["quantized"]["top1"] >= 0.99
