@@ -99,7 +99,7 @@ class SearchOutcome:
 def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, calib: Any,
            judge_x: np.ndarray, judge_y: np.ndarray | None, budget: Budget, ctx: Any, *,
            batch_size: int = 32, max_fp32: int | None = None,
-           calibrations: Sequence[str] = CALIBRATIONS) -> SearchOutcome:
+           calibrations: Sequence[str] | None = None, latency_batch: int = 1) -> SearchOutcome:
     """Search calibration methods, then FP32 layers, for the fastest plan within ``budget``.
 
     ``source`` is what the engine quantizes (the equalized copy or the model), ``reference``
@@ -146,11 +146,16 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
         ctx.report(min(done[0], 0.95), f"auto precision: candidate {index} ({label})")
         qm = engine.quantize(source, cand_plan, cand_config, calib, _Quiet(ctx))
         metric, drop, meets = judge(_predict(qm.forward_numpy, judge_x, batch_size))
-        latency = _latency_ms(qm.forward_numpy, judge_x[:1])
+        latency = _latency_ms(qm.forward_numpy, judge_x[:latency_batch])
         c = {"index": index, "label": label, "calibration": calibration, "fp32_layers": list(layers),
              "metric": metric, "drop": drop, "latency_ms": latency, "meets_budget": meets, "on_front": False}
         candidates.append(c)
         built[index] = (qm, cand_plan, cand_config)
+        # Keep only the models that can still be chosen (each one holds a runtime session).
+        meeting = {c["index"] for c in candidates if c["meets_budget"]}
+        keep = meeting or {max(candidates, key=lambda c: (c["metric"], -len(c["fp32_layers"])))["index"]}
+        for i in [i for i in built if i not in keep]:
+            del built[i]
         ctx.partial(CandidateTried(index, label, calibration, tuple(layers), metric, drop, latency, meets))
         done[0] += 0.1
         return c
@@ -158,7 +163,7 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
     user_fp32 = set()
     try:
         # 1. Calibration methods: no speed cost, one quantize each. The user's method first.
-        methods = [config.calibration] + [m for m in calibrations if m != config.calibration]
+        methods = [config.calibration] + [m for m in (calibrations or CALIBRATIONS) if m != config.calibration]
         for m in methods:
             if attempt(m, [], m)["meets_budget"]:
                 break

@@ -237,7 +237,9 @@ def run_quantize(
             data, split.calibration, split.evaluation if eval_data is None else np.zeros(0, np.int64),
             seed=config.seed, sample_bytes=4 * int(np.prod(shape[1:])))
         if eval_data is None:
-            split = dataclasses.replace(split, evaluation=evaluation)
+            split = dataclasses.replace(split, evaluation=evaluation[: len(evaluation) // fixed * fixed] if fixed else evaluation)
+        if fixed:
+            judge = judge[: len(judge) // fixed * fixed]
         notes.extend(judge_notes)
         if not len(judge):
             raise InputError("no samples are left to judge the auto-precision candidates on", path=data.path,
@@ -455,7 +457,7 @@ def _search_stage(s: _RunState, calib: Any, st: JobContext) -> None:
     if s.data.labeled and s.data.targets is not None:
         y = np.asarray(s.data.targets)[np.asarray(kept)]
     found = search(s.quantized_source, s.model, s.plan, s.config, s.engine, calib, x, y, s.budget, st,
-                   batch_size=s.batch_size)
+                   batch_size=s.batch_size, latency_batch=s.fixed or 1)
     s.qm, s.plan, s.config = found.quantized, found.plan, found.config
     s.auto, s.auto_reasons = found.record, found.fp32_reasons
     s.notes.extend(found.notes)

@@ -134,6 +134,14 @@ def measure(models: list[str], engines: list[str], what: list[str], force: bool 
                         r = _run(v, engine, v.size)
                     elif kind == "auto":
                         r = _run(v, engine, v.size, budget=Budget(max_drop=BUDGET), equalize=False)
+                    elif kind == "auto-layers":  # the FP32-layer half of the search alone (min-max only)
+                        from quantstudio.core import auto_precision
+
+                        saved, auto_precision.CALIBRATIONS = auto_precision.CALIBRATIONS, ("minmax",)
+                        try:
+                            r = _run(v, engine, v.size, budget=Budget(max_drop=BUDGET), equalize=False)
+                        finally:
+                            auto_precision.CALIBRATIONS = saved
                     elif kind == "timing64":
                         if not name.startswith("resnet18"):
                             continue
@@ -166,11 +174,16 @@ def render(cache: dict) -> list[str]:
              "candidates judged on training images held out from calibration (never the test images).", "",
              "| model | engine | FP32 | default INT8 (equalize, minmax) | auto: chosen | auto: FP32 layers | auto: test top-1 | candidates | search s |",
              "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for key in sorted({k.rsplit(" | ", 1)[0] for k in cache}):
-        d, a = cache.get(f"{key} | default"), cache.get(f"{key} | auto")
+        rows.append((key, cache.get(f"{key} | default"), cache.get(f"{key} | auto"), ""))
+        if f"{key} | auto-layers" in cache:
+            rows.append((key, None, cache[f"{key} | auto-layers"], " (min-max only: FP32 layers)"))
+    for key, d, a, suffix in rows:
         if d is None and a is None:
             continue
         name, engine = key.split(" | ")
+        name += suffix
         fp32 = (d or a)["fp32_top1"]
         default = f"{d['int8_top1']:.2%} ({100 * (d['int8_top1'] - fp32):+.1f})" if d else "-"
         if a:
@@ -214,7 +227,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--engines", nargs="*", default=ENGINES)
-    p.add_argument("--what", nargs="*", default=["default", "auto"], help="default | auto | timing64")
+    p.add_argument("--what", nargs="*", default=["default", "auto"], help="default | auto | auto-layers | timing64")
     p.add_argument("--force", action="store_true")
     p.add_argument("--render", action="store_true", help="only write RESULTS.md from the cache")
     args = p.parse_args(argv)
