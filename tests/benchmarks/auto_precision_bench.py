@@ -146,7 +146,9 @@ def measure(models: list[str], engines: list[str], what: list[str], force: bool 
                         if not name.startswith("resnet18"):
                             continue
                         plain = _plain_quantize_seconds(v, engine, 64)
-                        r = _run(v, engine, 64, budget=Budget(max_drop=BUDGET), equalize=False)
+                        # Weights trained at 32x32 score near chance at 64x64, so a top-1 budget would
+                        # be met by the first candidate: judge agreement with the FP32 model instead.
+                        r = _run(v, engine, 64, budget=Budget(min_agreement=99.0), equalize=False)
                         r["plain_quantize_s"] = plain
                     else:
                         raise SystemExit(f"unknown measurement {kind}")
@@ -199,7 +201,7 @@ def render(cache: dict) -> list[str]:
     timing = [(k, v) for k, v in cache.items() if k.endswith("| timing64")]
     if timing:
         lines += ["", "Search time on a 64×64 ResNet-18 (the 3-blocks damaged model, 32×32-trained weights fed 64×64 "
-                  "digits: timing only), against one plain quantize of the same model (engine only, default settings, "
+                  "digits: timing only; budget: 99 % agreement with the FP32 model on the held-out split), against one plain quantize of the same model (engine only, default settings, "
                   "min of 2). NNCF 3.4's accuracy control on the 32×32 model here took 155–194 s, 5–7× its own "
                   "plain quantize (29–41 s) (OUTLIERS.md).", "",
                   "| engine | plain quantize s | search s | ratio | candidates | whole run s | load |", "|---|---|---|---|---|---|---|"]
