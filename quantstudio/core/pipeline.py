@@ -500,7 +500,17 @@ def _fp32_reasons(s: _RunState) -> dict[str, str]:
         elif s.config.mode != "static":
             out[layer] = f"{s.config.mode} mode leaves it FP32"
         else:
-            out[layer] = f"no INT8 form in the {s.quantized.engine} engine (runs FP32 between INT8 layers)"
+            out[layer] = ""
+    # A BN/ReLU fused into (or folded with) an FP32 layer is FP32 for the same reason.
+    for group in s.quantized.fused:
+        why = next((f"fused with {g} ({out[g]})" for g in group if out.get(g)), None)
+        for g in group:
+            if why and g in out and not out[g]:
+                out[g] = why
+    for layer, why in out.items():
+        if not why:
+            out[layer] = (f"runs in float in the {s.quantized.engine} engine: no INT8 form, or it only feeds "
+                          "float layers")
     return out
 
 
