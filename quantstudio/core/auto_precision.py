@@ -138,6 +138,9 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
 
     def attempt(calibration: str, layers: list[str], label: str) -> dict[str, Any]:
         ctx.check_cancelled()
+        for c in candidates:  # overlapping fix groups can give the same plan for two k: build it once
+            if c["calibration"] == calibration and sorted(c["fp32_layers"]) == sorted(layers):
+                return c
         cand_plan = plan.copy()
         for name in layers:
             cand_plan.set(name, "fp32")

@@ -41,6 +41,7 @@ MODELS = ["resnet18 3 blocks s300", "resnet18 layer2.1 s300 4ch", "resnet18 earl
           "mobilenet_v2 stage 7-10 s30", "mobilenet_v2 3 sites s300"]
 ENGINES = ["onnxruntime", "torch"]
 BUDGET = 1.0
+TIMING_AGREEMENT = 97.0
 
 
 def _load() -> dict:
@@ -148,7 +149,9 @@ def measure(models: list[str], engines: list[str], what: list[str], force: bool 
                         plain = _plain_quantize_seconds(v, engine, 64)
                         # Weights trained at 32x32 score near chance at 64x64, so a top-1 budget would
                         # be met by the first candidate: judge agreement with the FP32 model instead.
-                        r = _run(v, engine, 64, budget=Budget(min_agreement=99.0), equalize=False)
+                        # 97 %: both phases run (three calibrations, then FP32 layers); at 99 % this
+                        # near-chance model (tiny logit margins) needed 15 of 21 layers FP32.
+                        r = _run(v, engine, 64, budget=Budget(min_agreement=TIMING_AGREEMENT), equalize=False)
                         r["plain_quantize_s"] = plain
                     else:
                         raise SystemExit(f"unknown measurement {kind}")
@@ -200,8 +203,8 @@ def render(cache: dict) -> list[str]:
         lines.append(f"| {name} | {engine} | {fp32:.2%} | {default} | " + " | ".join(cells) + " |")
     timing = [(k, v) for k, v in cache.items() if k.endswith("| timing64")]
     if timing:
-        lines += ["", "Search time on a 64×64 ResNet-18 (the 3-blocks damaged model, 32×32-trained weights fed 64×64 "
-                  "digits: timing only; budget: 99 % agreement with the FP32 model on the held-out split), against one plain quantize of the same model (engine only, default settings, "
+        lines += ["", f"Search time on a 64×64 ResNet-18 (the 3-blocks damaged model, 32×32-trained weights fed 64×64 "
+                  "digits: timing only; budget: {TIMING_AGREEMENT:g} % agreement with the FP32 model on the held-out split, so both phases run), against one plain quantize of the same model (engine only, default settings, "
                   "min of 2). NNCF 3.4's accuracy control on the 32×32 model here took 155–194 s, 5–7× its own "
                   "plain quantize (29–41 s) (OUTLIERS.md).", "",
                   "| engine | plain quantize s | search s | ratio | candidates | whole run s | load |", "|---|---|---|---|---|---|---|"]
