@@ -210,3 +210,27 @@ def test_run_summary_has_fix_layers_isolated_error_and_fp32_reasons():
     assert min(d["layer_sqnr_isolated"], key=d["layer_sqnr_isolated"].get) == "conv2"
     assert d["fp32_reasons"]["fc"] == "set by you" and d["layer_precisions"]["fc"] == "fp32"
     assert d["auto_precision"] == {}
+
+
+def test_ort_weight_free_nodes_feeding_only_float_layers_run_float():
+    """FP32 on a layer means float input: an Add/ReLU between FP32 layers is not left INT8
+    (ONNX Runtime's QDQ quantizer would round the tensor there), unless an INT8 layer reads it too."""
+    import onnx
+    from onnx import helper
+
+    from quantstudio.core.engines.ort.mapping import float_for_float_readers
+    from quantstudio.core.plan import Precision
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+             helper.make_node("Add", ["a", "a"], ["b"], name="add"),
+             helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")]
+    graph = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    plan = {"c1": (Precision.FP32, "c1"), "add": (Precision.INT8, "add"), "relu": (Precision.INT8, "relu"),
+            "c2": (Precision.FP32, "c2")}
+    out = float_for_float_readers(graph, plan)
+    assert out["add"][0] is Precision.FP32 and out["relu"][0] is Precision.FP32  # a chain is covered
+    graph.graph.node.append(helper.make_node("Conv", ["b", "w3"], ["z"], name="c3"))
+    out = float_for_float_readers(graph, {**plan, "c3": (Precision.INT8, "c3")})
+    assert out["add"][0] is Precision.INT8 and out["relu"][0] is Precision.FP32
+    assert isinstance(graph, onnx.ModelProto)
