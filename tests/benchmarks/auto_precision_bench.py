@@ -213,8 +213,9 @@ def render(cache: dict) -> list[str]:
             lines.append(f"| {k.split(' | ')[1]}{k.split(' | ')[2][len('timing64'):]} | {v['plain_quantize_s']:.1f} | {auto['seconds']:.0f} | "
                          f"{auto['seconds'] / v['plain_quantize_s']:.1f}× | {len(auto['candidates'])} | {v['seconds']:.0f} | {v['load']} |")
     lines += ["", "Reading it: the *default INT8* column is today's default (equalization on); pairwise outlier damage "
-              "(ResNet blocks, MobileNetV2 early/late) comes back, the MobileNetV2 residual-stream "
-              "damage (`3 sites`) does not: the shipped equalization skips tensors with several readers. "
+              "(every ResNet variant, MobileNetV2 early/late) is within 1 point on both engines; the MobileNetV2 "
+              "residual-stream damage is not (`stage 7-10 s30` torch −4.1, `3 sites s300` −88.9 on both): the shipped "
+              "equalization skips tensors with several readers, so there only the search helps (17 FP32 layers). "
               "*auto* starts from the worst settings (min-max, no equalization); the *min-max only* rows force the "
               "FP32-layer half of the search. Search seconds and latencies were measured on a machine shared with "
               "other sessions (load in the JSON): ratios within one row are meaningful, absolute seconds are not.",
