@@ -430,6 +430,15 @@ def _add_quantize(sub) -> None:
     p.add_argument("--sensitivity", action="store_true",
                    help="also measure each layer's sensitivity: how much the output changes with only that layer INT8 (PyTorch models)")
     p.add_argument("--memory", action="store_true", help="also measure the peak memory of both models, each in a fresh process")
+    p.add_argument("--auto-precision", action="store_true",
+                   help="search calibration methods, then layers back to FP32, for the fastest plan within a budget "
+                        "(--max-drop or --min-agreement); candidates are judged on samples held out from calibration "
+                        "and evaluation, and the recipe written keeps the chosen plan (no search when re-applied)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-drop", type=float, metavar="POINTS",
+                        help="with --auto-precision: at most this many points of top-1 below the original (labeled data)")
+    budget.add_argument("--min-agreement", type=float, metavar="PCT",
+                        help="with --auto-precision: at least this %% of predictions equal to the original's (any data)")
     p.add_argument("--recipe", help="re-apply a recipe (.recipe.json): its model, data and settings; options given here override it")
     p.add_argument("--out", required=True, help="where to write the model: FILE.onnx (onnxruntime) or FILE.pth (torch)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -456,6 +465,41 @@ class _CancellableProgress(CliProgress):
 
         if self._stop.is_set():
             raise Cancelled("cancelled")
+
+    def reset_cancel(self) -> None:
+        """The cancel was spent stopping the auto-precision search: the run goes on, a new Ctrl+C stops it."""
+        self._stop.clear()
+
+    def partial(self, payload: Any) -> None:
+        from quantstudio.core.results import CandidateTried
+
+        if isinstance(payload, CandidateTried) and not self.quiet:
+            print("  " + candidate_line(payload.index, payload.label, payload.metric, payload.drop, payload.latency_ms,
+                                        payload.meets_budget), file=sys.stderr)
+
+
+def candidate_line(index: int, label: str, metric: float, drop: float, latency_ms: float | None, meets: bool) -> str:
+    """One auto-precision candidate on one line (printed as it is tried, and the chosen one at the end)."""
+    latency = f"{latency_ms:.2f} ms" if latency_ms is not None else "? ms"
+    return (f"candidate {index}: {label:<22} held-out {metric:6.2f}% ({-drop:+.2f} pt)  {latency}  "
+            f"{'meets the budget' if meets else 'misses the budget'}")
+
+
+def _budget_from_args(args):
+    """The accuracy budget of --auto-precision, or None; bad combinations are an InputError."""
+    from quantstudio.core.auto_precision import Budget
+    from quantstudio.core.errors import InputError
+
+    given = args.max_drop is not None or args.min_agreement is not None
+    if not args.auto_precision:
+        if given:
+            raise InputError("--max-drop / --min-agreement set the budget of --auto-precision",
+                             hint="Add --auto-precision to search for a plan within that budget.")
+        return None
+    if not given:
+        raise InputError("--auto-precision needs a budget",
+                         hint="Give --max-drop POINTS (labeled data) or --min-agreement PCT.")
+    return Budget(max_drop=args.max_drop, min_agreement=args.min_agreement)
 
 
 def _quantize_settings(args):
@@ -539,6 +583,7 @@ def _cmd_quantize(args) -> int:
     from quantstudio.core.recipe import sha256_file
 
     config, plan, prep, data_spec, eval_samples, recipe = _quantize_settings(args)
+    budget = _budget_from_args(args)
     export_format(config.engine, args.out)  # a wrong extension or place fails before any work
     check_writable(args.out)
     _check_export_targets(args)
@@ -578,7 +623,7 @@ def _cmd_quantize(args) -> int:
         result = run_quantize(
             model, data, prep, plan, config, progress,
             eval_samples=eval_samples, benchmark=not args.no_benchmark, batch_size=args.batch_size,
-            sensitivity=args.sensitivity, measure_memory=args.memory, eval_data=eval_data,
+            sensitivity=args.sensitivity, measure_memory=args.memory, eval_data=eval_data, budget=budget,
         )
         exported = export_result(result, args.out, progress, data_spec=data_spec,
                                  eval_data_spec=args.eval_data if eval_data is not None else None)
@@ -600,7 +645,7 @@ def _cmd_quantize(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    calibration = (f"{result.calibration_samples} calibration samples ({config.calibration})" if config.mode == "static"
+    calibration = (f"{result.calibration_samples} calibration samples ({result.config.calibration})" if config.mode == "static"
                    else "no calibration (weights only)" if config.mode == "dynamic" else "no calibration")
     print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, {calibration}")
     shape = "x".join(str(d) for d in model.input_shape) if model.input_shape else "?"
@@ -638,6 +683,10 @@ def _cmd_quantize(args) -> int:
 
         print("most sensitive layers (output change with only that layer INT8): "
               + ", ".join(f"{k} {v:.2f}%" for k, v in most_sensitive(result.sensitivity, 5)))
+    if result.sensitivity_fix:
+        fix = [(k, result.sensitivity_fix.get(k, [k])) for k, _ in most_sensitive(result.sensitivity, 3)]
+        print("to fix, set FP32 together: " + "; ".join(" + ".join(layers) for _, layers in fix))
+    _print_auto_precision(result)
     if result.memory:
         print("peak memory (fresh process, above the runtime's own): "
               + ", ".join(f"{k} {m['model_peak_bytes'] / 1e6:.0f} MB" for k, m in result.memory.items()))
@@ -645,6 +694,22 @@ def _cmd_quantize(args) -> int:
     print(f"wrote {exported.path} (reloaded and checked: max difference {c.max_abs_diff:.2g}, "
           f"top-1 agreement {c.top1_agreement:.0%}) and {exported.recipe_path.name if exported.recipe_path else 'no recipe'}")
     return 0
+
+
+def _print_auto_precision(result) -> None:
+    """The chosen auto-precision candidate, and every FP32 layer with why."""
+    auto = result.auto_precision
+    if auto:
+        b = auto["budget"]
+        what = f"at most {b['max_drop']:g} pt top-1 drop" if auto["metric"] == "top1" else f"at least {b['min_agreement']:g} % agreement"
+        print(f"auto precision ({what}, {auto['heldout_samples']} held-out samples, {len(auto['candidates'])} candidates, "
+              f"{auto['seconds']:.0f} s{', cancelled' if auto['cancelled'] else ''}): chose")
+        c = auto["candidates"][auto["chosen"] - 1] if auto.get("chosen") else None
+        if c is not None:
+            print("  " + candidate_line(c["index"], c["label"], c["metric"], c["drop"], c["latency_ms"], c["meets_budget"]))
+    if result.fp32_reasons:
+        print(f"FP32 layers ({len(result.fp32_reasons)}): "
+              + "; ".join(f"{k} ({why})" for k, why in result.fp32_reasons.items()))
 
 
 def _check_export_targets(args) -> None:

@@ -72,6 +72,10 @@ class QuantizeResult:
     preprocessing: Any = None
     calibration_indices: np.ndarray | None = None
     batch_size: int | None = None  # samples per calibration/evaluation batch
+    layer_sqnr_isolated: dict[str, float] = field(default_factory=dict)  # layer -> dB, its own error on FP32 input
+    sensitivity_fix: dict[str, list[str]] = field(default_factory=dict)  # layer -> the layers to set FP32 to fix it
+    auto_precision: dict[str, Any] = field(default_factory=dict)  # the search (RunSummary.auto_precision)
+    fp32_reasons: dict[str, str] = field(default_factory=dict)  # layer -> why it runs FP32
 
     @property
     def latency_ms(self) -> dict[str, float]:
@@ -122,6 +126,10 @@ class QuantizeResult:
             preprocessing={**(self.preprocessing.to_dict() if self.preprocessing is not None else {}),
                            "steps": list(self.preprocessing_steps)},
             input_shape=list(self.model.input_shape) if getattr(self.model, "input_shape", None) else None,
+            fp32_reasons=dict(self.fp32_reasons),
+            auto_precision=dict(self.auto_precision),
+            sensitivity_fix={k: list(v) for k, v in self.sensitivity_fix.items()},
+            layer_sqnr_isolated=dict(self.layer_sqnr_isolated),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +154,7 @@ def run_quantize(
     sensitivity_samples: int = DEFAULT_SENSITIVITY_SAMPLES,
     measure_memory: bool = False,
     eval_data: Any = None,
+    budget: Any = None,
 ) -> QuantizeResult:
     """Quantize ``model`` by ``plan``/``config`` on ``data_source`` and measure the result.
 
@@ -158,6 +167,10 @@ def run_quantize(
     ``eval_data`` (a DataSource) evaluates on other data than the calibration data (e.g.
     calibrate on train/, evaluate on val/): every calibration sample then comes from
     ``data_source`` and every evaluation sample from ``eval_data``.
+    ``budget`` (an :class:`~quantstudio.core.auto_precision.Budget`) turns the quantize
+    stage into the automatic mixed-precision search (static INT8): candidates are judged
+    on samples of ``data_source`` held out from calibration and evaluation; the rest of
+    the run measures the chosen one.
     Raises InputError / Cancelled.
     """
     from quantstudio.core.data import open_data
@@ -212,6 +225,25 @@ def run_quantize(
         )
     notes = list(split.notes)
     warnings = list(getattr(data, "warnings", []))
+    judge = None
+    if budget is not None:  # automatic mixed precision: a held-out split to judge candidates on
+        from quantstudio.core.auto_precision import held_out_split
+
+        if not static:
+            raise InputError(f"automatic mixed precision searches static INT8 plans, not {config.mode}",
+                             hint="Use --mode static (the default) with --auto-precision.")
+        shape = tuple(model.input_shape or (1,))
+        judge, evaluation, judge_notes = held_out_split(
+            data, split.calibration, split.evaluation if eval_data is None else np.zeros(0, np.int64),
+            seed=config.seed, sample_bytes=4 * int(np.prod(shape[1:])))
+        if eval_data is None:
+            split = dataclasses.replace(split, evaluation=evaluation[: len(evaluation) // fixed * fixed] if fixed else evaluation)
+        if fixed:
+            judge = judge[: len(judge) // fixed * fixed]
+        notes.extend(judge_notes)
+        if not len(judge):
+            raise InputError("no samples are left to judge the auto-precision candidates on", path=data.path,
+                             hint="Use more data, or fewer calibration/evaluation samples (--calib-samples, --eval-samples).")
     if eval_data is not None:
         warnings += [w for w in eval_data.warnings if w not in warnings]
     warnings += _unmatched_rule_warnings(model, plan)
@@ -221,7 +253,7 @@ def run_quantize(
     state = _RunState(model=model, data=data, evaluation_source=evaluation_source, config=config, plan=plan,
                       engine=engine, split=split, batch_size=batch_size, batch_sizes=tuple(batch_sizes), fixed=fixed,
                       sqnr_batches=sqnr_batches, sensitivity_samples=sensitivity_samples,
-                      benchmark_runs=benchmark_runs, notes=notes, warnings=warnings)
+                      benchmark_runs=benchmark_runs, notes=notes, warnings=warnings, budget=budget, judge=judge)
     # (name, weight ≈ expected share of the time, function): the run is this list, in order.
     stages = [
         ("quantize", 6.0, _quantize_stage),
@@ -238,14 +270,23 @@ def run_quantize(
         if weight > 0:  # a zero-weight step is bookkeeping, not a stage the user is told about
             ctx.partial(StageStarted(name))
         run_stage(state, st)
+        if name == "quantize" and state.auto.get("cancelled"):
+            # Cancel during the search keeps the best plan so far and finishes the run; only
+            # a cancel from now on stops it (a context that cannot forget one is not asked again).
+            reset = getattr(ctx, "reset_cancel", None)
+            if callable(reset):
+                reset()
+            else:
+                ctx = _CancelSpent(ctx)
+                progress.ctx = ctx
         ctx.check_cancelled()
     ctx.report(1.0, "done")
     qm = state.quantized
     seen, original_metrics, quantized_metrics = state.seen, state.original_metrics, state.quantized_metrics
     return QuantizeResult(
         quantized=qm,
-        config=config,
-        plan=plan.copy(),
+        config=state.config,  # the search's choice when there was one
+        plan=state.plan.copy(),
         original_metrics=original_metrics,
         quantized_metrics=quantized_metrics,
         layer_sqnr=state.sqnr,
@@ -269,6 +310,10 @@ def run_quantize(
         preprocessing=preprocessing,
         calibration_indices=np.asarray(split.calibration if static else [], dtype=np.int64),
         batch_size=batch_size,
+        layer_sqnr_isolated=state.sqnr_isolated,
+        sensitivity_fix=state.sens_fix,
+        auto_precision=state.auto,
+        fp32_reasons=_fp32_reasons(state),
     )
 
 
@@ -306,6 +351,12 @@ class _RunState:
     sizes: dict[str, int | None] = field(default_factory=dict)
     bench: Any = None
     memory: dict[str, dict[str, int]] = field(default_factory=dict)
+    budget: Any = None  # auto_precision.Budget: the quantize stage searches
+    judge: np.ndarray | None = None  # held-out samples the search judges candidates on
+    auto: dict[str, Any] = field(default_factory=dict)  # RunSummary.auto_precision
+    auto_reasons: dict[str, str] = field(default_factory=dict)  # FP32 layers the search chose -> why
+    sqnr_isolated: dict[str, float] = field(default_factory=dict)
+    sens_fix: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def quantized(self) -> QuantizedModel:
@@ -321,7 +372,10 @@ def _quantize_stage(s: _RunState, st: JobContext) -> None:
     from quantstudio.core.equalize import equalized_model
 
     s.quantized_source = equalized_model(s.model, s.config, s.notes)
-    s.qm = s.engine.quantize(s.quantized_source, s.plan, s.config, calib, st)
+    if s.budget is not None:
+        _search_stage(s, calib, st)
+    else:
+        s.qm = s.engine.quantize(s.quantized_source, s.plan, s.config, calib, st)
     if calib.skipped:
         s.warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
     s.notes.extend(s.quantized.notes)
@@ -368,18 +422,96 @@ def _layer_error_stage(s: _RunState, st: JobContext) -> None:
     s.sqnr = layer_sqnr(s.quantized_source or s.model, s.quantized, s.seen[: max(s.sqnr_batches, 1)], st)
     if s.sqnr:
         st.partial(LayerErrors(finite_values(s.sqnr)))
+    if s.config.mode == "static":
+        # Each layer's own error on FP32 input (nothing accumulated from the layers before it).
+        from quantstudio.core.sensitivity import isolated_errors
+
+        iso = isolated_errors(s.quantized_source or s.model, s.seen[: max(s.sqnr_batches, 1)], s.config, st)
+        s.sqnr_isolated = {k: v["both"] for k, v in iso.items()}
     st.report(1.0, "per-layer error measured")
 
 
 def _sensitivity_stage(s: _RunState, st: JobContext) -> None:
-    from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, can_measure, layer_sensitivity
+    from quantstudio.core.sensitivity import UNAVAILABLE_NOTE, can_measure
 
     if not can_measure(s.model):
         s.notes.append(UNAVAILABLE_NOTE)
         return
-    s.layer_sens = layer_sensitivity(s.model, [np.concatenate(s.seen)[: s.sensitivity_samples]], s.config, st)
+    from quantstudio.core.sensitivity import measure_with_fix
+
+    # Measured on what the engine quantizes (the equalized copy; same layer names), reused
+    # when the same model, samples and settings were measured before.
+    s.layer_sens, s.sens_fix, _ = measure_with_fix(s.quantized_source or s.model,
+                                                   [np.concatenate(s.seen)[: s.sensitivity_samples]], s.config, st)
     if s.layer_sens:
         st.partial(LayerSensitivity(finite_values(s.layer_sens)))
+
+
+def _search_stage(s: _RunState, calib: Any, st: JobContext) -> None:
+    """The quantize stage as the automatic mixed-precision search (core/auto_precision.py)."""
+    from quantstudio.core.auto_precision import search
+
+    assert s.judge is not None
+    x, kept, _ = s.data.read(np.asarray(s.judge))
+    y = None
+    if s.data.labeled and s.data.targets is not None:
+        y = np.asarray(s.data.targets)[np.asarray(kept)]
+    found = search(s.quantized_source, s.model, s.plan, s.config, s.engine, calib, x, y, s.budget, st,
+                   batch_size=s.batch_size, latency_batch=s.fixed or 1)
+    s.qm, s.plan, s.config = found.quantized, found.plan, found.config
+    s.auto, s.auto_reasons = found.record, found.fp32_reasons
+    s.notes.extend(found.notes)
+    s.warnings.extend(found.warnings)
+
+
+class _CancelSpent:
+    """A context whose cancel was spent on stopping the auto-precision search: the rest of
+    the run finishes (the context cannot forget the cancel, so it is not asked again)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+
+    def report(self, fraction: float, message: str = "") -> None:
+        self._ctx.report(fraction, message)
+
+    def partial(self, payload: Any) -> None:
+        self._ctx.partial(payload)
+
+    def check_cancelled(self) -> None:
+        pass
+
+
+def _fp32_reasons(s: _RunState) -> dict[str, str]:
+    """layer → why it runs FP32, for every layer the built model leaves FP32."""
+    if s.qm is None:
+        return {}
+    producers_of = {p: c for c, layers in s.sens_fix.items() for p in layers if p != c}
+    out: dict[str, str] = {}
+    for layer, precision in s.quantized.layer_precisions.items():
+        if precision != "fp32":
+            continue
+        requested = s.plan.precision_for(layer).value
+        if layer in s.auto_reasons:
+            out[layer] = s.auto_reasons[layer]
+        elif requested == "fp32":
+            out[layer] = "set by you"
+        elif layer in producers_of:
+            out[layer] = f"feeds {producers_of[layer]}"
+        elif s.config.mode != "static":
+            out[layer] = f"{s.config.mode} mode leaves it FP32"
+        else:
+            out[layer] = ""
+    # A BN/ReLU fused into (or folded with) an FP32 layer is FP32 for the same reason.
+    for group in s.quantized.fused:
+        why = next((f"fused with {g} ({out[g]})" for g in group if out.get(g)), None)
+        for g in group:
+            if why and g in out and not out[g]:
+                out[g] = why
+    for layer, why in out.items():
+        if not why:
+            out[layer] = (f"runs in float in the {s.quantized.engine} engine: no INT8 form, or it only feeds "
+                          "float layers")
+    return out
 
 
 def _sizes_step(s: _RunState, st: JobContext) -> None:

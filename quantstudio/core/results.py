@@ -152,7 +152,7 @@ def smallest_batch_latency(bench: Any) -> dict[str, float]:
 _PLAIN_KEYS = ("engine", "mode", "config", "plan", "random_data", "calibration_samples", "evaluation_samples",
                "calibration_data", "evaluation_data", "preprocessing", "input_shape", "memory",
                "layer_precisions", "benchmark", "sizes", "notes", "warnings", "fp32_reasons", "training",
-               "auto_precision")
+               "auto_precision", "sensitivity_fix")
 
 
 @dataclass
@@ -189,6 +189,12 @@ class RunSummary:
     training: dict[str, Any] = field(default_factory=dict)
     # Automatic mixed precision (issue 13): budget, every candidate tried, the chosen one; {} when not searched.
     auto_precision: dict[str, Any] = field(default_factory=dict)
+    # Sensitivity that points at the fix (issue 13): layer -> the layers to set FP32 so its error goes
+    # away as the engines build the model (the layer, plus its input's producers when the input is the problem).
+    sensitivity_fix: dict[str, list[str]] = field(default_factory=dict)
+    # layer -> SQNR (dB) of the layer's own output with its input and weights INT8, fed FP32 input
+    # (layer_sqnr accumulates the error of every layer before; this one singles out the culprit).
+    layer_sqnr_isolated: dict[str, float] = field(default_factory=dict)
 
     @property
     def latency_ms(self) -> dict[str, float]:
@@ -212,6 +218,7 @@ class RunSummary:
             "original": self.evaluation.get(VariantRole.ORIGINAL.value),
             "quantized": self.evaluation.get(VariantRole.QUANTIZED.value),
             "layer_sqnr": {k: json_float(v) for k, v in self.layer_sqnr.items()},
+            "layer_sqnr_isolated": {k: json_float(v) for k, v in self.layer_sqnr_isolated.items()},
             "layer_sensitivity": {k: json_float(v) for k, v in self.sensitivity.items()},
             "fused": [list(g) for g in self.fused],
             "latency_ms": {k: json_float(v) for k, v in self.latency_ms.items()},
@@ -231,6 +238,7 @@ class RunSummary:
         s.latency_samples = {v: {int(b): [float(x) for x in xs] for b, xs in per.items()}
                              for v, per in (d.get("latency_samples") or {}).items()}
         s.layer_sqnr = {k: float(v) for k, v in (d.get("layer_sqnr") or {}).items() if v is not None}
+        s.layer_sqnr_isolated = {k: float(v) for k, v in (d.get("layer_sqnr_isolated") or {}).items() if v is not None}
         s.sensitivity = {k: float(v) for k, v in (d.get("layer_sensitivity") or {}).items() if v is not None}
         s.fused = [list(g) for g in d.get("fused") or []]
         return s

@@ -21,6 +21,8 @@ get ``{}`` and a note.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -180,3 +182,233 @@ def _fake_quantize_weight(w, qconfig):
 def most_sensitive(values: dict[str, float], n: int = 5) -> list[tuple[str, float]]:
     """The ``n`` layers whose INT8 version moves the output most, largest first."""
     return sorted(values.items(), key=lambda kv: -kv[1])[:n]
+
+
+# --------------------------------------------------------------------------- the fix each entry points at
+
+
+def input_producers(module: Any) -> dict[str, list[str]]:
+    """layer → the weighted layers whose outputs reach its input through weight-free ops.
+
+    Why it matters (issue 13, OUTLIERS.md): what hurts a layer with an outlier input is
+    the quantization of the tensor *entering* it, and both engines write that tensor as
+    INT8 as long as its producer is INT8 — FP32 on the consumer alone changed nothing
+    (ResNet-18 "3 blocks s300": 9.6 % torch / 14.4 % ORT), consumer *and* producer FP32
+    recovered it (98.9 % / 99.1 %). Walks the ``torch.fx`` graph backwards through
+    ReLU/BN/pooling/add/cat… to the nearest Conv/Linear layers; a module that cannot be
+    traced gets ``{}`` (each entry then names its own layer only).
+    """
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:  # noqa: BLE001 - data-dependent control flow: no producer map, not an error
+        return {}
+    mods = dict(module.named_modules())
+
+    def weighted(node: Any) -> bool:
+        return node.op == "call_module" and type(mods.get(node.target)).__name__ in WEIGHTED_TYPES
+
+    out: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if not weighted(node):
+            continue
+        found: list[str] = []
+        stack, seen = list(node.all_input_nodes), set()
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            if weighted(p):
+                found.append(str(p.target))
+            elif p.op != "placeholder":
+                stack.extend(p.all_input_nodes)
+        out[str(node.target)] = sorted(set(found) - {str(node.target)})
+    return out
+
+
+def fix_layers(values: dict[str, float], producers: dict[str, list[str]],
+               isolated: dict[str, dict[str, float]] | None = None) -> dict[str, list[str]]:
+    """layer → the layers to set FP32 so that its error goes away, as the engines build it.
+
+    The layer itself, plus its input's producers when the *input* quantization dominates
+    its isolated error (input-only SQNR below weight-only SQNR), or when that split is not
+    known: an engine writes a tensor as INT8 while any producer of it is INT8.
+    """
+    out: dict[str, list[str]] = {}
+    for name in values:
+        iso = (isolated or {}).get(name)
+        input_dominates = iso is None or iso.get("input", 0.0) < iso.get("weight", 0.0)
+        extra = producers.get(name, []) if input_dominates else []
+        out[name] = [name] + [p for p in extra if p != name]
+    return out
+
+
+@dataclass(frozen=True)
+class SensitivityEntry:
+    """One ranked sensitivity entry: the layer, its figure, and what to set FP32 to fix it."""
+
+    layer: str
+    error: float  # % output error with only this layer INT8
+    fix_layers: tuple[str, ...]  # the layer and, when its input is the problem, its input's producers
+
+
+def ranked_entries(values: dict[str, float], fix: dict[str, Sequence[str]] | None = None) -> list[SensitivityEntry]:
+    """Sensitivity entries, largest error first (``fix`` from ``RunSummary.sensitivity_fix``)."""
+    fix = fix or {}
+    return [SensitivityEntry(name, err, tuple(fix.get(name) or (name,))) for name, err in most_sensitive(values, len(values))]
+
+
+def fp32_layers_for_top(values: dict[str, float] | Sequence[SensitivityEntry], fix: dict[str, Sequence[str]] | None = None,
+                        k: int = 3) -> list[str]:
+    """The layers "Keep most sensitive layers in FP32 ▸ k" sets to FP32: the union of the
+    top-``k`` entries' fix layers, in rank order. Takes ``summary.sensitivity`` and
+    ``summary.sensitivity_fix`` (or a list of :class:`SensitivityEntry`)."""
+    entries = ranked_entries(values, fix) if isinstance(values, dict) else list(values)
+    out: list[str] = []
+    for e in entries[: max(int(k), 0)]:
+        out += [n for n in e.fix_layers if n not in out]
+    return out
+
+
+def isolated_errors(model: Any, batches: Sequence[np.ndarray], config: QuantConfig,
+                    ctx: JobContext | None = None) -> dict[str, dict[str, float]]:
+    """layer → SQNR (dB) of its own output with {"both", "input", "weight"} quantized, every
+    layer fed its FP32 input (so nothing accumulates from the layers before it).
+
+    The accumulated per-layer SQNR goes red for every layer after the first damaged one;
+    this figure singles out the culprit, and ``input`` vs ``weight`` says whether FP32 on the
+    layer alone can fix it. Ranges: the run's activation and weight observers
+    (:func:`~quantstudio.core.engines.pytorch.qconfig.build_qconfig`), observed on
+    ``batches``. Two forward passes whatever the number of layers. {} where it cannot be
+    measured (TorchScript, ONNX files).
+    """
+    import torch
+
+    from quantstudio.core.engines.pytorch.qconfig import build_qconfig
+    from quantstudio.core.engines.pytorch.runner import quiet, resolve_backend
+
+    ctx = ctx or NullContext()
+    if not can_measure(model) or not batches:
+        return {}
+    module = model.module
+    mods = {n: m for n, m in module.named_modules() if n and type(m).__name__ in WEIGHTED_TYPES}
+    if not mods:
+        return {}
+    xs = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in batches]
+    was_training = module.training
+    module.eval()
+    try:
+        with quiet():
+            qconfig = build_qconfig(config, resolve_backend(config.backend))
+            observers = {n: qconfig.activation() for n in mods}
+
+            def observe(name):
+                def hook(mod, args):
+                    if args and isinstance(args[0], torch.Tensor):
+                        observers[name](args[0].detach().float())
+                return hook
+
+            handles = [m.register_forward_pre_hook(observe(n)) for n, m in mods.items()]
+            try:
+                with torch.inference_mode():
+                    for x in xs:
+                        ctx.check_cancelled()
+                        module(x)
+            finally:
+                for h in handles:
+                    h.remove()
+            weights = {n: _fake_quantize_weight(m.weight.detach().float(), qconfig).to(m.weight.dtype)
+                       for n, m in mods.items()}
+            acc = {n: {"signal": 0.0, "both": 0.0, "input": 0.0, "weight": 0.0} for n in mods}
+
+            def measure(name):
+                obs = observers[name]
+                if not torch.isfinite(obs.min_val).all():
+                    return None
+                scale, zp = obs.calculate_qparams()
+                act = (float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), obs.quant_min, obs.quant_max)
+
+                def hook(mod, args, out):
+                    if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+                        return
+                    x = args[0]
+                    xq = torch.fake_quantize_per_tensor_affine(x.float(), *act).to(x.dtype)
+                    a = acc[name]
+                    y = out.double()
+                    a["signal"] += float((y * y).sum())
+                    for key, xi, w in (("both", xq, weights[name]), ("input", xq, mod.weight), ("weight", x, weights[name])):
+                        a[key] += float(((_run_layer(mod, xi, w).double() - y) ** 2).sum())
+                return hook
+
+            handles = [h for n, m in mods.items() if (hk := measure(n)) is not None
+                       for h in (m.register_forward_hook(hk),)]
+            try:
+                with torch.inference_mode():
+                    for x in xs:
+                        ctx.check_cancelled()
+                        module(x)
+            finally:
+                for h in handles:
+                    h.remove()
+    finally:
+        module.train(was_training)
+    out: dict[str, dict[str, float]] = {}
+    for n, a in acc.items():
+        if a["signal"] <= 0:
+            continue
+        out[n] = {k: (float("inf") if a[k] == 0 else float(10.0 * np.log10(a["signal"] / a[k])))
+                  for k in ("both", "input", "weight")}
+    return out
+
+
+def _run_layer(mod: Any, x: Any, w: Any) -> Any:
+    """The layer's own computation with weight ``w`` (Conv: its _conv_forward; Linear: F.linear)."""
+    import torch.nn.functional as F
+
+    if hasattr(mod, "_conv_forward"):
+        return mod._conv_forward(x, w, mod.bias)
+    return F.linear(x, w, mod.bias)
+
+
+# --------------------------------------------------------------------------- reuse across runs
+
+# (model weights, samples, settings) → (sensitivity, fix layers). Same model + data + config
+# measured again (a second Quantize run, the auto search after a run) costs nothing.
+_CACHE: "OrderedDict[str, tuple[dict[str, float], dict[str, list[str]], dict[str, dict[str, float]]]]" = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def cache_key(module: Any, batches: Sequence[np.ndarray], config: QuantConfig) -> str:
+    """A digest of the module's weights and buffers, the samples and the settings the figure depends on."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if hasattr(t, "numpy") else repr(t).encode())
+    for b in batches:
+        h.update(np.ascontiguousarray(b, dtype=np.float32).tobytes())
+    h.update(repr((config.calibration, config.per_channel, config.symmetric_activations, config.backend)).encode())
+    return h.hexdigest()
+
+
+def measure_with_fix(model: Any, batches: Sequence[np.ndarray], config: QuantConfig, ctx: JobContext | None = None,
+                     ) -> tuple[dict[str, float], dict[str, list[str]], dict[str, dict[str, float]]]:
+    """(sensitivity, fix layers, isolated errors) for ``model``, reused when measured before."""
+    if not can_measure(model) or not batches:
+        return {}, {}, {}
+    key = cache_key(model.module, batches, config)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        (ctx or NullContext()).report(1.0, "sensitivity reused from an earlier run of the same model and data")
+        values, fix, iso = _CACHE[key]
+        return dict(values), {k: list(v) for k, v in fix.items()}, dict(iso)
+    iso = isolated_errors(model, batches, config, ctx)
+    values = layer_sensitivity(model, batches, config, ctx)
+    fix = fix_layers(values, input_producers(model.module), iso)
+    _CACHE[key] = (values, fix, iso)
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return dict(values), {k: list(v) for k, v in fix.items()}, dict(iso)

@@ -138,3 +138,99 @@ def test_memory_measurement_can_be_cancelled(tmp_path):
     ctx.cancel()
     with pytest.raises(Cancelled):
         measure_memory_many({"tiny": Path(paths["onnx"])}, (1, 3, 32, 32), ctx=ctx)
+
+
+# --------------------------------------------------------------------------- sensitivity that points at the fix
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_fp32_on_the_top_entry_s_fix_layers_recovers_accuracy(engine):
+    """Issue 13: the top entry is conv2 (outlier input), and FP32 on conv2 alone leaves its
+    input INT8 (written by conv1): the entry names conv1 too, and that recovers accuracy."""
+    from quantstudio.core.engines.base import get_engine
+    from quantstudio.core.sensitivity import fp32_layers_for_top, measure_with_fix, ranked_entries
+    from tests.core.test_auto_precision import NO_EQ, damaged_model, samples, top1
+
+    model = damaged_model()
+    x, y = samples(200, 3)
+    config = QuantConfig(engine=engine, **NO_EQ)
+    values, fix, iso = measure_with_fix(model, [x[:16].numpy()], config)
+    top = ranked_entries(values, fix)[0]
+    assert top.layer == "conv2" and set(top.fix_layers) == {"conv2", "conv1"}
+    assert iso["conv2"]["input"] < iso["conv2"]["weight"]  # the input is the problem, not the weights
+    calib, xs, ys = [x[:64].numpy()], x[64:].numpy(), y[64:].numpy()
+    consumer_only = PrecisionPlan()
+    consumer_only.set("conv2", "fp32")
+    fixed = PrecisionPlan()
+    for layer in fp32_layers_for_top(values, fix, 1):
+        fixed.set(layer, "fp32")
+    eng = get_engine(engine)
+    before = top1(eng.quantize(model, consumer_only, config, calib, RecordingContext()), xs, ys)
+    after = top1(eng.quantize(model, fixed, config, calib, RecordingContext()), xs, ys)
+    assert before < 0.6 and after >= 0.99, (before, after)
+
+
+def test_isolated_error_singles_out_the_damaged_layer():
+    """The accumulated SQNR is low for every layer after the damage; the isolated one only for conv2."""
+    from quantstudio.core.sensitivity import isolated_errors
+    from tests.core.test_auto_precision import NO_EQ, damaged_model, samples
+
+    iso = isolated_errors(damaged_model(), [samples(32, 4)[0].numpy()], QuantConfig(engine="torch", **NO_EQ))
+    assert set(iso) == {"conv1", "conv2", "conv3", "fc"}
+    worst = min(iso, key=lambda n: iso[n]["both"])
+    assert worst == "conv2" and iso["conv2"]["both"] < 10 and all(iso[n]["both"] > 20 for n in ("conv3", "fc")), iso
+
+
+def test_sensitivity_is_reused_for_the_same_model_data_and_settings(monkeypatch):
+    from quantstudio.core import sensitivity
+
+    model = loaded(OutlierNet().eval(), shape=(1, 3, 16, 16))
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16), dtype=np.float32)
+    first = sensitivity.measure_with_fix(model, [x], QuantConfig(engine="torch"))
+    calls = []
+    monkeypatch.setattr(sensitivity, "layer_sensitivity", lambda *a, **k: calls.append(1) or {})
+    ctx = RecordingContext()
+    assert sensitivity.measure_with_fix(model, [x], QuantConfig(engine="torch"), ctx) == first and not calls
+    assert "reused" in ctx.reports[-1][1]
+    # Other samples or another calibration method: measured again.
+    sensitivity.measure_with_fix(model, [x + 1], QuantConfig(engine="torch"))
+    sensitivity.measure_with_fix(model, [x], QuantConfig(engine="torch", calibration="percentile"))
+    assert len(calls) == 2
+
+
+def test_run_summary_has_fix_layers_isolated_error_and_fp32_reasons():
+    model = loaded(OutlierNet().eval(), shape=(1, 3, 16, 16))
+    plan = PrecisionPlan()
+    plan.set("fc", "fp32")
+    result = run_quantize(model, "random", None, plan, QuantConfig(engine="torch", calib_samples=8, equalize=False),
+                          RecordingContext(), eval_samples=8, benchmark=False, sensitivity=True)
+    d = json.loads(json.dumps(result.to_dict()))
+    assert d["sensitivity_fix"]["conv2"] == ["conv2", "conv1"]
+    assert set(d["layer_sqnr_isolated"]) == {"conv1", "conv2", "fc"}
+    assert min(d["layer_sqnr_isolated"], key=d["layer_sqnr_isolated"].get) == "conv2"
+    assert d["fp32_reasons"]["fc"] == "set by you" and d["layer_precisions"]["fc"] == "fp32"
+    assert d["auto_precision"] == {}
+
+
+def test_ort_weight_free_nodes_feeding_only_float_layers_run_float():
+    """FP32 on a layer means float input: an Add/ReLU between FP32 layers is not left INT8
+    (ONNX Runtime's QDQ quantizer would round the tensor there), unless an INT8 layer reads it too."""
+    import onnx
+    from onnx import helper
+
+    from quantstudio.core.engines.ort.mapping import float_for_float_readers
+    from quantstudio.core.plan import Precision
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+             helper.make_node("Add", ["a", "a"], ["b"], name="add"),
+             helper.make_node("Relu", ["b"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="c2")]
+    graph = helper.make_model(helper.make_graph(nodes, "g", [], []))
+    plan = {"c1": (Precision.FP32, "c1"), "add": (Precision.INT8, "add"), "relu": (Precision.INT8, "relu"),
+            "c2": (Precision.FP32, "c2")}
+    out = float_for_float_readers(graph, plan)
+    assert out["add"][0] is Precision.FP32 and out["relu"][0] is Precision.FP32  # a chain is covered
+    graph.graph.node.append(helper.make_node("Conv", ["b", "w3"], ["z"], name="c3"))
+    out = float_for_float_readers(graph, {**plan, "c3": (Precision.INT8, "c3")})
+    assert out["add"][0] is Precision.INT8 and out["relu"][0] is Precision.FP32
+    assert isinstance(graph, onnx.ModelProto)

@@ -139,6 +139,39 @@ def plan_node_precisions(plan: PrecisionPlan, onnx_tree: Any, torch_tree: Any = 
         if precision is Precision.INT8 and not origin.quantizable:
             precision = Precision.FP32
         out[node] = (precision, origin.layer)
+    if graph is not None:
+        out = float_for_float_readers(graph, out)
+    return out
+
+
+def float_for_float_readers(graph: Any, node_plan: dict[str, tuple[Precision, str]]) -> dict[str, tuple[Precision, str]]:
+    """Weight-free nodes (ReLU, BN, pooling, add, reshape…) whose every reader runs in float
+    run in float too, so "FP32 on a layer" means float *input* as well (issue 13).
+
+    Why: ONNX Runtime's QDQ quantizer puts a Q/DQ pair on the inputs and outputs of every
+    node it is not told to exclude; a BN, an add or a pooling node left INT8 between an FP32
+    producer and an FP32 consumer writes its output through INT8, and the consumer reads the
+    rounded tensor (the outlier-channel damage stays). Repeated until nothing changes, so a
+    chain of such nodes is covered. Nodes with weights keep the plan's precision.
+    """
+    readers: dict[str, list[str]] = {}
+    for n in graph.graph.node:
+        for i in n.input:
+            if i:
+                readers.setdefault(i, []).append(n.name)
+    outputs = {n.name: list(n.output) for n in graph.graph.node}
+    ops = {n.name: n.op_type for n in graph.graph.node}
+    out = dict(node_plan)
+    changed = True
+    while changed:
+        changed = False
+        for name, (precision, layer) in out.items():
+            if precision is not Precision.INT8 or ops.get(name) in _WEIGHT_OPS or name not in outputs:
+                continue
+            rs = [r for o in outputs[name] for r in readers.get(o, [])]
+            if rs and all(r in out and out[r][0] is not Precision.INT8 for r in rs):
+                out[name] = (Precision.FP32, layer)
+                changed = True
     return out
 
 
