@@ -150,6 +150,11 @@ class QtJobContext:
         if self._interrupt is not None and self._interrupt.take(self._stage):
             raise Cancelled(f"{self._stage} stopped by the user")
 
+    def reset_cancel(self) -> None:
+        """Forget a cancel the job has honoured without ending (a cancelled auto-precision search
+        keeps its best plan and the run goes on): the next Cancel stops the run."""
+        self._cancel.clear()
+
     @property
     def cancel_requested(self) -> bool:
         return self._cancel.is_set() or (self._interrupt is not None and self._interrupt.pending(self._stage))
