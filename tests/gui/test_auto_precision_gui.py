@@ -271,3 +271,90 @@ def test_an_auto_variant_keeps_its_search_and_reasons_in_a_project(tmp_path):
     back = RunOutcome.from_dict(json.loads(path.read_text())["variants"][0])
     assert back.fp32_reasons == run.fp32_reasons and back.layer_sqnr_isolated == {"conv1": float("inf")}
     assert back.auto_precision["chosen"] == 7 and len(back.auto_precision["candidates"]) == 8
+
+
+def test_a_real_auto_run_on_the_tiny_model_ends_with_a_chosen_plan_in_the_tree(qtbot, window, tiny_files, image_folder):
+    """The Auto button with the real search (ONNX Runtime): candidates arrive live, the run
+    finishes with the chosen plan, and the tree shows it."""
+    from tests.gui.test_run import small_settings
+
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_model(tiny_files["torchscript"])
+    small_settings(window, image_folder)
+    wait_idle(qtbot, window)
+    panel = window.data_panel
+    panel.set_budget_metric("agreement", user=True)
+    panel.budget_spin.setValue(50.0)  # easy to meet: the first candidate does
+    seen = []
+    window.runner.partial.connect(lambda p: seen.append(type(p).__name__))
+    with qtbot.waitSignal(window.run_finished, timeout=240000) as finished:
+        window.auto_action.trigger()
+    wait_idle(qtbot, window)
+    assert not window.shown_errors, window.shown_errors
+    run = finished.args[0]
+    auto = run.auto_precision
+    assert auto and auto["candidates"] and auto["chosen"] is not None and not auto["cancelled"]
+    assert seen.count("CandidateTried") == len(auto["candidates"])
+    chosen = auto["candidates"][auto["chosen"] - 1]
+    assert chosen["meets_budget"] and chosen["metric"] >= 50.0
+    assert run.name.endswith("· auto")
+    # The tree shows the plan the run used.
+    model = window.layer_model
+    for layer, precision in run.layer_precisions.items():
+        if model.precision_of(layer) is not None:
+            assert model.precision_of(layer) == precision, layer
+    assert sorted(window.candidates_panel.point_positions()) == [c["index"] for c in auto["candidates"]]
+
+
+def test_cancel_during_a_real_search_keeps_the_best_plan(qtbot, window, tiny_files, image_folder, monkeypatch):
+    from quantstudio.core.results import CandidateTried
+    from tests.gui.test_run import small_settings
+
+    with qtbot.waitSignal(window.model_loaded, timeout=60000):
+        window.open_model(tiny_files["torchscript"])
+    small_settings(window, image_folder)
+    wait_idle(qtbot, window)
+    window.data_panel.set_budget_metric("agreement", user=True)
+    window.data_panel.budget_spin.setValue(99.0)
+    cancelled = []
+    window.runner.cancelled.connect(lambda *a: cancelled.append(a))
+
+    # Cancel as the first candidate is reported, in the worker thread (a queued click could
+    # arrive after this tiny model's search has ended).
+    from quantstudio.gui.worker import QtJobContext
+
+    original_partial = QtJobContext.partial
+
+    tried = []
+
+    def partial(self, payload):
+        original_partial(self, payload)
+        if isinstance(payload, CandidateTried):
+            tried.append(payload)
+            if payload.index == 1:
+                self._cancel.set()
+
+    monkeypatch.setattr(QtJobContext, "partial", partial)
+    # Every candidate disagrees with the original, so the search would go on past the first.
+    import quantstudio.core.auto_precision as ap
+
+    calls = []
+    real_predict = ap._predict
+
+    def predict(fn, x, batch_size):
+        pred = real_predict(fn, x, batch_size)
+        calls.append(1)
+        return pred if len(calls) == 1 else pred + 1  # the first call is the original's
+
+    monkeypatch.setattr(ap, "_predict", predict)
+    finished = []
+    window.run_finished.connect(finished.append)
+    window.auto_action.trigger()
+    wait_idle(qtbot, window, 120000)
+    assert finished, (cancelled, window.shown_errors, tried)
+    run = finished[0]
+    assert run.auto_precision["cancelled"] and run.auto_precision["chosen"] == 1
+    assert len(tried) == 1 and len(run.auto_precision["candidates"]) == 1  # no candidate after the cancel
+    assert any("before the search was cancelled" in w for w in run.warnings)
+    assert not cancelled and not window.shown_errors
+    assert run.metrics.get(run.quantized)  # the kept plan was evaluated like any run
