@@ -110,7 +110,7 @@ from quantstudio.core.jobs import NullContext
 from quantstudio.core.plan import PrecisionPlan
 from tests.core.models import tiny_net
 from tests.core.test_engines import batches, loaded
-xs = batches(400, (8, 3, 32, 32))  # calibration long enough to be caught in the middle
+xs = batches(1600, (8, 3, 32, 32))  # calibration long enough to be caught in the middle (~3 s on a fast CPU)
 OrtEngine().quantize(loaded(tiny_net()), PrecisionPlan(), QuantConfig(), xs, NullContext())
 """
 
@@ -135,7 +135,8 @@ def test_ort_helper_dies_with_a_killed_app_and_removes_its_work_folder(tmp_path)
             time.sleep(0.05)
         assert helper is not None, "the calibration helper never started"
         assert _litter(tmp)  # the work folder exists
-        time.sleep(1.0)  # well inside the calibration
+        time.sleep(0.3)  # inside the calibration
+        assert not _gone(helper), "the calibration ended before the kill: give it more batches"
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         killed = time.monotonic()

@@ -150,43 +150,39 @@ def main() -> int:
 
 # --------------------------------------------------------------------------- auto precision (issue 13)
 
-# A search as it goes on a ResNet-18 with outlier channels (FP32 95.0 % top-1, budget 1 point):
-# calibration methods first, then layers back to FP32 by bisection in sensitivity order.
-AUTO_ORIGINAL = 95.0
-AUTO_SEARCH = [
-    ("minmax", "minmax", 0, 47.8, 1.62), ("entropy", "entropy", 0, 91.4, 1.66),
-    ("percentile", "percentile", 0, 93.1, 1.60), ("percentile + 16 FP32", "percentile", 16, 95.0, 4.10),
-    ("percentile + 8 FP32", "percentile", 8, 94.9, 2.90), ("percentile + 4 FP32", "percentile", 4, 94.6, 2.21),
-    ("percentile + 2 FP32", "percentile", 2, 94.2, 1.86), ("percentile + 1 FP32", "percentile", 1, 93.6, 1.71),
-]
-AUTO_LAYERS = ["layer2.0.conv2", "layer2.0.conv1", "layer3.1.conv2", "layer3.1.conv1", "layer1.0.conv2",
-               "layer1.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0"] + [f"layer{b}.{i}.conv{c}" for b in (1, 2, 3, 4)
-                                                                              for i in (0, 1) for c in (1, 2)]
+# A real search, measured by tests/benchmarks/auto_precision_bench.py and kept in its results
+# file: MobileNetV2 with outlier channels at three sites of its residual stream (the case the
+# default equalization does not fix), ONNX Runtime, budget 1 point of top-1, min-max start.
+AUTO_RECORD = "mobilenet_v2 3 sites s300 | onnxruntime | auto"
+
+
+def auto_search_record() -> dict:
+    import json
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "auto_bench_results.json").read_text())
+    return results[AUTO_RECORD]["auto"]
 
 
 def auto_search_events() -> list:
     from quantstudio.core.results import CandidateTried
 
-    return [CandidateTried(i, label, cal, tuple(AUTO_LAYERS[:n]), top1, round(AUTO_ORIGINAL - top1, 2), lat,
-                           AUTO_ORIGINAL - top1 <= 1.0)
-            for i, (label, cal, n, top1, lat) in enumerate(AUTO_SEARCH, 1)]
+    return [CandidateTried(c["index"], c["label"], c["calibration"], tuple(c["fp32_layers"]), c["metric"], c["drop"],
+                           c["latency_ms"], c["meets_budget"]) for c in auto_search_record()["candidates"]]
 
 
 def auto_precision_shot(app) -> None:
-    """The Auto precision panel after a search, as the README shows it."""
-    from dataclasses import asdict
-
+    """The Auto precision panel after a real search, as the README shows it."""
     from quantstudio.gui.plots import CandidatesPanel
 
+    record = auto_search_record()
     panel = CandidatesPanel()
     panel.resize(960, 640)
     panel.show()
     pump(app, 0.3)
-    panel.start({"max_drop": 1.0, "min_agreement": None})
+    panel.start(record["budget"])
     for event in auto_search_events():
         panel.feed(event)
-    panel.set_search({"budget": {"max_drop": 1.0, "min_agreement": None}, "original_metric": AUTO_ORIGINAL,
-                      "candidates": [asdict(e) for e in auto_search_events()], "chosen": 7, "cancelled": False})
+    panel.set_search(record)
     panel.splitter.setSizes([430, 210])
     pump(app, 0.5)
     save(panel, "auto_precision.png", width=960)

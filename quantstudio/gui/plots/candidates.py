@@ -312,13 +312,24 @@ class CandidatesPanel(PlotPanel):
             label = pg.TextItem(anchor=(-0.25, 1.0), color=(60, 60, 60))
             self.plot.addItem(label, ignoreBounds=True)
             self._index_labels.append(label)
+        # The candidates far below the budget sit on the bottom edge, often at almost the same
+        # latency (calibration methods cost nothing): one label for them all, not a pile-up.
+        clamped = [c for c in placed if c["index"] in self.clamped]
+        clamped_text = ""
+        if clamped:
+            low = min(float(c["metric"]) for c in clamped)
+            high = max(float(c["metric"]) for c in clamped)
+            clamped_text = (", ".join(str(c["index"]) for c in clamped) + " ▼ "
+                            + (f"{low:.1f}%" if high - low < 0.05 else f"{low:.1f}–{high:.1f}%"))
+        first_clamped = clamped[0]["index"] if clamped else None
         for i, label in enumerate(self._index_labels):
             label.setVisible(i < len(placed))
             if i < len(placed):
                 c = placed[i]
-                y = bottom if c["index"] in self.clamped else float(c["metric"])
-                text = f"{c['index']}" + (f" ▼ {float(c['metric']):.1f}%" if c["index"] in self.clamped else "")
-                label.setText(text)
+                is_clamped = c["index"] in self.clamped
+                label.setVisible(not is_clamped or c["index"] == first_clamped)
+                y = bottom if is_clamped else float(c["metric"])
+                label.setText(clamped_text if is_clamped else f"{c['index']}")
                 label.setPos(float(c["latency_ms"]), y)
 
     def _fill_table(self) -> None:
