@@ -68,7 +68,7 @@ class QatOutcome:
 # --------------------------------------------------------------------------- fake quantizers
 
 
-def qat_qconfig(config: QuantConfig, *, reduce_range: bool, learnable: bool = LEARNABLE_RANGES):
+def qat_qconfig(config: QuantConfig, *, reduce_range: bool, learnable: bool | None = None):
     """Fake-quantize QConfig: uint8 activations (0..127 when ``reduce_range``), int8 weights.
 
     Plain ``FakeQuantize`` / ``_LearnableFakeQuantize``, not torch's default fused one:
@@ -79,6 +79,7 @@ def qat_qconfig(config: QuantConfig, *, reduce_range: bool, learnable: bool = LE
     from torch.ao.quantization.observer import (MinMaxObserver, MovingAverageMinMaxObserver,
                                                 MovingAveragePerChannelMinMaxObserver)
 
+    learnable = LEARNABLE_RANGES if learnable is None else learnable
     qmax = 127 if reduce_range else 255
     if config.symmetric_activations:
         act_scheme = torch.per_tensor_symmetric
