@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from quantstudio.core.errors import Cancelled, InputError
+from quantstudio.core.errors import InputError
 from quantstudio.core.jobs import JobContext
 
 # Validation share of the training pool: enough samples that one image is a small step of

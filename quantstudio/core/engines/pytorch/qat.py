@@ -52,6 +52,7 @@ from quantstudio.core.results import TrainingEpoch, TrainingStep
 LEARNABLE_RANGES = True  # see the module docstring and RESULTS.md "QAT" for the measurement
 BN_FREEZE = 0.5  # share of the training steps after which BN running statistics are frozen
 OBSERVER_FREEZE = 0.25  # moving-average ranges only: share of the steps after which they are frozen
+SCALE_LR = 0.03  # learned ranges: Adam step as a fraction of each scale (see _param_groups)
 PATIENCE = 2  # epochs without a better validation metric before stopping early
 LABEL_DISTILL_WEIGHT = 1.0  # with labels: cross-entropy + this × distillation from the FP32 model
 STEP_EVENTS_PER_S = 4.0
@@ -378,6 +379,26 @@ def _loss(out, y, t, signal: str):
     return distill
 
 
+def _param_groups(prepared, lr: float) -> list[dict[str, Any]]:
+    """Adam groups: the weights at ``lr``; each learned range scale at :data:`SCALE_LR` of its own size.
+
+    Why: Adam moves a parameter by about its learning rate per step whatever its size, so
+    one absolute rate either freezes a large range (an outlier channel's: 300x the
+    others) or shakes a small one; a rate proportional to the scale moves every range by
+    the same fraction per step, as learning its logarithm would."""
+    from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
+
+    special: set[int] = set()
+    groups: list[dict[str, Any]] = []
+    for fq in _activation_quantizers(prepared):
+        if isinstance(fq, _LearnableFakeQuantize):
+            special.update({id(fq.scale), id(fq.zero_point)})
+            groups.append({"params": [fq.scale], "lr": SCALE_LR * float(fq.scale.detach().abs().max())})
+            groups.append({"params": [fq.zero_point], "lr": lr})
+    weights = [p for p in prepared.parameters() if p.requires_grad and id(p) not in special]
+    return [{"params": weights, "lr": lr}, *groups]
+
+
 def _validate(prepared, val: _Samples, signal: str, batch_size: int) -> float:
     """% top-1 (labels) or % agreement with the FP32 model (distill) of the fake-quantized model."""
     import torch
@@ -414,9 +435,8 @@ def _fit(prepared, teacher, training: TrainingData, ctx: CancelGuard) -> dict[st
     epochs = training.epochs
     steps = max(1, math.ceil(len(train) / bs))
     total = steps * epochs
-    params = [p for p in prepared.parameters() if p.requires_grad]
     _set_phase(prepared, "train")
-    opt = torch.optim.Adam(params, lr=training.lr)
+    opt = torch.optim.Adam(_param_groups(prepared, training.lr), lr=training.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     gen = torch.Generator().manual_seed(training.seed)
     ptq = _validate(prepared, val, signal, bs)
@@ -490,7 +510,6 @@ def _frozen_quantizer(fq):
     ``calculate_qparams`` returns those, so ``convert_fx`` builds the INT8 model with them,
     and the ONNX exporter writes them as QuantizeLinear/DequantizeLinear constants."""
     import torch
-    from torch.ao.quantization import FakeQuantize
     from torch.ao.quantization._learnable_fake_quantize import _LearnableFakeQuantize
     from torch.ao.quantization.observer import MinMaxObserver
 
