@@ -114,7 +114,7 @@ def recovery(ranges: str, engines: list[str], lr: float = 0.0, ptq: bool = True)
     for engine in engines:
         if ptq:
             rows.append({"model": variant.name, "ranges": "-", **_run(model, train_file, eval_file, engine, False, len(tx))})
-        for mode in (["learned", "moving-average"] if ranges == "both" else ["learned"]):
+        for mode in (["learned", "moving-average"] if ranges == "both" else [ranges]):
             qat_mod.LEARNABLE_RANGES = mode == "learned"
             try:
                 rows.append({"model": variant.name, "ranges": mode, **_run(model, train_file, eval_file, engine, True, len(tx), qat_lr=lr)})
@@ -187,21 +187,28 @@ def render(out: dict) -> list[str]:
     return lines
 
 
+def measure(part: str = "all", ranges: str = "learned", engines: tuple[str, ...] | list[str] = ("torch", "onnxruntime"),
+            lr: float = 0.0, ptq: bool = True) -> dict:
+    """Run the parts asked for; the JSON-safe results ``render`` reads (``make bench`` calls this)."""
+    out: dict = {"machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if part in ("recovery", "all"):
+        out["recovery"] = recovery(ranges, list(engines), lr, ptq=ptq)
+    if part in ("cost", "all"):
+        out["cost"] = cost()
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["recovery", "cost", "all"], default="all")
-    p.add_argument("--ranges", choices=["learned", "both"], default="learned")
+    p.add_argument("--ranges", choices=["learned", "moving-average", "both"], default="learned")
     p.add_argument("--engines", default="torch,onnxruntime")
     p.add_argument("--lr", type=float, default=0.0, help="QAT learning rate (default 0: automatic)")
     p.add_argument("--no-ptq", action="store_true", help="skip the PTQ rows")
     p.add_argument("--out", default=str(WORK / "qat_bench.json"))
     args = p.parse_args(argv)
-    out: dict = {"machine": _machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if args.part in ("recovery", "all"):
-        out["recovery"] = recovery(args.ranges, args.engines.split(","), args.lr, ptq=not args.no_ptq)
-    if args.part in ("cost", "all"):
-        out["cost"] = cost()
-    out["load_after"] = os.getloadavg()[0]
+    out = measure(args.part, args.ranges, args.engines.split(","), args.lr, ptq=not args.no_ptq)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=str))
     _log(f"wrote {args.out}")

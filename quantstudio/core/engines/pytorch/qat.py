@@ -52,7 +52,7 @@ from quantstudio.core.results import TrainingEpoch, TrainingStep
 LEARNABLE_RANGES = True  # see the module docstring and RESULTS.md "QAT" for the measurement
 BN_FREEZE = 0.5  # share of the training steps after which BN running statistics are frozen
 OBSERVER_FREEZE = 0.25  # moving-average ranges only: share of the steps after which they are frozen
-SCALE_LR = 0.03  # learned ranges: Adam step as a fraction of each scale (see _param_groups)
+SCALE_LR = 0.05  # learned ranges: Adam step as a fraction of each scale (see _param_groups)
 PATIENCE = 2  # epochs without a better validation metric before stopping early
 LABEL_DISTILL_WEIGHT = 1.0  # with labels: cross-entropy + this × distillation from the FP32 model
 STEP_EVENTS_PER_S = 4.0
@@ -393,10 +393,20 @@ def _param_groups(prepared, lr: float) -> list[dict[str, Any]]:
     for fq in _activation_quantizers(prepared):
         if isinstance(fq, _LearnableFakeQuantize):
             special.update({id(fq.scale), id(fq.zero_point)})
-            groups.append({"params": [fq.scale], "lr": SCALE_LR * float(fq.scale.detach().abs().max())})
+            groups.append({"params": [fq.scale], "lr": SCALE_LR * float(fq.scale.detach().abs().max()), "scale": True})
             groups.append({"params": [fq.zero_point], "lr": lr})
     weights = [p for p in prepared.parameters() if p.requires_grad and id(p) not in special]
     return [{"params": weights, "lr": lr}, *groups]
+
+
+def _set_learning_rates(opt, lr: float, factor: float) -> None:
+    """Cosine decay (``factor``); each learned scale's rate follows its *current* size, so its
+    Adam steps are multiplicative (log-space) and a range can shrink many-fold in a few epochs."""
+    for group in opt.param_groups:
+        if group.get("scale"):
+            group["lr"] = SCALE_LR * factor * float(group["params"][0].detach().abs().max())
+        else:
+            group["lr"] = lr * factor
 
 
 def _validate(prepared, val: _Samples, signal: str, batch_size: int) -> float:
@@ -437,7 +447,6 @@ def _fit(prepared, teacher, training: TrainingData, ctx: CancelGuard) -> dict[st
     total = steps * epochs
     _set_phase(prepared, "train")
     opt = torch.optim.Adam(_param_groups(prepared, training.lr), lr=training.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     gen = torch.Generator().manual_seed(training.seed)
     ptq = _validate(prepared, val, signal, bs)
     history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "val_metric": round(ptq, 4)}]
@@ -465,8 +474,8 @@ def _fit(prepared, teacher, training: TrainingData, ctx: CancelGuard) -> dict[st
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                 opt.step()
-                sched.step()
                 step += 1
+                _set_learning_rates(opt, training.lr, 0.5 * (1 + math.cos(math.pi * step / total)))
                 losses.append(float(loss.detach()))
                 if not obs_frozen and step >= OBSERVER_FREEZE * total:
                     _freeze_activation_observers(prepared)
