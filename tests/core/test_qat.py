@@ -122,13 +122,13 @@ def test_qat_repairs_a_broken_ptq_keeps_the_best_epoch_and_exports_pth(broken, t
 def test_cancel_during_training_keeps_the_best_epoch_and_finishes(broken, tmp_path):
     model, labeled, _ = broken
 
-    class CancelInEpoch2(RecordingContext):
+    class CancelAfterEpoch1(RecordingContext):
         def partial(self, payload):
             super().partial(payload)
-            if isinstance(payload, TrainingStep) and payload.epoch == 2:
-                self.cancel()
+            if isinstance(payload, TrainingEpoch) and payload.epoch == 1:
+                self.cancel()  # the user presses Cancel while epoch 2 trains
 
-    r = _run(model, labeled, CancelInEpoch2(), qat=True, qat_epochs=3)
+    r = _run(model, labeled, CancelAfterEpoch1(), qat=True, qat_epochs=3)
     t = r.training
     assert t["cancelled"] and [h["epoch"] for h in t["history"]] == [0, 1]
     assert r.quantized_metrics is not None and r.quantized_metrics.n == 100  # evaluated as usual
