@@ -425,6 +425,7 @@ def _add_quantize(sub) -> None:
                    help="do not equalize outlier channels (cross-layer equalization of conv pairs, on by default "
                         "for PyTorch models in static INT8; it keeps the FP32 function and the INT8 speed)")
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
+    _add_qat_args(p)
     p.add_argument("--batch-size", type=int, help="samples per batch (default 32, or the recipe's)")
     p.add_argument("--no-benchmark", action="store_true", help="skip the latency comparison")
     p.add_argument("--sensitivity", action="store_true",
@@ -445,6 +446,44 @@ def _add_quantize(sub) -> None:
     p.set_defaults(func=_cmd_quantize)
 
 
+def _add_qat_args(p: argparse.ArgumentParser) -> None:
+    qat = p.add_argument_group("quantization-aware training (QAT): fine-tune after calibration")
+    qat.add_argument("--qat", action="store_true", default=None,
+                     help="fine-tune with fake quantization on --data (labels from class folders, else distillation "
+                          "from the original model); needs a PyTorch model")
+    qat.add_argument("--epochs", type=int, help="QAT epochs (default 2; the best epoch on the validation split is kept)")
+    qat.add_argument("--lr", type=float, help="QAT learning rate (default: automatic, Adam 4e-3 x batch/256 = 5e-4 at batch 32)")
+    qat.add_argument("--qat-batch-size", type=int, help="QAT training batch size (default 32)")
+    qat.add_argument("--qat-signal", choices=["auto", "labels", "distill"],
+                     help="what QAT trains on: labels, distill(ation from the original model), auto (labels when the data has classes)")
+
+
+def _apply_qat_args(args, config) -> None:
+    """The QAT flags onto ``config`` (a recipe's QAT settings stay unless a flag overrides them)."""
+    if getattr(args, "qat", None):
+        config.qat = True
+    for flag, key in (("epochs", "qat_epochs"), ("lr", "qat_lr"), ("qat_batch_size", "qat_batch_size"),
+                      ("qat_signal", "qat_signal")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(config, key, value)
+
+
+def _print_qat_estimate(model, data, config, eval_samples: int, separate_eval: bool) -> None:
+    """Before a QAT run: how long and how much memory it will roughly take (stderr)."""
+    from quantstudio.core.qat import VALIDATION_FRACTION, estimate_qat
+
+    pool = len(data) - (0 if separate_eval else min(eval_samples, len(data)))
+    train = max(int(pool * (1 - VALIDATION_FRACTION)), 1)
+    try:
+        seconds, nbytes = estimate_qat(model, model.input_shape, train, config.qat_epochs, config.qat_batch_size)
+    except Exception as exc:  # noqa: BLE001 - an estimate is informative; the run says what is wrong
+        print(f"note: no QAT estimate ({exc})", file=sys.stderr)
+        return
+    print(f"QAT estimate: ~{seconds / 60:.1f} min and ~{nbytes / 1e6:.0f} MB for {config.qat_epochs} epoch(s) "
+          f"on ~{train} training samples (rough; measured from two float training steps)", file=sys.stderr)
+
+
 class _CancellableProgress(CliProgress):
     """CliProgress whose Ctrl+C asks the job to stop at its next check (a second one aborts)."""
 
@@ -459,6 +498,10 @@ class _CancellableProgress(CliProgress):
             raise KeyboardInterrupt
         self._stop.set()
         print("cancelling…", file=sys.stderr)
+
+    def resume(self) -> None:
+        """Forget a Ctrl+C that has been honoured (a cancelled fine-tune still exports)."""
+        self._stop.clear()
 
     def check_cancelled(self) -> None:
         from quantstudio.core.errors import Cancelled
@@ -530,6 +573,7 @@ def _quantize_settings(args):
         config.symmetric_activations = True
     if getattr(args, "no_equalize", None):
         config.equalize = False
+    _apply_qat_args(args, config)
     config.validate()
     if config.calib_samples <= 0:
         raise InputError(f"the number of calibration samples must be positive, not {config.calib_samples}", hint="Give --calib-samples 1 or more.")
@@ -609,6 +653,8 @@ def _cmd_quantize(args) -> int:
         for source in (data, eval_data):
             for w in model_fit_warnings(source, model.num_classes) if source is not None else []:
                 print(f"warning: {w}", file=sys.stderr)
+    if config.qat and not args.json:
+        _print_qat_estimate(model, data, config, eval_samples, eval_data is not None)
     progress = _CancellableProgress(quiet=args.json)
     previous = signal.getsignal(signal.SIGINT)
     previous_term = signal.getsignal(signal.SIGTERM)
@@ -625,6 +671,8 @@ def _cmd_quantize(args) -> int:
             eval_samples=eval_samples, benchmark=not args.no_benchmark, batch_size=args.batch_size,
             sensitivity=args.sensitivity, measure_memory=args.memory, eval_data=eval_data, budget=budget,
         )
+        if result.training.get("cancelled"):
+            progress.resume()  # Ctrl+C ended the fine-tuning only: the best epoch is exported
         exported = export_result(result, args.out, progress, data_spec=data_spec,
                                  eval_data_spec=args.eval_data if eval_data is not None else None)
     finally:
@@ -648,6 +696,8 @@ def _cmd_quantize(args) -> int:
     calibration = (f"{result.calibration_samples} calibration samples ({result.config.calibration})" if config.mode == "static"
                    else "no calibration (weights only)" if config.mode == "dynamic" else "no calibration")
     print(f"{model.path.name} → {exported.path.name}: {config.engine} {config.mode}, {calibration}")
+    if result.training:
+        _print_training(result.training)
     shape = "x".join(str(d) for d in model.input_shape) if model.input_shape else "?"
     print(f"model input {shape}; preprocessing: {', '.join(result.preprocessing_steps)}")
     if result.evaluation_data:
@@ -710,6 +760,24 @@ def _print_auto_precision(result) -> None:
     if result.fp32_reasons:
         print(f"FP32 layers ({len(result.fp32_reasons)}): "
               + "; ".join(f"{k} ({why})" for k, why in result.fp32_reasons.items()))
+
+
+def _print_training(t: dict) -> None:
+    """The QAT curve as text: validation metric per epoch (0 = the PTQ start), the epoch kept."""
+    st = t.get("settings", {})
+    what = "top-1" if t.get("metric") == "top1" else "agreement with the original"
+    print(f"fine-tuned (QAT, {st.get('signal')}): {st.get('epochs')} epoch(s), batch {st.get('batch_size')}, "
+          f"lr {st.get('lr', 0):.3g}, {st.get('train_samples')} training / {st.get('val_samples')} validation samples, "
+          f"{t.get('seconds', 0):.0f} s")
+    for h in t.get("history", []):
+        loss = "" if h.get("train_loss") is None else f"  loss {h['train_loss']:.4f}"
+        label = "PTQ start" if h["epoch"] == 0 else f"epoch {h['epoch']}"
+        kept = "  ← kept" if h["epoch"] == t.get("best_epoch") else ""
+        print(f"  {label:<10} validation {what} {h['val_metric']:.2f}%{loss}{kept}")
+    if t.get("cancelled"):
+        print("  training cancelled: the best epoch so far was kept")
+    elif t.get("stopped_early"):
+        print("  stopped early: the validation metric stopped improving")
 
 
 def _check_export_targets(args) -> None:

@@ -54,6 +54,7 @@ class QuantizeResult:
     sensitivity: dict[str, float] = field(default_factory=dict)  # layer -> % output error, only it INT8
     memory: dict[str, dict[str, int]] = field(default_factory=dict)  # variant -> peak_rss_bytes, model_peak_bytes
     fused: list[list[str]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)  # QAT (core/qat.py): settings, history; {} without
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     benchmark: Any = None  # benchmark.BenchmarkResult
@@ -130,6 +131,7 @@ class QuantizeResult:
             auto_precision=dict(self.auto_precision),
             sensitivity_fix={k: list(v) for k, v in self.sensitivity_fix.items()},
             layer_sqnr_isolated=dict(self.layer_sqnr_isolated),
+            training=dict(self.training),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +179,17 @@ def run_quantize(
 
     ctx = ctx or NullContext()
     config.validate()
+    guard = None
+    if config.qat and budget is not None:
+        raise InputError("fine-tuning (QAT) and the automatic mixed-precision search cannot run together",
+                         hint="Search for a plan first (--auto-precision), then fine-tune that plan with --qat "
+                              "(its recipe keeps the plan).")
+    if config.qat:
+        from quantstudio.core.qat import CancelGuard, check_qat_config
+
+        check_qat_config(config, model, get_engine(config.engine))
+        # A cancel during training keeps the best epoch and the run finishes (core/qat.py).
+        ctx = guard = CancelGuard(ctx)
     if config.calib_samples <= 0:
         raise InputError(f"the number of calibration samples must be positive, not {config.calib_samples}", hint="Give --calib-samples 1 or more.")
     if isinstance(data_source, (str, Path)):
@@ -254,9 +267,14 @@ def run_quantize(
                       engine=engine, split=split, batch_size=batch_size, batch_sizes=tuple(batch_sizes), fixed=fixed,
                       sqnr_batches=sqnr_batches, sensitivity_samples=sensitivity_samples,
                       benchmark_runs=benchmark_runs, notes=notes, warnings=warnings, budget=budget, judge=judge)
+    if config.qat:
+        from quantstudio.core.qat import training_data
+
+        state.training_data = training_data(config, data, split.evaluation, eval_data is not None)
+        state.cancel_guard = guard
     # (name, weight ≈ expected share of the time, function): the run is this list, in order.
     stages = [
-        ("quantize", 6.0, _quantize_stage),
+        ("train", 30.0, _train_stage) if config.qat else ("quantize", 6.0, _quantize_stage),
         ("evaluate", 3.0, _evaluate_stage),
         ("layer_error", 1.0, _layer_error_stage),
         *([("sensitivity", 2.0, _sensitivity_stage)] if sensitivity else []),
@@ -266,6 +284,9 @@ def run_quantize(
     ]
     progress = Stages(ctx, [(name, weight) for name, weight, _ in stages])
     for name, weight, run_stage in stages:
+        if guard is not None and guard.consumed and name in _SKIPPED_AFTER_TRAINING_CANCEL:
+            state.notes.append(f"{name} skipped: the fine-tuning was cancelled")
+            continue
         st = progress.stage(name)
         if weight > 0:  # a zero-weight step is bookkeeping, not a stage the user is told about
             ctx.partial(StageStarted(name))
@@ -293,6 +314,7 @@ def run_quantize(
         sensitivity=state.layer_sens,
         memory=state.memory,
         fused=[list(g) for g in qm.fused],
+        training=state.training,
         notes=notes,
         warnings=warnings,
         benchmark=state.bench,
@@ -357,6 +379,9 @@ class _RunState:
     auto_reasons: dict[str, str] = field(default_factory=dict)  # FP32 layers the search chose -> why
     sqnr_isolated: dict[str, float] = field(default_factory=dict)
     sens_fix: dict[str, list[str]] = field(default_factory=dict)
+    training_data: Any = None  # core.qat.TrainingData when config.qat
+    cancel_guard: Any = None  # core.qat.CancelGuard when config.qat
+    training: dict[str, Any] = field(default_factory=dict)
 
     @property
     def quantized(self) -> QuantizedModel:
@@ -378,6 +403,27 @@ def _quantize_stage(s: _RunState, st: JobContext) -> None:
         s.qm = s.engine.quantize(s.quantized_source, s.plan, s.config, calib, st)
     if calib.skipped:
         s.warnings.append(f"{len(calib.skipped)} calibration file(s) could not be read and were skipped")
+    s.notes.extend(s.quantized.notes)
+    if s.quantized.fused:
+        st.partial(LayersFused(tuple(tuple(g) for g in s.quantized.fused)))
+
+
+# After a cancelled fine-tune the run finishes with what the result needs (convert, evaluate,
+# per-layer error, sizes) and skips the optional measurements the user no longer waits for.
+_SKIPPED_AFTER_TRAINING_CANCEL = ("sensitivity", "benchmark", "memory")
+
+
+def _train_stage(s: _RunState, st: JobContext) -> None:
+    """QAT (core/qat.py): calibrate as PTQ, fine-tune, convert — the engine's ``quantize_aware``."""
+    calib = s.data.batches(s.split.calibration, batch_size=s.batch_size, message="calibrating")
+    if len(calib.indices) == 0:
+        raise InputError("there is no calibration data", path=s.data.path, hint="Choose data with at least one sample.")
+    from quantstudio.core.equalize import equalized_model
+
+    s.quantized_source = equalized_model(s.model, s.config, s.notes)
+    s.qm, s.training = s.engine.quantize_aware(s.quantized_source, s.plan, s.config, calib, s.training_data, st)
+    if s.training.get("cancelled") and s.cancel_guard is not None:
+        s.cancel_guard.consume()  # the user's cancel ended the training, not the run
     s.notes.extend(s.quantized.notes)
     if s.quantized.fused:
         st.partial(LayersFused(tuple(tuple(g) for g in s.quantized.fused)))

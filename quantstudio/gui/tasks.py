@@ -415,11 +415,9 @@ def quantize_job(ctx, request: QuantizeRequest) -> RunOutcome:
 
 def qat_estimate_job(ctx, model: Any, input_shape: Any, train_samples: int, epochs: int,
                      batch_size: int) -> tuple[float, int] | None:
-    """(seconds, bytes) fine-tuning will take, or None when this build cannot estimate it."""
-    try:
-        from quantstudio.core.engines.pytorch.qat import estimate_qat
-    except ImportError:  # a build without quantization-aware training
-        return None
+    """(seconds, bytes) fine-tuning will take (a couple of timed training steps, core/qat.py)."""
+    from quantstudio.core.qat import estimate_qat
+
     ctx.report(0.1, "Estimating the cost of fine-tuning")
     seconds, memory = estimate_qat(model, tuple(input_shape), int(train_samples), int(epochs), int(batch_size))
     return float(seconds), int(memory)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("resnet18", "mobilenet_v2", "demo", "trained-resnet18", "gui")
+SECTIONS = ("resnet18", "mobilenet_v2", "demo", "trained-resnet18", "qat", "gui")
 ROOT = HERE.parent.parent
 DEMO = ROOT / "resources" / "demo"
 
@@ -377,6 +377,10 @@ def main(argv=None) -> int:
             from tests.benchmarks import digits_resnet
 
             extra.append(digits_resnet.render(digits_resnet.measure(work / "digits", quick=args.quick, log=log)))
+        if "qat" in only:  # quantization-aware training: recovery of an outlier model, cost at 64x64
+            from tests.benchmarks import qat_bench
+
+            extra.append(qat_bench.render(qat_bench.measure("recovery" if args.quick else "all")))
     stall = None
     if "gui" in only:
         log("GUI responsiveness during a Quantize run on the demo")

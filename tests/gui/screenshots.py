@@ -125,7 +125,7 @@ def main() -> int:
 
     # Fine-tuning (QAT), where this build has it: the Training panel after a real run on the demo.
     try:
-        from quantstudio.core.engines.pytorch import qat  # noqa: F401
+        from quantstudio.core import qat  # noqa: F401
     except ImportError:
         print("this build has no quantization-aware training: after_qat.png not made", file=sys.stderr)
     else:

@@ -160,9 +160,6 @@ def test_qat_is_greyed_out_with_the_reason_for_models_it_cannot_fine_tune(qtbot)
 
 
 def test_the_estimate_is_shown_before_starting_or_says_it_is_unavailable(qtbot, monkeypatch):
-    import sys
-    import types
-
     from quantstudio.gui import tasks
     from quantstudio.gui.data_panel import DataPanel
     from quantstudio.core.jobs import NullContext
@@ -175,16 +172,18 @@ def test_the_estimate_is_shown_before_starting_or_says_it_is_unavailable(qtbot, 
     assert panel.qat_train_samples() == 1000  # the evaluation images are never trained on
     panel.eval_spin.setValue(5000)
     assert panel.qat_train_samples() == 256  # every image calibration did not use is evaluated on
-    calls = []
-    fake = types.ModuleType("quantstudio.core.engines.pytorch.qat")
-    fake.estimate_qat = lambda model, shape, n, epochs, batch: calls.append((shape, n, epochs, batch)) or (150.0, 3 << 30)
-    monkeypatch.setitem(sys.modules, "quantstudio.core.engines.pytorch.qat", fake)
-    estimate = tasks.qat_estimate_job(NullContext(), None, (1, 3, 64, 64), 1000, 2, 32)
-    assert calls == [((1, 3, 64, 64), 1000, 2, 32)]
-    panel.set_qat_estimate(estimate)
+    # The real estimate (two timed training steps of a tiny model), shown with its units.
+    from tests.core.models import tiny_net
+    from tests.core.test_engines import loaded
+
+    estimate = tasks.qat_estimate_job(NullContext(), loaded(tiny_net()), (1, 3, 32, 32), 1000, 2, 32)
+    seconds, memory = estimate
+    assert 0 < seconds < 3600 and memory > 0
+    more = tasks.qat_estimate_job(NullContext(), loaded(tiny_net()), (1, 3, 32, 32), 4000, 2, 32)
+    assert more[0] > seconds  # four times the images: longer
+    panel.set_qat_estimate((150.0, 3 << 30))
     assert panel.qat_estimate_label.text() == "about 2 min, 3.0 GB of memory"
-    monkeypatch.setitem(sys.modules, "quantstudio.core.engines.pytorch.qat", None)  # a build without it
-    panel.set_qat_estimate(tasks.qat_estimate_job(NullContext(), None, (1, 3, 64, 64), 1000, 2, 32))
+    panel.set_qat_estimate(None)  # the estimate failed
     assert panel.qat_estimate_label.text() == glossary.QAT_ESTIMATE_UNAVAILABLE
 
 
@@ -291,3 +290,45 @@ def test_cancel_during_training_stops_training_only_and_the_run_finishes(qtbot, 
     window.cancel_button.click()  # …and then the whole run
     qtbot.waitUntil(lambda: not window.runner.busy, timeout=10000)
     assert cancelled == [True] and len(results) == 1
+
+
+def test_a_real_fine_tune_from_the_app_and_stop_training_keeps_the_best_epoch(qtbot, window, tiny_files, image_folder,
+                                                                              monkeypatch):
+    """The real core (PyTorch engine, tiny model, 3 class folders): the Training panel fills
+    in live, Stop training ends the training but not the run, and the variant says QAT."""
+    from quantstudio.core.results import TrainingStep
+    from quantstudio.gui.worker import QtJobContext
+    from tests.gui.conftest import wait_idle
+    from tests.gui.test_run import open_tiny, small_settings
+
+    open_tiny(qtbot, window, tiny_files["whole"], monkeypatch)
+    small_settings(window, image_folder)
+    wait_idle(qtbot, window)
+    p = window.data_panel
+    p.engine_combo.setCurrentIndex(p.engine_combo.findData("torch"))
+    p.qat_check.setChecked(True)
+    p.qat_epochs_spin.setValue(50)  # far more than the stop lets it run
+    p.qat_batch_spin.setValue(4)
+    assert p.qat_enabled(), p.qat_unavailable_reason()
+    wait_idle(qtbot, window)  # the estimate job
+    # Press Stop training as soon as training steps arrive (in the worker thread: a queued
+    # click could come after a tiny model's training has ended).
+    original_partial = QtJobContext.partial
+
+    def partial(self, payload):
+        original_partial(self, payload)
+        if isinstance(payload, TrainingStep) and payload.epoch == 1 and self._interrupt is not None:
+            self._interrupt.request("train")
+
+    monkeypatch.setattr(QtJobContext, "partial", partial)
+    finished = []
+    window.run_finished.connect(finished.append)
+    window.quantize()
+    wait_idle(qtbot, window, 240000)
+    assert finished and not window.shown_errors, window.shown_errors
+    run = finished[0]
+    t = run.training
+    assert t["cancelled"] and t["settings"]["epochs"] == 50 and len(t["history"]) < 50
+    assert t["history"][0]["epoch"] == 0  # the PTQ start was validated
+    assert "QAT" in run.name and run.metrics.get(run.quantized)
+    assert window.training_panel.steps  # the live curve got the steps

@@ -105,6 +105,21 @@ class OrtEngine:
     def unsupported_reason(self, model: Any) -> str | None:
         return None  # every model QuantStudio loads is (or exports to) ONNX
 
+    def quantize_aware(self, model: Any, plan: PrecisionPlan, config: QuantConfig, calib_batches: Iterable[Any],
+                       training: Any, ctx: JobContext) -> tuple[QuantizedModel, dict[str, Any]]:
+        """QAT for ONNX Runtime: trained by the PyTorch engine, exported as QDQ ONNX with the
+        fine-tuned weights and learned ranges. Needs the PyTorch source (core/qat.py says why not)."""
+        from quantstudio.core.engines.pytorch.engine import TorchEngine
+        from quantstudio.core.engines.pytorch.qat import train_qat
+        from quantstudio.core.qat import qat_unsupported_reason
+
+        reason = qat_unsupported_reason(model)
+        if reason is not None:
+            raise InputError(reason, path=model.path, hint="Open the PyTorch model (.pth) to fine-tune it.")
+        out = train_qat(TorchEngine(), model, plan, config, calib_batches, training, ctx, target=self.name)
+        out.quantized.engine = self.name
+        return out.quantized, out.training
+
     def quantize(
         self,
         model: Any,

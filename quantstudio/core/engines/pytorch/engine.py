@@ -101,6 +101,23 @@ class TorchEngine:
     ) -> QuantizedModel:
         import torch
 
+        tree, requested, backend, notes = self._begin(model, plan, config, ctx)
+        try:
+            with quiet(), torch.inference_mode(False), torch.no_grad(), cancel_points(ctx):
+                if config.mode == "static":
+                    result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
+                elif config.mode == "dynamic":
+                    result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
+                else:
+                    result = self._fp16_only(model, tree, requested, config, ctx, notes)
+        finally:
+            release_torch_ao_caches()
+        return result
+
+    def _begin(self, model: Any, plan: PrecisionPlan, config: QuantConfig, ctx: JobContext):
+        """Checks, the backend, the layer tree and the plan's decisions: (tree, requested, backend, notes)."""
+        import torch
+
         if not getattr(model, "is_eager", False):
             raise InputError(
                 f"the PyTorch engine quantizes eager models only, not a {model.kind_label}",
@@ -128,50 +145,25 @@ class TorchEngine:
         for name, d in decisions.items():
             if d.effective != d.requested and d.reason:
                 notes.append(f"{name}: {d.requested.value} → {d.effective.value} ({d.reason})")
-        try:
-            with quiet(), torch.inference_mode(False), torch.no_grad(), cancel_points(ctx):
-                if config.mode == "static":
-                    result = self._static(model, tree, requested, config, backend, calib_batches, ctx, notes)
-                elif config.mode == "dynamic":
-                    result = self._dynamic(model, tree, requested, config, backend, ctx, notes)
-                else:
-                    result = self._fp16_only(model, tree, requested, config, ctx, notes)
-        finally:
-            release_torch_ao_caches()
-        return result
+        return tree, requested, backend, notes
+
+    def quantize_aware(self, model: Any, plan: PrecisionPlan, config: QuantConfig, calib_batches: Iterable[Any],
+                       training: Any, ctx: JobContext) -> tuple[QuantizedModel, dict[str, Any]]:
+        """Quantization-aware training (engines/pytorch/qat.py): calibrate, fine-tune, convert.
+
+        ``training``: a :class:`~quantstudio.core.qat.TrainingData`. Returns the INT8 model and
+        ``RunSummary.training``. A cancel during training keeps the best epoch and finishes.
+        """
+        from quantstudio.core.engines.pytorch.qat import train_qat
+
+        out = train_qat(self, model, plan, config, calib_batches, training, ctx, target="torch")
+        return out.quantized, out.training
 
     # ------------------------------------------------------------------ static
     def _static(self, model, tree, requested, config, backend, calib_batches, ctx, notes) -> QuantizedModel:
         import torch
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-        ctx.partial({"type": "stage", "name": "prepare"})
-        ctx.report(0.02, "fusing layers and inserting observers")
-        float_model = copy.deepcopy(model.module).eval()
-        ctx.check_cancelled()
-        try:
-            traced = torch.fx.symbolic_trace(float_model)
-        except Exception as exc:  # noqa: BLE001 - tracing user code fails in many ways
-            raise _trace_error(exc, float_model, model.path) from exc
-        ctx.check_cancelled()
-        groups_before = _chain_groups_before(traced)
-        mapping, effective = build_qconfig_mapping(config, backend, requested, tree, groups_before)
-        for group in groups_before:
-            for member in group[1:]:
-                if member in requested and requested[member] != effective.get(member):
-                    notes.append(
-                        f"{member}: {requested[member].value} → {effective[member].value} "
-                        f"(fused into {group[0]}, which is {effective[member].value})"
-                    )
-        example = (model.example_input(),)
-        try:
-            prepared = prepare_fx(float_model, mapping, example)
-        except Cancelled:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise _trace_error(exc, float_model, model.path) from exc
-        ctx.check_cancelled()
-
+        traced, prepared, effective, example = self._prepare_fx(model, tree, requested, config, backend, ctx, notes)
         ctx.partial({"type": "stage", "name": "calibrate"})
         total = len(calib_batches) if hasattr(calib_batches, "__len__") else None
         n = 0
@@ -184,6 +176,48 @@ class TorchEngine:
         if n == 0:
             raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
         ctx.check_cancelled()
+        return self._convert_fx(model, tree, config, backend, traced, prepared, effective, example, ctx, notes)
+
+    def _prepare_fx(self, model, tree, requested, config, backend, ctx, notes, qconfig=None):
+        """Trace, fuse and insert observers (``qconfig``: QAT fake quantizers, prepared for training).
+
+        Returns (traced original, prepared model, effective precisions, example input)."""
+        import torch
+        from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+        qat = qconfig is not None
+        ctx.partial({"type": "stage", "name": "prepare"})
+        ctx.report(0.02, "fusing layers and inserting observers")
+        float_model = copy.deepcopy(model.module)
+        float_model.train(qat)
+        ctx.check_cancelled()
+        try:
+            traced = torch.fx.symbolic_trace(float_model)
+        except Exception as exc:  # noqa: BLE001 - tracing user code fails in many ways
+            raise _trace_error(exc, float_model, model.path) from exc
+        ctx.check_cancelled()
+        groups_before = _chain_groups_before(traced)
+        mapping, effective = build_qconfig_mapping(config, backend, requested, tree, groups_before, qconfig)
+        for group in groups_before:
+            for member in group[1:]:
+                if member in requested and requested[member] != effective.get(member):
+                    notes.append(
+                        f"{member}: {requested[member].value} → {effective[member].value} "
+                        f"(fused into {group[0]}, which is {effective[member].value})"
+                    )
+        example = (model.example_input(),)
+        try:
+            prepared = (prepare_qat_fx if qat else prepare_fx)(float_model, mapping, example)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _trace_error(exc, float_model, model.path) from exc
+        ctx.check_cancelled()
+        return traced, prepared, effective, example
+
+    def _convert_fx(self, model, tree, config, backend, traced, prepared, effective, example, ctx, notes) -> QuantizedModel:
+        """convert_fx, FP16 layers in half precision, and what each layer became."""
+        from torch.ao.quantization.quantize_fx import convert_fx
 
         ctx.partial({"type": "stage", "name": "convert"})
         ctx.report(0.92, "converting to INT8")

@@ -116,20 +116,28 @@ def build_qconfig(config: QuantConfig, backend: str):
     return QConfig(activation=activation, weight=weight)
 
 
-def build_qconfig_mapping(config: QuantConfig, backend: str, decisions: dict[str, Precision], tree, groups):
-    """A QConfigMapping: the backend's defaults with our observers, then the plan per layer."""
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+def build_qconfig_mapping(config: QuantConfig, backend: str, decisions: dict[str, Precision], tree, groups,
+                          qconfig=None):
+    """A QConfigMapping: the backend's defaults with our observers, then the plan per layer.
+
+    ``qconfig``: a quantization-aware-training QConfig (fake quantization, see
+    ``engines/pytorch/qat.py``) instead of the calibration observers; the backend's QAT
+    defaults are then the base, and our fake quantizers replace their weight ones too (the
+    default fused observer does not export to ONNX)."""
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping, get_default_qconfig_mapping
     from torch.ao.quantization.qconfig import default_reuse_input_qconfig
     from torch.ao.quantization.qconfig_mapping import _FIXED_QPARAMS_OP_TO_OBSERVER
 
-    qconfig = build_qconfig(config, backend)
-    mapping = get_default_qconfig_mapping(backend)
+    qat = qconfig is not None
+    qconfig = qconfig if qat else build_qconfig(config, backend)
+    mapping = get_default_qat_qconfig_mapping(backend) if qat else get_default_qconfig_mapping(backend)
     # Keep the backend's special cases (fixed-range sigmoid/softmax, per-tensor weights
     # for transposed convs, float LayerNorm weights) but use our activation observer.
     for pattern, old in list(mapping.object_type_qconfigs.items()):
         if pattern in _FIXED_QPARAMS_OP_TO_OBSERVER or old is default_reuse_input_qconfig or old is None:
             continue
-        mapping.set_object_type(pattern, QConfig(activation=qconfig.activation, weight=old.weight))
+        weight = qconfig.weight if qat and old.weight is not None else old.weight
+        mapping.set_object_type(pattern, QConfig(activation=qconfig.activation, weight=weight))
     # Modules fused together must share a qconfig (torch.ao requires it): BN and ReLU
     # follow the conv/linear they are fused into.
     effective = dict(decisions)
