@@ -35,6 +35,11 @@ bench: $(STAMP)
 	# The trained-ResNet-18 section trains on scikit-learn's bundled digits (the `demo` extra).
 	$(PY) -c "import sklearn" 2>/dev/null || $(PY) -m pip install -e ".[test,demo]"
 	QT_QPA_PLATFORM=offscreen $(PY) -m tests.benchmarks.run_all
+	# Sections kept by their own scripts (run_all rewrites the file above them):
+	# LiteRT (where the tflite extra is installed) and outlier channels / auto precision.
+	if $(PY) -c "import ai_edge_litert, litert_torch" 2>/dev/null; then \
+	  $(PY) -m tests.benchmarks.tflite_bench --append tests/benchmarks/RESULTS.md; fi
+	$(PY) -m tests.benchmarks.auto_precision_bench --force
 
 # The standalone app: dist/QuantStudio/ (launcher dist/QuantStudio/QuantStudio), checked by
 # its own end-to-end self-test. How it is built and what it leaves out: packaging/README.md.
