@@ -46,7 +46,7 @@ from quantstudio.gui.worker import Job
 MODEL_KEYS = {"onnx": ".onnx", "pth": ".pth", "tflite": ".tflite"}  # targets() key → file suffix
 MODEL_LABELS = {"onnx": "Quantized model (.onnx)", "pth": "Quantized model (.pth, TorchScript)",
                 "tflite": "Quantized model (.tflite, LiteRT)"}
-BUILT_ON_EXPORT = " — made on export: quantized again with the same plan and data by the engine that writes it"
+BUILT_ON_EXPORT = " — made on export (quantized again; see the tooltip)"
 
 
 class ExportDialog(QDialog):
