@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from quantstudio.core.errors import ErrorKind, InputError, TrustRequired
+from quantstudio.core.quiet import quiet_loggers
 
 KIND_STATE_DICT = "state_dict"
 KIND_PICKLED = "pickled_module"
@@ -392,15 +393,8 @@ def _quiet_torch_log():
     full traceback before raising; the raised error becomes an InputError with that text
     in ``details``, so the log adds only a frightening block on the terminal.
     """
-    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export", "torch.jit")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
+    with quiet_loggers(("torch.export", "torch._export", "torch.jit"), level=logging.CRITICAL, ignore_warnings=False):
         yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def extract_state_dict(obj: Any, path: Path) -> tuple[dict, str]:

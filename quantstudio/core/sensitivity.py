@@ -96,6 +96,38 @@ def _first_tensor(out):
     return out.detach().double()
 
 
+def _input_observers(mods: dict[str, Any], qconfig: Any) -> tuple[dict[str, Any], list[Any]]:
+    """One activation observer per layer, fed that layer's input by a pre-hook: (observers,
+    hook handles to remove). One pass over the samples observes every layer at once."""
+    import torch
+
+    observers = {n: qconfig.activation() for n in mods}
+
+    def observe(name):
+        def pre_hook(mod, args):
+            if args and isinstance(args[0], torch.Tensor):
+                observers[name](args[0].detach().float())
+
+        return pre_hook
+
+    return observers, [m.register_forward_pre_hook(observe(n)) for n, m in mods.items()]
+
+
+def _remove(handles: list[Any]) -> None:
+    for h in handles:
+        h.remove()
+
+
+def _run_samples(module: Any, xs: list[Any], ctx: Any) -> None:
+    """Every batch through ``module`` (its hooks do the work), with a cancel point between batches."""
+    import torch
+
+    with torch.inference_mode():
+        for x in xs:
+            ctx.check_cancelled()
+            module(x)
+
+
 def _measure(module, mods, names, xs, qconfig, ctx) -> dict[str, float]:
     import torch
 
@@ -114,22 +146,12 @@ def _measure(module, mods, names, xs, qconfig, ctx) -> dict[str, float]:
                 h.remove()
 
     # One calibration pass over the batches: every layer's input observer at once.
-    observers = {n: qconfig.activation() for n in names}
-
-    def observe(name):
-        def pre_hook(mod, args):
-            if args and isinstance(args[0], torch.Tensor):
-                observers[name](args[0].detach().float())
-
-        return pre_hook
-
-    handles = [mods[n].register_forward_pre_hook(observe(n)) for n in names]
+    observers, handles = _input_observers({n: mods[n] for n in names}, qconfig)
     ctx.report(0.0, "sensitivity: reference outputs and input ranges")
     try:
         reference = run_all()
     finally:
-        for h in handles:
-            h.remove()
+        _remove(handles)
     signal = sum(float((r * r).sum()) for r in reference)
     if signal == 0:
         return {}
@@ -302,23 +324,11 @@ def isolated_errors(model: Any, batches: Sequence[np.ndarray], config: QuantConf
     try:
         with quiet():
             qconfig = build_qconfig(config, resolve_backend(config.backend))
-            observers = {n: qconfig.activation() for n in mods}
-
-            def observe(name):
-                def hook(mod, args):
-                    if args and isinstance(args[0], torch.Tensor):
-                        observers[name](args[0].detach().float())
-                return hook
-
-            handles = [m.register_forward_pre_hook(observe(n)) for n, m in mods.items()]
+            observers, handles = _input_observers(mods, qconfig)
             try:
-                with torch.inference_mode():
-                    for x in xs:
-                        ctx.check_cancelled()
-                        module(x)
+                _run_samples(module, xs, ctx)
             finally:
-                for h in handles:
-                    h.remove()
+                _remove(handles)
             weights = {n: _fake_quantize_weight(m.weight.detach().float(), qconfig).to(m.weight.dtype)
                        for n, m in mods.items()}
             acc = {n: {"signal": 0.0, "both": 0.0, "input": 0.0, "weight": 0.0} for n in mods}
@@ -345,13 +355,9 @@ def isolated_errors(model: Any, batches: Sequence[np.ndarray], config: QuantConf
             handles = [h for n, m in mods.items() if (hk := measure(n)) is not None
                        for h in (m.register_forward_hook(hk),)]
             try:
-                with torch.inference_mode():
-                    for x in xs:
-                        ctx.check_cancelled()
-                        module(x)
+                _run_samples(module, xs, ctx)
             finally:
-                for h in handles:
-                    h.remove()
+                _remove(handles)
     finally:
         module.train(was_training)
     out: dict[str, dict[str, float]] = {}

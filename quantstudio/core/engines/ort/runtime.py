@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import platform
-import warnings
 from typing import Any
 
 import numpy as np
 
+from quantstudio.core.quiet import quiet_loggers
+
 @contextlib.contextmanager
 def quiet():
     """ORT's quantizer logs advice and torch.onnx warns; neither is for the user."""
-    loggers = [logging.getLogger(n) for n in ("root", "onnxruntime", "onnxruntime.quantization")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
+    with quiet_loggers(("root", "onnxruntime", "onnxruntime.quantization")):
+        yield
 
 
 def cpu_target(backend: str) -> str:

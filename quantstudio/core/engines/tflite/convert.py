@@ -19,13 +19,12 @@ import contextlib
 import hashlib
 import importlib.util
 import io
-import logging
 import os
-import warnings
 import weakref
 from typing import Any, Iterator
 
 from quantstudio.core.errors import InputError
+from quantstudio.core.quiet import quiet_loggers
 
 # What the extra brings, by import name (the tests and the doctor read it too).
 REQUIRED_MODULES = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
@@ -61,18 +60,9 @@ def quiet() -> Iterator[None]:
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     names = ("root", "absl", "torch", "torch._export", "torch.export", "litert_torch", "ai_edge_quantizer")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
     # tqdm bars (ai-edge-quantizer's calibration) go to sys.stderr: caught too.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, lv in zip(loggers, levels):
-                lg.setLevel(lv)
+    with quiet_loggers(names), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 # One FP32 conversion per module and shape: every variant of a session (modes, plans,
