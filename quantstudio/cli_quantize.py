@@ -386,7 +386,7 @@ def _print_auto_precision(result) -> None:
     if auto:
         b = auto["budget"]
         what = f"at most {b['max_drop']:g} pt top-1 drop" if auto["metric"] == "top1" else f"at least {b['min_agreement']:g} % agreement"
-        print(f"auto precision ({what}, {auto['heldout_samples']} held-out samples, {len(auto['candidates'])} candidates, "
+        print(f"auto precision ({what}, {auto['heldout_samples']} held-out samples, {len(auto['candidates'])} candidate{'s' if len(auto['candidates']) != 1 else ''}, "
               f"{auto['seconds']:.0f} s{', cancelled' if auto['cancelled'] else ''}): chose")
         c = auto["candidates"][auto["chosen"] - 1] if auto.get("chosen") else None
         if c is not None:
