@@ -34,7 +34,8 @@ import numpy as np
 
 from tests.benchmarks.outlier_models import WORK, _log, damaged_models, digits_split
 
-CACHE = WORK / "auto_bench.json"
+# QS_AUTO_BENCH_CACHE: another cache file (two measurements running side by side must not share one).
+CACHE = Path(os.environ.get("QS_AUTO_BENCH_CACHE", str(WORK / "auto_bench.json")))
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 MODELS = ["resnet18 3 blocks s300", "resnet18 layer2.1 s300 4ch", "resnet18 early layer1.0 s100",
           "resnet18 late layer4.0 s100", "mobilenet_v2 early features.1 s100", "mobilenet_v2 late features.17 s100",
