@@ -44,3 +44,69 @@ def guard_singleton_refcounts() -> bool:
         ctypes.c_ssize_t.from_address(id(obj)).value += _EXTRA
     _applied = True
     return True
+
+
+# --------------------------------------------------------------------------- PySide's import hook
+
+_hook_quieted = False
+
+
+def quiet_feature_import_hook() -> bool:
+    """Stop PySide reading the source of every module imported after it (returns whether done).
+
+    Importing PySide6 replaces ``builtins.__import__`` with shiboken's ``__feature_import__``,
+    which, for every new module, calls ``shibokensupport.feature._mod_uses_pyside`` --
+    ``inspect.getsource(module)`` -- to learn whether the module might say
+    ``from __feature__ import snake_case``. This application never selects a PySide feature, so
+    the answer does not matter, and the check is costly where this app imports the most:
+    torch & co. on the worker thread. Measured here (AMD EPYC, 2 cores; torch, torchvision,
+    onnx and onnxruntime imported after PySide6): 6.65 s and 801 MB peak with the check, 4.60 s
+    and 706 MB without it (1,814 source files kept in ``linecache`` vs 34). Other projects
+    found that hook on worker-thread imports behind crashes (kamook #36, #46: lazy imports on
+    a worker thread) and it was on the worker's stack in the one hang this test suite had
+    (a lazy torch import while building a model). Answering "does not use PySide features"
+    marks each module as ignored by feature selection, which is PySide's own answer for
+    modules without source (``_mod_uses_pyside`` returns False when ``getsource`` fails).
+
+    Private API: applied only if it looks as expected; otherwise nothing changes.
+    """
+    global _hook_quieted
+    if _hook_quieted:
+        return True
+    import PySide6.QtCore  # noqa: F401 - installs the hook (and shibokensupport) if not yet done
+
+    feature = sys.modules.get("shibokensupport.feature")
+    if feature is None or not callable(getattr(feature, "_mod_uses_pyside", None)):
+        return False
+    feature._mod_uses_pyside = _uses_no_pyside_features
+    _hook_quieted = True
+    return True
+
+
+def _uses_no_pyside_features(module: object) -> bool:
+    return False
+
+
+# --------------------------------------------------------------------------- garbage collection
+
+_collector: object | None = None
+
+
+def collect_garbage_on_gui_thread(interval_s: float = 1.0) -> None:
+    """Run Python's cyclic garbage collector only on the GUI thread (idempotent).
+
+    Python collects cycles on whichever thread happens to allocate when a threshold is
+    crossed. On a worker thread that may free cyclic garbage holding Qt objects -- a closed
+    dialog, a window from before -- and so run Qt destructors off the GUI thread, which Qt
+    does not allow: a crash, or a deadlock when the destructor needs a Qt lock the GUI thread
+    holds while it waits for the GIL. The worker threads here allocate millions of objects
+    (importing torch, building models), so a collection there is the rule, not the
+    exception. pyqtgraph's ``GarbageCollector`` (made for exactly this) turns automatic
+    collection off and collects on a GUI-thread timer instead, generation by generation
+    with Python's own thresholds. Call it on the GUI thread, with a QApplication.
+    """
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=interval_s)

@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 from quantstudio import __version__
 from quantstudio.core.errors import InputError
 from quantstudio.core.plan import Precision, PrecisionPlan
-from quantstudio.gui import glossary, plots, style, tasks, warmup
+from quantstudio.gui import compat, glossary, plots, style, tasks, warmup
 from quantstudio.gui.data_panel import DataPanel
 from quantstudio.gui.guidance import AutoButton, HintBar, QuantizeButton
 from quantstudio.gui.dialogs import GettingStartedDialog, ask_yes_no, show_error
@@ -70,6 +70,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, AutoPrecisionMixin, Fine
         self.setWindowTitle("QuantStudio")
         self.setAcceptDrops(True)
         self.resize(1400, 900)
+        compat.collect_garbage_on_gui_thread()  # before any worker thread exists
         self.runner = JobRunner(self, before_first_job=warmup.warm_up)
         self.loaded = None  # core LoadedModel
         self.model_request: tasks.LoadRequest | None = None
