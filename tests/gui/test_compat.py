@@ -48,15 +48,19 @@ def test_cyclic_garbage_made_on_a_worker_thread_is_freed_on_the_gui_thread(qtbot
         def __del__(self) -> None:
             freed_on_gui_thread.append(threading.current_thread() is threading.main_thread())
 
+    kept: list[list] = []
+
     def worker() -> None:
         for _ in range(20):
             c = Cycle()
             c.me = c  # unreachable once the loop moves on, but only the collector can free it
-        junk = [[] for _ in range(50_000)]  # far past every collection threshold
-        del junk
+        # Far past every collection threshold (kept alive: freeing them would lower the count
+        # of allocations that triggers a collection again).
+        kept.append([[] for _ in range(50_000)])
 
     t = threading.Thread(target=worker)
     t.start()
     t.join()
+    assert freed_on_gui_thread == []  # nothing was collected on the worker thread
     qtbot.waitUntil(lambda: len(freed_on_gui_thread) >= 20, timeout=10_000)
     assert all(freed_on_gui_thread)
