@@ -260,7 +260,7 @@ class TinyMobileNet(nn.Module):
 
 PRODUCERS = ["blocks.0.conv.7", "blocks.1.conv.7", "blocks.2.conv.7"]
 READERS = ["blocks.1.conv.0", "blocks.2.conv.0", "head.0"]
-CALIB = batches(4, (32, 3, 32, 32), seed=3)
+CALIB = batches(4, (8, 3, 32, 32), seed=3)
 
 
 @pytest.fixture(scope="module")
