@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import operator
 from dataclasses import dataclass, field
@@ -415,12 +416,12 @@ def _stream_ranges(eq: Any, groups: list[StreamGroup], batches: Iterable[Any]) -
     recorder = Recorder(fx.symbolic_trace(eq))
     seen = 0
     with torch.no_grad():
-        for i, x in enumerate(batches):
-            if i >= STREAM_MAX_BATCHES or seen >= STREAM_MAX_SAMPLES:
-                break
+        for x in itertools.islice(batches, STREAM_MAX_BATCHES):  # islice: no batch read past the last
             x = torch.as_tensor(np.asarray(x, dtype=np.float32)[: STREAM_MAX_SAMPLES - seen])
             recorder.run(x)
             seen += len(x)
+            if seen >= STREAM_MAX_SAMPLES:
+                break
     return amax
 
 
