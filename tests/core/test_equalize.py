@@ -376,3 +376,5 @@ def test_default_int8_survives_a_residual_stream_outlier(tiny_mobilenet, engine)
     # measured here: torch 1.8 -> 21.4 dB, ORT 1.9 -> 29.9 dB (undamaged net: 22.8 / 34.1 dB)
     assert q_on.sqnr_db > q_off.sqnr_db + 12, (q_on.sqnr_db, q_off.sqnr_db)
     assert any(n.startswith("equalized 1 residual stream(s)") for n in on.notes), on.notes
+    if engine == "torch":
+        assert on.quantized.fused == off.quantized.fused  # the same fusions: same INT8 graph and speed
