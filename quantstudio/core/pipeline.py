@@ -394,9 +394,9 @@ def _quantize_stage(s: _RunState, st: JobContext) -> None:
     calib = s.data.batches(s.split.calibration, batch_size=s.batch_size, message="calibrating")
     if len(calib.indices) == 0:
         raise InputError("there is no calibration data", path=s.data.path, hint="Choose data with at least one sample.")
-    from quantstudio.core.equalize import equalized_model
+    from quantstudio.core.equalize import calibration_batches, equalized_model
 
-    s.quantized_source = equalized_model(s.model, s.config, s.notes)
+    s.quantized_source = equalized_model(s.model, s.config, s.notes, calibration_batches(calib, st))
     if s.budget is not None:
         _search_stage(s, calib, st)
     else:
@@ -418,9 +418,9 @@ def _train_stage(s: _RunState, st: JobContext) -> None:
     calib = s.data.batches(s.split.calibration, batch_size=s.batch_size, message="calibrating")
     if len(calib.indices) == 0:
         raise InputError("there is no calibration data", path=s.data.path, hint="Choose data with at least one sample.")
-    from quantstudio.core.equalize import equalized_model
+    from quantstudio.core.equalize import calibration_batches, equalized_model
 
-    s.quantized_source = equalized_model(s.model, s.config, s.notes)
+    s.quantized_source = equalized_model(s.model, s.config, s.notes, calibration_batches(calib, st))
     s.qm, s.training = s.engine.quantize_aware(s.quantized_source, s.plan, s.config, calib, s.training_data, st)
     if s.training.get("cancelled") and s.cancel_guard is not None:
         s.cancel_guard.consume()  # the user's cancel ended the training, not the run

@@ -7,8 +7,10 @@ weights with BN statistics from random inputs: the outlier channel is what matte
 
 from __future__ import annotations
 
+import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -17,7 +19,7 @@ from torch import nn
 from quantstudio.cli import main
 from quantstudio.core.data import open_data
 from quantstudio.core.engines.base import QuantConfig
-from quantstudio.core.equalize import NEEDS_EAGER_NOTE, equalize, equalized_model, find_pairs
+from quantstudio.core.equalize import NEEDS_EAGER_NOTE, equalize, equalized_model, find_pairs, find_streams
 from quantstudio.core.loading import LoadedModel
 from quantstudio.core.pipeline import run_quantize
 from quantstudio.core.plan import PrecisionPlan
@@ -222,3 +224,157 @@ def test_settings_label_says_when_equalization_is_off():
     assert "equalize" not in settings_label({"engine": "torch", "mode": "static", "equalize": True})
     assert "equalize" not in settings_label({"engine": "torch", "mode": "dynamic", "equalize": False})
 
+
+
+# ----------------------------------------------------------------------------- residual streams
+# A MobileNetV2-style net (inverted residual blocks, ReLU6, projection BN -> add): blocks.0 starts
+# the stream (no skip), blocks.1 and blocks.2 add into it, head.0 reads its end. ReLU6 everywhere,
+# so pairwise CLE finds nothing; the stream is the only thing to equalize.
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 2):
+        super().__init__()
+        hid = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+            nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+            nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class TinyMobileNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(InvertedResidual(8, 16, 2), InvertedResidual(16, 16), InvertedResidual(16, 16))
+        self.head = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1), 1))
+
+
+PRODUCERS = ["blocks.0.conv.7", "blocks.1.conv.7", "blocks.2.conv.7"]
+READERS = ["blocks.1.conv.0", "blocks.2.conv.0", "head.0"]
+CALIB = batches(4, (8, 3, 32, 32), seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_mobilenet() -> nn.Module:
+    torch.manual_seed(0)
+    return bn_ready(TinyMobileNet(), batches(2, (32, 3, 32, 32))).eval()
+
+
+def _planted(net: nn.Module, scale: float = 300.0) -> tuple[nn.Module, int]:
+    """outlier_models.rescale on the whole stream: channel c of every producer BN x scale, every
+    reader's input channel c / scale (the adds are linear: function-preserving)."""
+    from tests.benchmarks.outlier_models import pick_channels, rescale
+
+    damaged = copy.deepcopy(net)
+    c = pick_channels(damaged, PRODUCERS[0], 1)[0]
+    rescale(damaged, PRODUCERS, READERS, [c], scale)
+    return damaged, c
+
+
+def _stream_amax(net: nn.Module, xs=CALIB) -> torch.Tensor:
+    """Per-channel max |x| over the stream's tensors (the blocks' outputs: BN and add outputs)."""
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, a, out: seen.append(out.abs().amax(dim=(0, 2, 3)))) for b in net.blocks]
+    with torch.no_grad():
+        for x in xs:
+            net(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    return torch.stack(seen).amax(0)
+
+
+def test_stream_groups_are_found_and_resnet_streams_are_skipped(tiny_mobilenet, normal):
+    groups, skipped = find_streams(tiny_mobilenet)
+    assert len(groups) == 1 and skipped == []
+    assert groups[0].producers == PRODUCERS and groups[0].readers == READERS and len(groups[0].adds) == 2
+    assert find_pairs(tiny_mobilenet) == []  # ReLU6 everywhere: only the stream can be equalized
+    # ResNet: every add is followed by a ReLU (not linear in the stream): no stream is rewritten
+    groups, skipped = find_streams(normal)
+    assert groups == [] and len(skipped) == 8
+    assert all(("relu" in n or "maxpool" in n) and "not equalized" in n for n in skipped), skipped
+
+    class Pooled(nn.Module):  # a stream read by a pooling layer (not a conv): skipped too
+        def __init__(self):
+            super().__init__()
+            self.c1, self.b1, self.c2, self.b2 = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.b1(self.c1(x))
+            return nn.functional.avg_pool2d(y + self.b2(self.c2(y)), 2)
+
+    groups, skipped = find_streams(Pooled())
+    assert groups == [] and "avg_pool2d" in skipped[0]
+
+
+def test_stream_equalization_removes_the_outlier_and_keeps_the_function(tiny_mobilenet):
+    damaged, c = _planted(tiny_mobilenet)
+    before = _params(damaged)
+    amax = _stream_amax(damaged)
+    assert amax[c] > 50 * amax.median()  # the planted outlier
+    report = equalize(damaged, X[:1], CALIB)
+    assert all(torch.equal(v, damaged.state_dict()[k]) for k, v in before.items()), "the caller's model was modified"
+    assert report.pairs == [] and len(report.streams) == 1
+    assert report.streams[0].channels == [c] and report.streams[0].max_scale > 10
+    assert _rel(damaged, report.module) <= 1e-4 and _rel(tiny_mobilenet, report.module) <= 1e-4
+    after = _stream_amax(report.module)
+    assert after[c] <= 4.0 * after.median() * 1.001  # brought down to the gate
+    others = torch.arange(len(after)) != c
+    assert torch.allclose(after[others], amax[others])  # the other channels are untouched
+    notes: list[str] = []
+    equalized_model(loaded(damaged), QuantConfig(), notes, iter(CALIB))
+    assert notes == ["equalized 1 residual stream(s) (1 outlier channel(s) brought down to 4\u00d7 their stream's "
+                     f"median range) before quantizing (largest channel scale {report.max_scale:.3g}); the FP32 function "
+                     "is unchanged (turn off with --no-equalize / the Equalize checkbox)"]
+
+
+def test_a_stream_without_outliers_is_left_bit_identical(tiny_mobilenet, normal):
+    report = equalize(tiny_mobilenet, X[:1], CALIB)
+    assert report.module is tiny_mobilenet and not report.equalized
+    notes: list[str] = []
+    lm = loaded(tiny_mobilenet)
+    assert equalized_model(lm, QuantConfig(), notes, iter(CALIB)) is lm and notes == []
+    # no stream to measure (ResNet): the calibration data is not even read
+
+    def unreadable():
+        raise AssertionError("calibration data read for a model without residual streams")
+        yield
+
+    assert len(equalize(normal, X[:1], unreadable()).pairs) == 8
+
+
+def test_calibration_batches_are_few_silent_and_cancellable():
+    from quantstudio.core.equalize import calibration_batches
+    from quantstudio.core.errors import Cancelled
+    from quantstudio.core.jobs import RecordingContext
+
+    data = open_data("random", input_shape=(1, 3, 8, 8), random_samples=300, seed=0)
+    stream = data.batches(np.arange(300), batch_size=50, message="calibrating")
+    ctx = RecordingContext()
+    got = list(calibration_batches(stream, ctx))
+    assert [len(x) for x in got] == [50, 50, 28] and ctx.reports == []  # <= 128 samples, no progress lines
+    assert stream.samples_read == 0  # the engine's calibration pass counts its own
+    ctx.cancel()
+    with pytest.raises(Cancelled):
+        equalize(_planted(TinyMobileNet().eval())[0], None, calibration_batches(stream, ctx))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_default_int8_survives_a_residual_stream_outlier(tiny_mobilenet, engine):
+    lm = loaded(_planted(tiny_mobilenet)[0])
+    on, off = _quantize(lm, engine, True), _quantize(lm, engine, False)
+    q_on, q_off = on.quantized_metrics, off.quantized_metrics
+    # measured here: torch 1.8 -> 21.4 dB, ORT 1.9 -> 29.9 dB (undamaged net: 22.8 / 34.1 dB)
+    assert q_on.sqnr_db > q_off.sqnr_db + 12, (q_on.sqnr_db, q_off.sqnr_db)
+    assert any(n.startswith("equalized 1 residual stream(s)") for n in on.notes), on.notes
+    if engine == "torch":
+        assert on.quantized.fused == off.quantized.fused  # the same fusions: same INT8 graph and speed
