@@ -262,12 +262,18 @@ def _run_tool(job: dict[str, Any]) -> None:
     elif job["tool"] == "static":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        reader: _FileReader | None = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
-        cache = None
-        if job["method"] == "Entropy":
-            cache = Path(job["dst"]).with_name("entropy-ranges.json")
-            _entropy_ranges(job["src"], reader, cache, bool(job["extra"].get("CalibTensorRangeSymmetric", False)))
-            reader = None  # quantize_static reads the ranges from the cache
+        # "ranges": ONNX Runtime's calibration cache. Present: an earlier candidate of an
+        # auto-precision search measured the ranges, nothing is calibrated. Absent: the
+        # ranges measured here are written there (quantize_static saves them).
+        ranges = Path(job["ranges"]) if job.get("ranges") else None
+        reader: _FileReader | None = None
+        cache = ranges
+        if ranges is None or not ranges.is_file():
+            reader = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
+            if job["method"] == "Entropy":
+                cache = ranges or Path(job["dst"]).with_name("entropy-ranges.json")
+                _entropy_ranges(job["src"], reader, cache, bool(job["extra"].get("CalibTensorRangeSymmetric", False)))
+                reader = None  # quantize_static reads the ranges from the cache
         quantize_static(
             job["src"],
             job["dst"],
