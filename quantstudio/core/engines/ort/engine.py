@@ -6,7 +6,9 @@ node maps back to a layer of the tree). The model then goes through ONNX Runtime
 pre-processing (symbolic shape inference + basic graph optimisation), static QDQ
 quantization with the data types that are fast on this CPU, and FP16 conversion of the
 layers the plan puts in FP16. Everything intermediate lives in a temporary folder that
-is removed whatever happens, cancellation included.
+is removed whatever happens, cancellation included. Within one auto-precision search the
+export, pre-processing and calibration ranges are made once and reused by every candidate
+(:mod:`~quantstudio.core.engines.ort.reuse`, whose folder goes when the search ends).
 
 Types (DESIGN "Facts measured here"): on x86, ``quantize_static``'s default int8
 activations ("S8S8") run no faster than FP32; uint8 activations with int8 per-channel
