@@ -15,6 +15,7 @@ import pytest
 from quantstudio.core.auto_precision import Budget, search
 from quantstudio.core.engines.base import QuantConfig, get_engine
 from quantstudio.core.engines.ort.reuse import OrtReuse
+from quantstudio.core.errors import Cancelled
 from quantstudio.core.jobs import NullContext, RecordingContext
 from quantstudio.core.loading import LoadedModel
 from quantstudio.core.plan import PrecisionPlan
@@ -97,6 +98,7 @@ def test_the_ort_search_reuses_work_between_candidates_and_cleans_up():
     assert n >= 2 and spy.reuse is not None
     assert spy.reuse.hits == {"prepare": n - 1, "pre_process": n - 1, "ranges": n - 1}
     assert spy.reuse._dir is None  # closed: its folder is gone
+    assert spy.reuse.helper_starts == 1  # one helper process ran every candidate's tools
     chosen = found.record["candidates"][found.record["chosen"] - 1]
     assert chosen["meets_budget"] and {"conv1", "conv2"} <= set(chosen["fp32_layers"])
     assert top1(found.quantized, x[64:].numpy(), y[64:].numpy()) >= 0.99
@@ -121,3 +123,28 @@ def test_cancel_mid_search_on_ort_keeps_the_best_candidate_and_removes_the_reuse
     assert found.record["cancelled"] and len(found.record["candidates"]) == 1
     assert spy.reuse is not None and spy.reuse._dir is None and spy.reuse.prepared is None
     assert np.asarray(found.quantized.forward_numpy(x[:4].numpy())).shape == (4, 4)
+
+
+class _CancelAtCheck(RecordingContext):
+    """Presses Cancel as the engine starts checking the quantized model (a job in the helper)."""
+
+    def report(self, fraction: float, message: str = "") -> None:
+        super().report(fraction, message)
+        if message.startswith("checking the model"):
+            self.cancel()
+
+
+def test_a_cancelled_candidate_leaves_the_reuse_able_to_build_the_next_one_exactly():
+    model = damaged_model()
+    x, _ = samples(64, 5)
+    calib = [x.numpy()]
+    eng = get_engine("onnxruntime")
+    config = QuantConfig(engine="onnxruntime", **NO_EQ)
+    with OrtReuse() as reuse:
+        eng.quantize(model, PrecisionPlan(), config, calib, NullContext(), reuse=reuse)
+        with pytest.raises(Cancelled):
+            eng.quantize(model, _fp32_plan("conv1"), config, calib, _CancelAtCheck(), reuse=reuse)
+        again = eng.quantize(model, _fp32_plan("conv2"), config, calib, NullContext(), reuse=reuse)
+        assert reuse.hits["ranges"] == 2
+    fresh = eng.quantize(model, _fp32_plan("conv2"), config, calib, NullContext())
+    assert again.artifact.SerializeToString() == fresh.artifact.SerializeToString()

@@ -188,7 +188,9 @@ class OrtEngine:
         input_name = prepared.input_name
 
         target = cpu_target(config.backend)
-        with tempfile.TemporaryDirectory(prefix="quantstudio-ort-") as tmp, quiet():
+        worker = reuse.worker() if reuse is not None else None
+        workdir = reuse.workdir() if reuse is not None else None
+        with tempfile.TemporaryDirectory(prefix="quantstudio-ort-", dir=workdir) as tmp, quiet():
             tmpdir = Path(tmp)
             if prepared.pre_path is not None:  # an earlier candidate of this search made it
                 pre = prepared.pre_path
@@ -202,7 +204,7 @@ class OrtEngine:
                 ctx.report(0.03, "ONNX Runtime pre-processing (shape inference, optimisation)")
                 pre_notes: list[str] = []
                 try:
-                    run_ort_tool({"tool": "pre_process", "src": str(src), "dst": str(pre)}, ctx)
+                    run_ort_tool({"tool": "pre_process", "src": str(src), "dst": str(pre)}, ctx, worker=worker)
                 except ToolFailed as exc:  # some graphs defeat symbolic shape inference
                     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.kind
                     pre_notes.append(f"ONNX Runtime pre-processing skipped ({first})")
@@ -237,7 +239,7 @@ class OrtEngine:
             # would take the whole app down: create the session in a child first.
             ctx.report(0.95, "checking the model in a separate process")
             check_in_child(quantized, tmpdir, ctx, sample_input(quantized, model.input_shape),
-                           hint=_crash_hint(config.mode, fp16_nodes), path=model.path)
+                           hint=_crash_hint(config.mode, fp16_nodes), path=model.path, worker=worker)
         ctx.report(0.97, "creating the ONNX Runtime session")
         try:
             session = make_session(quantized)
@@ -316,7 +318,7 @@ class OrtEngine:
                 job["ranges"] = str(ranges)
             message, until = f"calibrating on {batches} batch{'es' if batches != 1 else ''}", 0.85
         try:
-            run_ort_tool(job, ctx, message, 0.3, until=until)
+            run_ort_tool(job, ctx, message, 0.3, until=until, worker=reuse.worker() if reuse is not None else None)
             if reuse is not None and cached is None:
                 reuse.keep_ranges(key, ranges)
         except ToolFailed as exc:

@@ -7,6 +7,8 @@ of a 11 s entropy candidate on a 64×64 ResNet-18) need doing once, not per cand
 
 * the FP32 ONNX model, its layer trees and node origins, and the pre-processed model,
   once per source model;
+* one helper process for ONNX Runtime's tools (a :class:`~quantstudio.core.engines.ort.tools.ToolWorker`),
+  not two or three started per candidate;
 * the calibrated tensor ranges (ONNX Runtime's calibration cache, the JSON that
   ``quantize_static(calibration_cache_path=...)`` reads instead of calibrating), once
   per set of calibration settings. The calibrator calibrates every tensor of the ops it
@@ -27,6 +29,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from quantstudio.core.engines.ort.tools import ToolWorker
 
 
 @dataclass
@@ -53,6 +57,8 @@ class OrtReuse:
         self.prepared: PreparedSource | None = None
         self._ranges: dict[str, Path] = {}
         self.hits = {"prepare": 0, "pre_process": 0, "ranges": 0}  # for tests and profiling
+        self._worker: ToolWorker | None = None
+        self.helper_starts = 0  # helper processes started, known once closed (for tests)
 
     # -- lifetime
     def __enter__(self) -> "OrtReuse":
@@ -62,6 +68,10 @@ class OrtReuse:
         self.close()
 
     def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self.helper_starts += self._worker.starts
+            self._worker = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
@@ -72,6 +82,17 @@ class OrtReuse:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="quantstudio-ort-reuse-"))
         return self._dir
+
+    def workdir(self) -> str:
+        """Where a candidate's work folder goes: inside this cache's folder, which the
+        helper process removes if the app dies (quantstudio.core.child)."""
+        return str(self._folder())
+
+    def worker(self) -> ToolWorker:
+        """The helper process that runs every candidate's tools (started on first use)."""
+        if self._worker is None:
+            self._worker = ToolWorker(self._folder())
+        return self._worker
 
     # -- binding
     def serves(self, model: Any, calib: Any) -> bool:
