@@ -127,6 +127,12 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
     notes: list[str] = []
     cancelled = False
     done = [0.0]
+    # Work the engine may keep between candidates (same source, same calibration data):
+    # an optional engine hook, see quantstudio.core.engines.base.Engine. Removed when the
+    # search ends, whatever happens.
+    make_reuse = getattr(engine, "search_reuse", None)
+    reuse = make_reuse() if callable(make_reuse) else None
+    reuse_arg = {"reuse": reuse} if reuse is not None else {}
 
     def judge(pred: np.ndarray) -> tuple[float, float, bool]:
         if budget.metric == "top1":
@@ -147,7 +153,7 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
         cand_config = dataclasses.replace(config, calibration=calibration)
         index = len(candidates) + 1
         ctx.report(min(done[0], 0.95), f"auto precision: candidate {index} ({label})")
-        qm = engine.quantize(source, cand_plan, cand_config, calib, _Quiet(ctx))
+        qm = engine.quantize(source, cand_plan, cand_config, calib, _Quiet(ctx), **reuse_arg)
         metric, drop, meets = judge(_predict(qm.forward_numpy, judge_x, batch_size))
         latency = _latency_ms(qm.forward_numpy, judge_x[:latency_batch])
         c = {"index": index, "label": label, "calibration": calibration, "fp32_layers": list(layers),
@@ -217,6 +223,9 @@ def search(source: Any, reference: Any, plan: Any, config: Any, engine: Any, cal
         if not candidates:
             raise
         cancelled = True
+    finally:
+        if reuse is not None:
+            reuse.close()
     # The fastest candidate that meets the budget; else the most accurate (warned about).
     meeting = [c for c in candidates if c["meets_budget"]]
     warnings: list[str] = []

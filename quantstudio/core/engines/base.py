@@ -92,7 +92,13 @@ class QuantizedModel:
 
 
 class Engine(Protocol):
-    """A quantization engine. ``formats``: file suffix → export format it writes."""
+    """A quantization engine. ``formats``: file suffix → export format it writes.
+
+    Optional: ``search_reuse()`` returns an object with ``close()`` that the auto-precision
+    search passes to every candidate's ``quantize(..., reuse=obj)`` (same model, same
+    calibration data) and closes when it ends; the engine keeps work there that candidates
+    share (ORT: export, pre-processing, calibration ranges). Results must not depend on it.
+    """
 
     name: str  # the registry key, stored in configs and recipes: "onnxruntime", "torch"
     label: str  # for people: "ONNX Runtime"

@@ -6,7 +6,9 @@ node maps back to a layer of the tree). The model then goes through ONNX Runtime
 pre-processing (symbolic shape inference + basic graph optimisation), static QDQ
 quantization with the data types that are fast on this CPU, and FP16 conversion of the
 layers the plan puts in FP16. Everything intermediate lives in a temporary folder that
-is removed whatever happens, cancellation included.
+is removed whatever happens, cancellation included. Within one auto-precision search the
+export, pre-processing and calibration ranges are made once and reused by every candidate
+(:mod:`~quantstudio.core.engines.ort.reuse`, whose folder goes when the search ends).
 
 Types (DESIGN "Facts measured here"): on x86, ``quantize_static``'s default int8
 activations ("S8S8") run no faster than FP32; uint8 activations with int8 per-channel
@@ -16,6 +18,7 @@ recommends there).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -31,6 +34,7 @@ from quantstudio.core.engines.ort.mapping import (
     plan_coverage_notes,
     plan_node_precisions,
 )
+from quantstudio.core.engines.ort.reuse import OrtReuse, PreparedSource
 from quantstudio.core.engines.ort.runtime import OrtRunner, cpu_has_vnni, cpu_target, make_session, quiet
 from quantstudio.core.engines.ort.tools import (
     DYNAMIC_OPS,
@@ -91,6 +95,27 @@ def _gemm_to_matmul(model, keep: frozenset[str] | set[str] = frozenset()) -> Any
     return m
 
 
+def _prepare_source(model: Any, ctx: JobContext) -> PreparedSource:
+    """The FP32 ONNX form of ``model``, its layer trees and node origins (no plan yet)."""
+    from quantstudio.core.inventory import build_inventory, onnx_inventory
+
+    notes: list[str] = []
+    if model.kind != "onnx":
+        ctx.report(0.0, "exporting to ONNX")
+        fp32 = torch_to_onnx(model)
+        torch_tree = build_inventory(model)
+        notes.append(f"exported to ONNX (opset {OPSET}) from the {model.kind_label}")
+    else:
+        fp32 = model.onnx_model
+        torch_tree = None
+    ctx.check_cancelled()
+    onnx_tree = onnx_inventory(fp32, model.input_shape)
+    origins = onnx_node_origins(onnx_tree, torch_tree, fp32)
+    inits = {i.name for i in fp32.graph.initializer}
+    input_name = next(i.name for i in fp32.graph.input if i.name not in inits)
+    return PreparedSource(fp32, torch_tree, onnx_tree, origins, input_name, notes)
+
+
 # --------------------------------------------------------------------------- engine
 
 
@@ -104,6 +129,12 @@ class OrtEngine:
 
     def unsupported_reason(self, model: Any) -> str | None:
         return None  # every model QuantStudio loads is (or exports to) ONNX
+
+    def search_reuse(self) -> OrtReuse:
+        """What the auto-precision search passes to every candidate's :meth:`quantize`
+        (``reuse=``) and closes at its end: the export, pre-processing and calibration
+        ranges are made once per search, not once per candidate."""
+        return OrtReuse()
 
     def quantize_aware(self, model: Any, plan: PrecisionPlan, config: QuantConfig, calib_batches: Iterable[Any],
                        training: Any, ctx: JobContext) -> tuple[QuantizedModel, dict[str, Any]]:
@@ -127,25 +158,25 @@ class OrtEngine:
         config: QuantConfig,
         calib_batches: Iterable[Any],
         ctx: JobContext,
+        reuse: OrtReuse | None = None,
     ) -> QuantizedModel:
+        """``reuse``: work kept between the candidates of one auto-precision search (see
+        :mod:`~quantstudio.core.engines.ort.reuse`); the result is the same without it."""
         import onnx
-
-        from quantstudio.core.inventory import build_inventory, onnx_inventory
 
         ctx.partial({"type": "stage", "name": "prepare"})
         ctx.check_cancelled()
-        notes: list[str] = []
-        if model.kind != "onnx":
-            ctx.report(0.0, "exporting to ONNX")
-            fp32 = torch_to_onnx(model)
-            torch_tree = build_inventory(model)
-            notes.append(f"exported to ONNX (opset {OPSET}) from the {model.kind_label}")
-        else:
-            fp32 = model.onnx_model
-            torch_tree = None
-        ctx.check_cancelled()
-        onnx_tree = onnx_inventory(fp32, model.input_shape)
-        origins = onnx_node_origins(onnx_tree, torch_tree, fp32)
+        if reuse is not None and not reuse.serves(model, calib_batches):
+            reuse = None  # bound to another source: build from scratch
+        prepared = reuse.prepared if reuse is not None else None
+        if prepared is None:
+            prepared = _prepare_source(model, ctx)
+            if reuse is not None:
+                reuse.prepared = prepared
+        elif reuse is not None:
+            reuse.hits["prepare"] += 1
+        fp32, torch_tree, onnx_tree, origins = prepared.fp32, prepared.torch_tree, prepared.onnx_tree, prepared.origins
+        notes: list[str] = list(prepared.notes)
         node_plan = plan_node_precisions(plan, onnx_tree, torch_tree, fp32, origins=origins)
         notes.extend(plan_coverage_notes(plan, origins, torch_tree))
         if config.mode == "fp16":
@@ -154,26 +185,38 @@ class OrtEngine:
         int8_nodes = {k for k, (p, _) in node_plan.items() if p is Precision.INT8}
         fp16_nodes = {k for k, (p, _) in node_plan.items() if p is Precision.FP16}
         excluded = sorted(k for k, (p, _) in node_plan.items() if p is not Precision.INT8)
-        inits = {i.name for i in fp32.graph.initializer}
-        input_name = next(i.name for i in fp32.graph.input if i.name not in inits)
+        input_name = prepared.input_name
 
         target = cpu_target(config.backend)
-        with tempfile.TemporaryDirectory(prefix="quantstudio-ort-") as tmp, quiet():
+        worker = reuse.worker() if reuse is not None else None
+        workdir = reuse.workdir() if reuse is not None else None
+        with tempfile.TemporaryDirectory(prefix="quantstudio-ort-", dir=workdir) as tmp, quiet():
             tmpdir = Path(tmp)
-            src = tmpdir / "fp32.onnx"
-            onnx.save(fp32, str(src))
-            pre = tmpdir / "pre.onnx"
-            ctx.report(0.03, "ONNX Runtime pre-processing (shape inference, optimisation)")
-            try:
-                run_ort_tool({"tool": "pre_process", "src": str(src), "dst": str(pre)}, ctx)
-            except ToolFailed as exc:  # some graphs defeat symbolic shape inference
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.kind
-                notes.append(f"ONNX Runtime pre-processing skipped ({first})")
-                pre = src
+            if prepared.pre_path is not None:  # an earlier candidate of this search made it
+                pre = prepared.pre_path
+                notes.extend(prepared.pre_notes)
+                if reuse is not None:
+                    reuse.hits["pre_process"] += 1
+            else:
+                src = tmpdir / "fp32.onnx"
+                onnx.save(fp32, str(src))
+                pre = tmpdir / "pre.onnx"
+                ctx.report(0.03, "ONNX Runtime pre-processing (shape inference, optimisation)")
+                pre_notes: list[str] = []
+                try:
+                    run_ort_tool({"tool": "pre_process", "src": str(src), "dst": str(pre)}, ctx, worker=worker)
+                except ToolFailed as exc:  # some graphs defeat symbolic shape inference
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.kind
+                    pre_notes.append(f"ONNX Runtime pre-processing skipped ({first})")
+                    pre = src
+                notes.extend(pre_notes)
+                ctx.check_cancelled()
+                if reuse is not None:
+                    reuse.keep_pre(pre, pre_notes)
             ctx.check_cancelled()
             out = tmpdir / "quantized.onnx"
             if config.mode == "static" and int8_nodes:
-                self._static(pre, out, config, target, excluded, calib_batches, input_name, ctx, notes)
+                self._static(pre, out, config, target, excluded, calib_batches, input_name, ctx, notes, reuse)
             elif config.mode == "dynamic" and int8_nodes:
                 self._dynamic(pre, out, config, target, excluded, ctx, notes)
             else:
@@ -196,7 +239,7 @@ class OrtEngine:
             # would take the whole app down: create the session in a child first.
             ctx.report(0.95, "checking the model in a separate process")
             check_in_child(quantized, tmpdir, ctx, sample_input(quantized, model.input_shape),
-                           hint=_crash_hint(config.mode, fp16_nodes), path=model.path)
+                           hint=_crash_hint(config.mode, fp16_nodes), path=model.path, worker=worker)
         ctx.report(0.97, "creating the ONNX Runtime session")
         try:
             session = make_session(quantized)
@@ -224,7 +267,8 @@ class OrtEngine:
         return result
 
     # ------------------------------------------------------------------ static
-    def _static(self, pre, out, config, target, excluded, calib_batches, input_name, ctx, notes) -> None:
+    def _static(self, pre, out, config, target, excluded, calib_batches, input_name, ctx, notes,
+                reuse: OrtReuse | None = None) -> None:
         ctx.partial({"type": "stage", "name": "calibrate"})
         if target == "x86":
             act, act_name = "QUInt8", "uint8"
@@ -243,25 +287,40 @@ class OrtEngine:
             f"QDQ INT8, activations {act_name}, weights int8 "
             f"{'per-channel' if config.per_channel else 'per-tensor'}, {config.calibration} calibration ({why})"
         )
-        # The batches are read here (progress, cancel) into one file the tool reads back.
-        reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.3, label="reading calibration data")
-        calibration = Path(out).with_name("calibration.npy")
-        sizes: list[int] = []
-        with open(calibration, "wb") as f:
-            for item in reader:
-                np.save(f, item[input_name], allow_pickle=False)
-                sizes.append(len(item[input_name]))
-        if reader.count == 0:
-            raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
-        batches = _equal_batches(calibration, sizes)
-        job = {
-            "tool": "static", "src": str(pre), "dst": str(out), "calibration": str(calibration),
-            "input_name": input_name, "per_channel": bool(config.per_channel), "reduce_range": reduce_range,
-            "activation_type": act, "exclude": list(excluded), "method": method, "extra": extra,
-            "batches": batches,
-        }
+        settings = {"input_name": input_name, "per_channel": bool(config.per_channel), "reduce_range": reduce_range,
+                    "activation_type": act, "method": method, "extra": extra}
+        key = OrtReuse.ranges_key(settings) if reuse is not None else ""
+        cached = reuse.ranges_for(key) if reuse is not None else None
+        ranges = Path(out).with_name("ranges.json")
+        job: dict[str, Any] = {"tool": "static", "src": str(pre), "dst": str(out), "exclude": list(excluded), **settings}
+        if cached is not None:
+            # An earlier candidate of this search calibrated with these settings: ONNX
+            # Runtime's calibration cache skips calibrating (the data is not read again).
+            assert reuse is not None
+            reuse.hits["ranges"] += 1
+            shutil.copyfile(cached, ranges)
+            job["ranges"] = str(ranges)
+            message, until = "quantizing with the calibration ranges already measured", None
+        else:
+            # The batches are read here (progress, cancel) into one file the tool reads back.
+            reader = ProgressReader(calib_batches, input_name, ctx, 0.05, 0.3, label="reading calibration data")
+            calibration = Path(out).with_name("calibration.npy")
+            sizes: list[int] = []
+            with open(calibration, "wb") as f:
+                for item in reader:
+                    np.save(f, item[input_name], allow_pickle=False)
+                    sizes.append(len(item[input_name]))
+            if reader.count == 0:
+                raise InputError("there is no calibration data", hint="Choose data with at least one sample.")
+            batches = _equal_batches(calibration, sizes)
+            job.update({"calibration": str(calibration), "batches": batches})
+            if reuse is not None:  # the tool writes the ranges it measures there, for later candidates
+                job["ranges"] = str(ranges)
+            message, until = f"calibrating on {batches} batch{'es' if batches != 1 else ''}", 0.85
         try:
-            run_ort_tool(job, ctx, f"calibrating on {batches} batch{'es' if batches != 1 else ''}", 0.3, until=0.85)
+            run_ort_tool(job, ctx, message, 0.3, until=until, worker=reuse.worker() if reuse is not None else None)
+            if reuse is not None and cached is None:
+                reuse.keep_ranges(key, ranges)
         except ToolFailed as exc:
             raise InputError(
                 f"ONNX Runtime could not quantize this model: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else exc.kind}",

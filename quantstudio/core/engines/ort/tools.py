@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sized
@@ -100,14 +101,74 @@ class ToolFailed(Exception):
         self.signal = signal  # the signal that killed the child ("Crash"), else 0
 
 
+class ToolWorker:
+    """One helper process that runs the tool jobs of several quantizes in turn (the
+    candidates of one auto-precision search: one process start and one import of ONNX
+    Runtime's quantization tools, not two per candidate; ~0.3-0.6 s each here).
+
+    Jobs are queued as ``queue-N.txt`` files (the job file's path) in ``folder``; the
+    helper writes each job's result file as the one-shot helper does. A cancel or a crash
+    ends the process; the next job starts another. ``folder`` must hold the jobs' work
+    folders: a helper whose app died removes it (quantstudio.core.child)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.proc: subprocess.Popen | None = None
+        self._next = 0
+        self.starts = 0  # processes started (for tests)
+
+    def submit(self, job_path: Path) -> subprocess.Popen | None:
+        """Queue the job at ``job_path``; returns the helper process running it (None:
+        no process can be started here)."""
+        from quantstudio.core.child import child_command, child_env
+
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc = None
+        if self.proc is None:
+            serve = self.folder / "worker.json"
+            serve.write_text(json.dumps({"tool": "serve", "queue": str(self.folder), "first": self._next}))
+            try:
+                with open(self.folder / "worker-stderr.txt", "wb") as err:
+                    self.proc = subprocess.Popen(child_command("ort-tool", str(serve)), env=child_env(),
+                                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            except OSError:
+                return None
+            self.starts += 1
+        _write_atomic(self.folder / f"queue-{self._next}.txt", str(job_path))
+        self._next += 1
+        return self.proc
+
+    def stderr(self) -> str:
+        try:
+            return (self.folder / "worker-stderr.txt").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    close = kill
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader polling for ``path`` never sees it half written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = None, fraction: float = 0.0,
-                 until: float | None = None) -> None:
+                 until: float | None = None, worker: ToolWorker | None = None) -> None:
     """Run one of ONNX Runtime's tools (see :func:`_run_tool`) in a helper process
     (:mod:`quantstudio.core.child`; in this process only where none can be started).
 
     Reports ``message`` at ``fraction`` first (when given) and honours cancel (the child
     is killed). A static job with ``until`` also reports calibration progress from the
     child (batches read, of ``job["batches"]``) between ``fraction`` and ``until``.
+    ``worker``: run it in that long-lived helper instead of a new one (same results).
     Raises :class:`ToolFailed` when the tool fails.
     """
     if message:
@@ -124,28 +185,41 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
     from quantstudio.core.child import child_command, child_env
 
     proc = None
-    try:
-        with open(workdir / f"{job['tool']}-stderr.txt", "wb") as err:
-            proc = subprocess.Popen(child_command("ort-tool", str(job_path)), env=child_env(),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-    except OSError:  # no process can be started here at all: run the tool in this one
-        proc = None
+    if worker is not None:
+        proc = worker.submit(job_path)
+    else:
+        try:
+            with open(workdir / f"{job['tool']}-stderr.txt", "wb") as err:
+                proc = subprocess.Popen(child_command("ort-tool", str(job_path)), env=child_env(),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        except OSError:  # no process can be started here at all: run the tool in this one
+            proc = None
     if proc is not None:
+        finished = False
         try:
             while True:
-                try:
-                    proc.wait(timeout=0.05)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
+                if worker is not None:  # the helper lives on: its result file says the job is done
+                    if result_path.exists() or proc.poll() is not None:
+                        break
+                    time.sleep(0.01)
+                else:
+                    try:
+                        proc.wait(timeout=0.05)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
                 ctx.check_cancelled()
                 if "progress" in job and until is not None:
                     seen = _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
             if "progress" in job and until is not None:  # the child may have ended between two polls
                 _report_tool_progress(progress_path, seen, job["batches"], ctx, fraction, until)
+            finished = True
             ctx.check_cancelled()  # a cancel asked for while the child was finishing still counts
         finally:
-            if proc.poll() is None:
+            if worker is not None:
+                if not finished:  # cancelled mid-job: the helper's work is for nothing
+                    worker.kill()
+            elif proc.poll() is None:
                 proc.kill()
                 proc.wait()
         if result_path.exists():
@@ -153,7 +227,11 @@ def run_ort_tool(job: dict[str, Any], ctx: JobContext, message: str | None = Non
             if result["ok"]:
                 return
             raise ToolFailed(result["error"], result["kind"], result["details"])
-        stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
+        if worker is not None:
+            stderr = worker.stderr()
+            worker.proc = None
+        else:
+            stderr = (workdir / f"{job['tool']}-stderr.txt").read_text(errors="replace")[-4000:]
         if proc.returncode < 0:  # killed by a signal (a crash): running it here would crash the app
             raise ToolFailed(f"ONNX Runtime's {job['tool']} tool crashed (signal {-proc.returncode})", "Crash", stderr,
                              signal=-proc.returncode)
@@ -190,6 +268,13 @@ def _tool_main(job_path: str) -> int:
     # use it: a None entry makes it unfindable.
     sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
     job = json.loads(Path(job_path).read_text())
+    if job["tool"] == "serve":
+        return _serve(Path(job["queue"]), int(job.get("first", 0)))
+    _run_job(job, Path(job_path))
+    return 0
+
+
+def _run_job(job: dict[str, Any], job_path: Path) -> None:
     # ONNX Runtime's quantizers write their own temporary files (the calibrator's
     # augmented model, 43 MB for a ResNet-18) under tempfile's folder; a cancel kills
     # this process before they are removed. Inside the job's work folder they go
@@ -202,7 +287,20 @@ def _tool_main(job_path: str) -> int:
         result: dict[str, Any] = {"ok": True}
     except Exception as exc:  # noqa: BLE001 - everything goes back to the parent
         result = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "details": traceback.format_exc()[-8000:]}
-    Path(job["result"]).write_text(json.dumps(result))
+    _write_atomic(Path(job["result"]), json.dumps(result))
+
+
+def _serve(queue: Path, n: int) -> int:
+    """A :class:`ToolWorker`'s helper: run queued jobs in order until the queue folder is
+    gone (the parent also kills it when done, and child.py ends it with the app)."""
+    while queue.is_dir():
+        entry = queue / f"queue-{n}.txt"
+        if not entry.exists():
+            time.sleep(0.005)
+            continue
+        job_path = Path(entry.read_text())
+        _run_job(json.loads(job_path.read_text()), job_path)
+        n += 1
     return 0
 
 
@@ -262,12 +360,18 @@ def _run_tool(job: dict[str, Any]) -> None:
     elif job["tool"] == "static":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        reader: _FileReader | None = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
-        cache = None
-        if job["method"] == "Entropy":
-            cache = Path(job["dst"]).with_name("entropy-ranges.json")
-            _entropy_ranges(job["src"], reader, cache, bool(job["extra"].get("CalibTensorRangeSymmetric", False)))
-            reader = None  # quantize_static reads the ranges from the cache
+        # "ranges": ONNX Runtime's calibration cache. Present: an earlier candidate of an
+        # auto-precision search measured the ranges, nothing is calibrated. Absent: the
+        # ranges measured here are written there (quantize_static saves them).
+        ranges = Path(job["ranges"]) if job.get("ranges") else None
+        reader: _FileReader | None = None
+        cache = ranges
+        if ranges is None or not ranges.is_file():
+            reader = _FileReader(job["calibration"], job["input_name"], job.get("progress"))
+            if job["method"] == "Entropy":
+                cache = ranges or Path(job["dst"]).with_name("entropy-ranges.json")
+                _entropy_ranges(job["src"], reader, cache, bool(job["extra"].get("CalibTensorRangeSymmetric", False)))
+                reader = None  # quantize_static reads the ranges from the cache
         quantize_static(
             job["src"],
             job["dst"],
@@ -353,7 +457,8 @@ def sample_input(model: Any, input_shape: tuple[int, ...] | None = None) -> np.n
 
 
 def check_in_child(model: Any, workdir: Path, ctx: JobContext, sample: np.ndarray | None = None,
-                   hint: str = "Keep more layers in FP32, or try another mode.", path: Any = None) -> None:
+                   hint: str = "Keep more layers in FP32, or try another mode.", path: Any = None,
+                   worker: ToolWorker | None = None) -> None:
     """Create an ONNX Runtime session for ``model`` and run ``sample`` in a child process.
 
     ONNX Runtime can die natively on a graph it accepts (a segfault in a graph
@@ -373,7 +478,7 @@ def check_in_child(model: Any, workdir: Path, ctx: JobContext, sample: np.ndarra
         np.save(workdir / "check-input.npy", sample, allow_pickle=False)
         job["input"] = str(workdir / "check-input.npy")
     try:
-        run_ort_tool(job, ctx)
+        run_ort_tool(job, ctx, worker=worker)
     except ToolFailed as exc:
         if exc.kind == "Crash":
             try:
