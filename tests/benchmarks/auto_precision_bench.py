@@ -136,6 +136,8 @@ def measure(models: list[str], engines: list[str], what: list[str], force: bool 
                         r = _run(v, engine, v.size)
                     elif kind == "auto":
                         r = _run(v, engine, v.size, budget=Budget(max_drop=BUDGET), equalize=False)
+                    elif kind == "auto-eq":  # what a user gets: the search from today's defaults (equalization on)
+                        r = _run(v, engine, v.size, budget=Budget(max_drop=BUDGET))
                     elif kind == "auto-layers":  # the FP32-layer half of the search alone (min-max only)
                         from quantstudio.core import auto_precision
 
@@ -185,6 +187,8 @@ def render(cache: dict) -> list[str]:
         rows.append((key, cache.get(f"{key} | default"), cache.get(f"{key} | auto"), ""))
         if f"{key} | auto-layers" in cache:
             rows.append((key, None, cache[f"{key} | auto-layers"], " (min-max only: FP32 layers)"))
+        if f"{key} | auto-eq" in cache:
+            rows.append((key, None, cache[f"{key} | auto-eq"], " (auto from the defaults: equalization on)"))
     for key, d, a, suffix in rows:
         if d is None and a is None:
             continue
@@ -240,7 +244,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--engines", nargs="*", default=ENGINES)
-    p.add_argument("--what", nargs="*", default=["default", "auto"], help="default | auto | auto-layers | timing64")
+    p.add_argument("--what", nargs="*", default=["default", "auto"], help="default | auto | auto-eq | auto-layers | timing64")
     p.add_argument("--force", action="store_true")
     p.add_argument("--render", action="store_true", help="only write RESULTS.md from the cache")
     args = p.parse_args(argv)
