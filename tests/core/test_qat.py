@@ -214,3 +214,88 @@ def test_cli_qat_json_and_the_recipe_reproduces_it(broken, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)["training"]
     assert again["settings"] == t["settings"]  # same seed, same split, same settings
     assert abs(again["history"][1]["val_metric"] - t["history"][1]["val_metric"]) <= 100 / t["settings"]["val_samples"] + 1e-6
+
+
+class ReLU6Net(nn.Module):
+    """MobileNetV2's pattern: conv-BN-ReLU6, depthwise conv-BN-ReLU6, projection conv-BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.project(self.dw(self.expand(x)))), 1))
+
+
+def test_relu6_folds_into_the_conv_quantizer_so_onnx_runtime_fuses_it(tmp_path):
+    """torch shares ReLU6's qparams with the conv output: Q→DQ→Clip→Q→DQ, which ONNX Runtime
+    cannot fuse into QLinearConv. The export gives the conv output the clipped range instead."""
+    import copy
+
+    import onnxruntime as ort
+    from collections import Counter
+
+    from quantstudio.core.engines.pytorch.engine import TorchEngine
+    from quantstudio.core.engines.pytorch.qat import _calibrate, clipped_qparams, freeze_for_export, qat_qconfig, qdq_onnx
+    from quantstudio.core.jobs import NullContext
+
+    from tests.core.test_engines import bn_ready
+
+    torch.manual_seed(2)
+    x = quadrants(64, 5)[0] * 3  # conv outputs beyond 6 and below 0: the Clip cuts on both sides
+    model = LoadedModel(path=Path("net.pth"), kind="pickled_module", input_shape=SHAPE, module=bn_ready(ReLU6Net(), [x]))
+    engine, config = TorchEngine(), QuantConfig(engine="torch")
+    tree, requested, backend, notes = engine._begin(model, PrecisionPlan(), config, NullContext())
+    _, prepared, _, example = engine._prepare_fx(model, tree, requested, config, backend, NullContext(), notes,
+                                                 qconfig=qat_qconfig(config, reduce_range=False))
+    _calibrate(prepared, [x[:32], x[32:]], NullContext())
+    frozen = freeze_for_export(prepared)
+    before, after = qdq_onnx(frozen, example, fold_clips=False), qdq_onnx(frozen, example)
+    ops_before, ops_after = Counter(n.op_type for n in before.graph.node), Counter(n.op_type for n in after.graph.node)
+    assert ops_before["Clip"] == 2 and ops_after["Clip"] == 0
+    assert ops_after["QuantizeLinear"] == ops_before["QuantizeLinear"] - 2
+
+    def session(m, name):  # also writes the graph ONNX Runtime actually runs
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / name)
+        return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    out_before = session(before, "before.onnx").run(None, {"input": x})[0]
+    out_after = session(after, "after.onnx").run(None, {"input": x})[0]
+    run_before = Counter(n.op_type for n in __import__("onnx").load(str(tmp_path / "before.onnx")).graph.node)
+    run_after = Counter(n.op_type for n in __import__("onnx").load(str(tmp_path / "after.onnx")).graph.node)
+    assert run_before["Clip"] == 2 and run_after["Clip"] == 0  # ONNX Runtime kept them before, nothing to keep now
+    assert run_after["QLinearConv"] == 3 and run_after["QuantizeLinear"] < run_before["QuantizeLinear"]
+
+    # Exactness: the folded graph is the fake-quantized model whose ReLU6 quantizers hold the clipped range
+    # (conv → Q(s', z') lands in [0, 6], so ReLU6 and its re-quantization change nothing).
+    clipped = copy.deepcopy(frozen)
+    relu6_inputs = {n.args[0].target for n in clipped.graph.nodes
+                    if n.op == "call_module" and isinstance(clipped.get_submodule(n.target), nn.ReLU6)}
+    assert len(relu6_inputs) == 2
+    for name in relu6_inputs:
+        fq = clipped.get_submodule(name)
+        s, z = clipped_qparams(float(fq.scale), int(fq.zero_point), 0.0, 6.0, 0, 255)
+        assert z == 0 and s < float(fq.scale)  # the range spanned negatives and beyond 6: a finer grid now
+        fq.scale.fill_(float(s))
+        fq.zero_point.fill_(z)
+    with torch.no_grad():
+        fake = frozen(torch.from_numpy(x)).numpy()
+        fake_clipped = clipped(torch.from_numpy(x)).numpy()
+    step = float(frozen.get_submodule(list(clipped.graph.nodes)[-2].target).scale)  # the output's INT8 grid
+    # ONNX Runtime's integer kernels round differently from the fake-quantized float model, and a rounding flip
+    # before the pool moves a pooled value by a whole step of that coarse grid (5 output steps here, before the
+    # fold as after): the fold may add at most one output step to the deviation the export already has.
+    err_before, err_after = np.abs(out_before - fake).max(), np.abs(out_after - fake_clipped).max()
+    assert err_after <= err_before + 1.01 * step and err_before <= 8 * step
+    # Against the model as trained only the grid of the two ReLU6 outputs differs (finer now): the classes stay
+    # (this untrained net has near-tied logits: the plain export agrees with its own fake model on 61/64 too).
+    with torch.no_grad():
+        fp32 = model.module(torch.from_numpy(x)).numpy()
+    agree = lambda a, b: float((a.argmax(1) == b.argmax(1)).mean())  # noqa: E731
+    assert agree(out_after, fake) >= max(agree(out_before, fake) - 1 / 64, 0.9)
+    assert agree(out_after, fp32) >= agree(out_before, fp32) - 1 / 64
