@@ -299,3 +299,54 @@ def test_relu6_folds_into_the_conv_quantizer_so_onnx_runtime_fuses_it(tmp_path):
     agree = lambda a, b: float((a.argmax(1) == b.argmax(1)).mean())  # noqa: E731
     assert agree(out_after, fake) >= max(agree(out_before, fake) - 1 / 64, 0.9)
     assert agree(out_after, fp32) >= agree(out_before, fp32) - 1 / 64
+
+
+def _qdq_clip_graph(chain, *, second_reader: bool = False):
+    """X → Q(s, z) → DQ, then per (op, lo, hi) in ``chain``: op → Q(s, z) → DQ, as torch exports shared qparams."""
+    from onnx import TensorProto, helper
+
+    s, z = np.float32(12 / 255), np.uint8(85)  # the grid spans about [-4, 8]
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [s]), helper.make_tensor("z", TensorProto.UINT8, [], [z])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q0"]), helper.make_node("DequantizeLinear", ["q0", "s", "z"], ["d0"])]
+    last = "d0"
+    for i, (op, lo, hi) in enumerate(chain, 1):
+        ins = [last]
+        if op == "Clip":
+            inits += [helper.make_tensor(f"lo{i}", TensorProto.FLOAT, [], [lo]), helper.make_tensor(f"hi{i}", TensorProto.FLOAT, [], [hi])]
+            ins += [f"lo{i}", f"hi{i}"]
+        nodes += [helper.make_node(op, ins, [f"a{i}"]), helper.make_node("QuantizeLinear", [f"a{i}", "s", "z"], [f"q{i}"]),
+                  helper.make_node("DequantizeLinear", [f"q{i}", "s", "z"], [f"d{i}"])]
+        last = f"d{i}"
+    outputs = [helper.make_tensor_value_info(last, TensorProto.FLOAT, [64])]
+    if second_reader:
+        outputs.append(helper.make_tensor_value_info("d0", TensorProto.FLOAT, [64]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("chain, lo, hi", [([("Clip", 0.0, 6.0)], 0.0, 6.0), ([("Relu", 0, 0)], 0.0, 8.0),
+                                           ([("Clip", -1.0, 1.0)], -1.0, 1.0),
+                                           ([("Clip", 0.0, 6.0), ("Clip", 0.0, 4.0)], 0.0, 4.0)])
+def test_fold_clipped_activations_is_the_clip_on_a_finer_grid(chain, lo, hi):
+    import onnxruntime as ort
+
+    from quantstudio.core.engines.pytorch.qat import fold_clipped_activations
+
+    x = np.linspace(-6, 10, 64, dtype=np.float32)
+    plain, folded = _qdq_clip_graph(chain), fold_clipped_activations(_qdq_clip_graph(chain))
+    assert [n.op_type for n in folded.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    before, after = run(plain), run(folded)
+    grid = (hi - lo) / 255
+    assert after.min() >= lo and after.max() <= hi  # quantizing is the clip: nothing escapes [lo, hi]
+    # One rounding on the finer grid; where 0 is inside (lo, hi) the integer zero point puts one end of the
+    # grid up to one step inside its bound (Clip(-1, 1): 127/128).
+    assert np.abs(after - np.clip(x, lo, hi)).max() <= (grid if lo < 0 else grid / 2) + 1e-6
+    assert np.abs(after - before).max() <= (12 / 255 + grid) / 2 + 1e-6  # the shared grid's rounding, and the new one
+
+
+def test_fold_clipped_activations_leaves_a_quantizer_with_other_readers():
+    from quantstudio.core.engines.pytorch.qat import fold_clipped_activations
+
+    folded = fold_clipped_activations(_qdq_clip_graph([("Clip", 0.0, 6.0)], second_reader=True))
+    assert [n.op_type for n in folded.graph.node].count("Clip") == 1  # d0 is read unclipped too: its range must stay

@@ -718,7 +718,7 @@ def clipped_qparams(scale: float, zero_point: int, lo: float, hi: float, qmin: i
     return s32, z
 
 
-def fold_clipped_activations(model):
+def fold_clipped_activations(model: Any) -> Any:
     """Fold ``X → Q(s,z) → DQ → Clip(lo,hi) → Q → DQ`` into ``X → Q(s',z') → DQ`` (Relu: lo = 0).
 
     torch's x86 FX config makes ReLU6 share its input's quantizer, so the conv output is
@@ -779,11 +779,14 @@ def fold_clipped_activations(model):
         else:
             continue
         dq1 = producer.get(act.input[0])
-        q1 = producer.get(dq1.input[0]) if dq1 is not None and dq1.op_type == "DequantizeLinear" else None
+        if dq1 is None or dq1.op_type != "DequantizeLinear" or only_reader(dq1.output[0], act.op_type) is not act:
+            continue
+        q1 = producer.get(dq1.input[0])
+        if q1 is None or q1.op_type != "QuantizeLinear" or only_reader(q1.output[0], "DequantizeLinear") is not dq1:
+            continue
         q2 = only_reader(act.output[0], "QuantizeLinear")
         dq2 = only_reader(q2.output[0], "DequantizeLinear") if q2 is not None else None
-        if (q1 is None or q1.op_type != "QuantizeLinear" or dq2 is None or only_reader(dq1.output[0], act.op_type) is not act
-                or only_reader(q1.output[0], "DequantizeLinear") is not dq1):
+        if dq2 is None:
             continue
         p1, pd1 = qparams(q1), qparams(dq1)
         if p1 is None or p1 != pd1 or lo > 0 or hi < 0:
@@ -791,12 +794,14 @@ def fold_clipped_activations(model):
         scale, zp, dtype = p1
         info = np.iinfo(dtype)
         new_s, new_z = clipped_qparams(scale, zp, lo, hi, int(info.min), int(info.max))
-        s_name, z_name = q1.output[0] + "_clipped_scale", q1.output[0] + "_clipped_zero_point"
-        graph.initializer.append(numpy_helper.from_array(np.array(new_s, np.float32), s_name))
-        graph.initializer.append(numpy_helper.from_array(np.array(new_z, dtype), z_name))
+        s_name, z_name = f"{act.output[0]}_folded_scale", f"{act.output[0]}_folded_zero_point"
+        for name, v in ((s_name, np.array(new_s, np.float32)), (z_name, np.array(new_z, dtype))):
+            graph.initializer.append(numpy_helper.from_array(v, name))
+            inits[name] = graph.initializer[-1]
         for node in (q1, dq1):
             node.input[1], node.input[2] = s_name, z_name
         dq1.output[0] = dq2.output[0]  # DQ2's readers (or the graph output) now read DQ1
+        producer[dq1.output[0]] = dq1  # a second Clip after this one folds into the same quantizer
         drop.update(id(n) for n in (act, q2, dq2))
     if not drop:
         return model
