@@ -7,7 +7,8 @@ on, fake quantization off: the training starts from the PTQ ranges, validated as
 distillation from the FP32 model's logits without) → keep the **best epoch** on the
 validation split, stop early when it stops improving → freeze and **convert**: the INT8
 FX model for the ``.pth`` export (``convert_fx``, as PTQ), or a QDQ ONNX for ONNX Runtime
-(the same fine-tuned weights and ranges; BN folded into the conv before it).
+(the same fine-tuned weights and ranges; BN folded into the conv before it; each quantized
+ReLU6 folded into the range of the conv output before it: :func:`fold_clipped_activations`).
 
 Ranges during training (:data:`LEARNABLE_RANGES`, default False): activation ranges are
 *moving averages* (a min-max observer in calibration, then an exponential moving average
@@ -793,7 +794,10 @@ def fold_clipped_activations(model: Any) -> Any:
             continue  # per-channel, mismatched, or a Clip that excludes 0 (the zero point must stay exact)
         scale, zp, dtype = p1
         info = np.iinfo(dtype)
-        new_s, new_z = clipped_qparams(scale, zp, lo, hi, int(info.min), int(info.max))
+        try:
+            new_s, new_z = clipped_qparams(scale, zp, lo, hi, int(info.min), int(info.max))
+        except ValueError:  # the grid and [lo, hi] meet only at 0 (e.g. ReLU6 of an all-negative range): leave it
+            continue
         s_name, z_name = f"{act.output[0]}_folded_scale", f"{act.output[0]}_folded_zero_point"
         for name, v in ((s_name, np.array(new_s, np.float32)), (z_name, np.array(new_z, dtype))):
             graph.initializer.append(numpy_helper.from_array(v, name))
