@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import Callable
 
 _EXTRA = 1 << 40
 _applied = False
@@ -92,7 +93,7 @@ def _uses_no_pyside_features(module: object) -> bool:
 _collector: object | None = None
 
 
-def collect_garbage_on_gui_thread(interval_s: float = 1.0) -> None:
+def collect_garbage_on_gui_thread(interval_s: float = 1.0, paused: Callable[[], bool] | None = None) -> None:
     """Run Python's cyclic garbage collector only on the GUI thread (idempotent).
 
     Python collects cycles on whichever thread happens to allocate when a threshold is
@@ -104,9 +105,18 @@ def collect_garbage_on_gui_thread(interval_s: float = 1.0) -> None:
     exception. pyqtgraph's ``GarbageCollector`` (made for exactly this) turns automatic
     collection off and collects on a GUI-thread timer instead, generation by generation
     with Python's own thresholds. Call it on the GUI thread, with a QApplication.
+
+    ``paused``: while it returns True the timer collects nothing (the start-up imports: a full
+    collection of the million objects they create would stall the window 50-300 ms, and
+    they are frozen out of later collections once done, see gui/warmup.py).
     """
     global _collector
     if _collector is None:
         from pyqtgraph.util.garbage_collector import GarbageCollector
 
-        _collector = GarbageCollector(interval=interval_s)
+        class _GuiThreadCollector(GarbageCollector):
+            def check(self) -> None:
+                if paused is None or not paused():
+                    super().check()
+
+        _collector = _GuiThreadCollector(interval=interval_s)

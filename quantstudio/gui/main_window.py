@@ -70,7 +70,7 @@ class MainWindow(ModelImportMixin, ProjectSessionMixin, AutoPrecisionMixin, Fine
         self.setWindowTitle("QuantStudio")
         self.setAcceptDrops(True)
         self.resize(1400, 900)
-        compat.collect_garbage_on_gui_thread()  # before any worker thread exists
+        compat.collect_garbage_on_gui_thread(paused=warmup.importing)  # before any worker thread exists
         self.runner = JobRunner(self, before_first_job=warmup.warm_up)
         self.loaded = None  # core LoadedModel
         self.model_request: tasks.LoadRequest | None = None

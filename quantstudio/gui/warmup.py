@@ -40,11 +40,17 @@ HEAVY_MODULES = ("torch", "torchvision", "onnx", "onnxruntime")
 
 _lock = threading.Lock()
 _done = False
+_importing = False
+
+
+def importing() -> bool:
+    """True while :func:`warm_up` imports (the GUI-thread garbage collector waits for it)."""
+    return _importing
 
 
 def warm_up() -> None:
     """Import :data:`HEAVY_MODULES` (once per process; call it on the worker thread)."""
-    global _done
+    global _done, _importing
     with _lock:
         if _done:
             return
@@ -54,6 +60,7 @@ def warm_up() -> None:
             return
         was_enabled = gc.isenabled()
         gc.disable()
+        _importing = True
         try:
             with _gil_free_library_loading():
                 for name in missing:
@@ -65,6 +72,7 @@ def warm_up() -> None:
             # Everything imported so far lives as long as the process: keep full
             # collections from walking it again and again.
             gc.freeze()
+            _importing = False
             if was_enabled:
                 gc.enable()
 

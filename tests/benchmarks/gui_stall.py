@@ -268,6 +268,7 @@ def measure(explain: bool = False) -> dict:
     if explainer is not None:
         run["top_stalls"] = top_stalls(meter)
         explainer.stop()
+    w.maybe_save_changes = lambda *a, **k: True  # no "Save changes?" box: nobody is there to answer it
     w.close()
     return {"open_demo": opening, "quantize_run": run}
 
