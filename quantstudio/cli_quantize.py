@@ -56,8 +56,9 @@ def _add_quantize(sub) -> None:
                          help="one weight scale per output channel (the default; overrides a per-tensor recipe)")
     p.add_argument("--symmetric-activations", action="store_true", default=None, help="symmetric activation ranges")
     p.add_argument("--no-equalize", action="store_true", default=None,
-                   help="do not equalize outlier channels (cross-layer equalization of conv pairs, on by default "
-                        "for PyTorch models in static INT8; it keeps the FP32 function and the INT8 speed)")
+                   help="do not equalize outlier channels (cross-layer equalization of conv pairs and gated "
+                        "equalization of residual streams, on by default for PyTorch models in static INT8; "
+                        "it keeps the FP32 function and the INT8 speed)")
     p.add_argument("--seed", type=int, help="seed that picks the samples (default 0)")
     _add_qat_args(p)
     p.add_argument("--batch-size", type=int, help="samples per batch (default 32, or the recipe's)")

@@ -73,8 +73,9 @@ PER_CHANNEL_HELP = (
     "accurate than one scale per layer (per-tensor), at no speed cost."
 )
 EQUALIZE_HELP = (
-    "Equalize outlier channels (recommended): before quantizing, rebalance pairs of layers so that no "
-    "single channel is hundreds of times larger than the others. The model computes exactly the same, "
+    "Equalize outlier channels (recommended): before quantizing, rebalance pairs of layers, and the "
+    "channels shared by several blocks through their skip connections, so that no single channel is "
+    "hundreds of times larger than the others. The model computes exactly the same, "
     "but INT8 keeps its accuracy where one huge channel would otherwise ruin it. No speed cost. "
     "PyTorch models (state_dict or pickled model) in INT8 only."
 )
