@@ -40,6 +40,9 @@ bench: $(STAMP)
 	if $(PY) -c "import ai_edge_litert, litert_torch" 2>/dev/null; then \
 	  $(PY) -m tests.benchmarks.tflite_bench --append tests/benchmarks/RESULTS.md; fi
 	$(PY) -m tests.benchmarks.auto_precision_bench --force
+	# The search from the defaults (equalization on) and the 64x64 search-time rows.
+	$(PY) -m tests.benchmarks.auto_precision_bench --force --what auto-eq timing64 \
+	  --models "mobilenet_v2 3 sites s300" "mobilenet_v2 stage 7-10 s30" "resnet18 3 blocks s300"
 
 # The standalone app: dist/QuantStudio/ (launcher dist/QuantStudio/QuantStudio), checked by
 # its own end-to-end self-test. How it is built and what it leaves out: packaging/README.md.
