@@ -187,6 +187,18 @@ def resnet_site(layer: int, block: int) -> Site:
     return Site([f"{p}.bn1"], [f"{p}.conv2"], [f"{p}.conv1"], f"{p}.relu (bn1+ReLU out, conv2's input)")
 
 
+def resnet_site_stream(layer: int) -> Site:
+    """A ResNet stage's residual stream (layer2 or layer3 of ResNet-18): channel c of every block's
+    bn2 and of the downsample BN x s; every reader (the next block's conv1, the next stage's conv1
+    and downsample conv) gets input channel c / s. The adds are linear and the ReLU after each add
+    is positively homogeneous: exact. The residual-stream outlier pattern of ResNets."""
+    p, q = f"layer{layer}", f"layer{layer + 1}"
+    return Site([f"{p}.0.bn2", f"{p}.0.downsample.1", f"{p}.1.bn2"],
+                [f"{p}.1.conv1", f"{q}.0.conv1", f"{q}.0.downsample.0"],
+                [f"{p}.0.conv2", f"{p}.0.downsample.0", f"{p}.1.conv2"],
+                f"{p} residual stream (add + ReLU outputs)")
+
+
 def mobilenet_site_early() -> Site:
     """features.1 (t=1 block: dw conv, project conv.1, BN conv.2; no skip) -> features.2's expansion
     conv (features.2 has no skip either): the projection output is consumed by that conv alone."""
@@ -224,6 +236,7 @@ def damaged_models(which: str = "all") -> list[Variant]:
         out.append(damage(r, "resnet18", "resnet18 late layer4.0 s100", [resnet_site(4, 0)], 100))
         out.append(damage(r, "resnet18", "resnet18 layer2.1 s30", [resnet_site(2, 1)], 30))
         out.append(damage(r, "resnet18", "resnet18 layer2.1 s300 4ch", [resnet_site(2, 1)], 300, n_channels=4))
+        out.append(damage(r, "resnet18", "resnet18 stream layer3 s100", [resnet_site_stream(3)], 100))
     if which in ("all", "mobilenet_v2"):
         m = load_mobilenet_v2()
         out.append(Variant("mobilenet_v2 normal", "mobilenet_v2", m))

@@ -258,6 +258,8 @@ class TinyMobileNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1), 1))
 
 
+RESNET_STREAM_PRODUCERS = {k: [f"layer{k}.0.bn2", f"layer{k}.0.downsample.1", f"layer{k}.1.bn2"] for k in (2, 3)}
+RESNET_STREAM_READERS = {k: [f"layer{k}.1.conv1", f"layer{k + 1}.0.conv1", f"layer{k + 1}.0.downsample.0"] for k in (2, 3)}
 PRODUCERS = ["blocks.0.conv.7", "blocks.1.conv.7", "blocks.2.conv.7"]
 READERS = ["blocks.1.conv.0", "blocks.2.conv.0", "head.0"]
 CALIB = batches(4, (8, 3, 32, 32), seed=3)
@@ -297,10 +299,12 @@ def test_stream_groups_are_found_and_resnet_streams_are_skipped(tiny_mobilenet, 
     assert len(groups) == 1 and skipped == []
     assert groups[0].producers == PRODUCERS and groups[0].readers == READERS and len(groups[0].adds) == 2
     assert find_pairs(tiny_mobilenet) == []  # ReLU6 everywhere: only the stream can be equalized
-    # ResNet: every add is followed by a ReLU (not linear in the stream): no stream is rewritten
+    # ResNet: the ReLU after each add passes the stream on (positively homogeneous); layer1's
+    # stream starts at the stem's max-pool and layer4's ends in the average pool: skipped.
     groups, skipped = find_streams(normal)
-    assert groups == [] and len(skipped) == 8
-    assert all(("relu" in n or "maxpool" in n) and "not equalized" in n for n in skipped), skipped
+    assert [g.producers for g in groups] == [RESNET_STREAM_PRODUCERS[2], RESNET_STREAM_PRODUCERS[3]]
+    assert [g.readers for g in groups] == [RESNET_STREAM_READERS[2], RESNET_STREAM_READERS[3]]
+    assert len(skipped) == 2 and "maxpool" in skipped[0] and "avgpool" in skipped[1], skipped
 
     class Pooled(nn.Module):  # a stream read by a pooling layer (not a conv): skipped too
         def __init__(self):
@@ -342,13 +346,35 @@ def test_a_stream_without_outliers_is_left_bit_identical(tiny_mobilenet, normal)
     notes: list[str] = []
     lm = loaded(tiny_mobilenet)
     assert equalized_model(lm, QuantConfig(), notes, iter(CALIB)) is lm and notes == []
-    # no stream to measure (ResNet): the calibration data is not even read
+    # no stream to measure: the calibration data is not even read
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3)).eval()
 
     def unreadable():
         raise AssertionError("calibration data read for a model without residual streams")
         yield
 
-    assert len(equalize(normal, X[:1], unreadable()).pairs) == 8
+    assert len(equalize(plain, X[:1], unreadable()).pairs) == 1
+
+
+def test_a_resnet_stream_outlier_through_the_relus_is_equalized(normal):
+    """ResNet's stream: bn2 (+ downsample BN) -> add -> ReLU -> next block / identity path."""
+    from tests.benchmarks.outlier_models import pick_channels, rescale
+
+    damaged = copy.deepcopy(normal)
+    c = pick_channels(damaged, RESNET_STREAM_PRODUCERS[3][0], 1)[0]
+    rescale(damaged, RESNET_STREAM_PRODUCERS[3], RESNET_STREAM_READERS[3], [c], 300.0)
+    assert _rel(normal, damaged) <= 1e-4  # the plant itself is exact (ReLU is positively homogeneous)
+    report = equalize(damaged, X[:1], CALIB)
+    layer3 = [t for t in report.streams if t.producers == RESNET_STREAM_PRODUCERS[3]]
+    assert len(layer3) == 1 and c in layer3[0].channels and layer3[0].max_scale > 10
+    assert _rel(damaged, report.module) <= 1e-4
+    # the stream's output (layer3's) no longer carries a channel hundreds of times the others
+    outs: list[torch.Tensor] = []
+    h = report.module.layer3.register_forward_hook(lambda m, a, out: outs.append(out.abs().amax(dim=(0, 2, 3))))
+    with torch.no_grad():
+        report.module(torch.from_numpy(CALIB[0]))
+    h.remove()
+    assert outs[0][c] <= 4.0 * outs[0].median() * 1.05
 
 
 def test_calibration_batches_are_few_silent_and_cancellable():
@@ -360,7 +386,7 @@ def test_calibration_batches_are_few_silent_and_cancellable():
     stream = data.batches(np.arange(300), batch_size=50, message="calibrating")
     ctx = RecordingContext()
     got = list(calibration_batches(stream, ctx))
-    assert [len(x) for x in got] == [50, 50, 28] and ctx.reports == []  # <= 128 samples, no progress lines
+    assert [len(x) for x in got] == [32] and ctx.reports == []  # <= 32 samples, no progress lines
     assert stream.samples_read == 0  # the engine's calibration pass counts its own
     ctx.cancel()
     with pytest.raises(Cancelled):
