@@ -6,11 +6,11 @@ plain ONNX Runtime INT8 (latency at batch 1, node counts, top-1). Not part of `m
 
 Figures in README.md (Fine-tuning with quantization-aware training).
 """
-import copy, json, os, subprocess, sys, time
+import copy, json, os, time
 from collections import Counter
 from pathlib import Path
 import numpy as np, onnx, onnxruntime as ort
-import quantstudio.core.engines.pytorch.qat as qat_mod
+import quantstudio.core.engines.pytorch.qdq_onnx as qdq_mod
 from quantstudio.core.data import Preprocessing, open_data
 from quantstudio.core.engines.base import QuantConfig
 from quantstudio.core.loading import load_model
@@ -34,10 +34,10 @@ if not (OUT / "plain.onnx").exists():
     r, _ = quantize(False)
     onnx.save(r.quantized.artifact, str(OUT / "plain.onnx")); log("plain top1", r.quantized_metrics.top1)
 if not (OUT / "qat_before.onnx").exists():
-    fold = qat_mod.fold_clipped_activations
-    qat_mod.fold_clipped_activations = lambda m: m  # the export as it was
+    fold = qdq_mod.fold_clipped_activations
+    qdq_mod.fold_clipped_activations = lambda m: m  # the export as it was
     t0 = time.time(); r, cfg = quantize(True); log("qat wall s", round(time.time() - t0), "pipeline top1 (before)", r.quantized_metrics.top1, r.training["history"])
-    qat_mod.fold_clipped_activations = fold
+    qdq_mod.fold_clipped_activations = fold
     onnx.save(r.quantized.artifact, str(OUT / "qat_before.onnx"))
     onnx.save(fold(copy.deepcopy(r.quantized.artifact)), str(OUT / "qat_after.onnx"))
     r2, _ = quantize(True)  # the export as it is now, straight from the pipeline

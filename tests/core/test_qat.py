@@ -153,26 +153,34 @@ def test_distillation_without_labels_and_the_onnx_runtime_export(broken, tmp_pat
     assert np.allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0], r.quantized.runner(x), atol=1e-5)
 
 
-def test_onnx_export_agrees_with_the_fake_quantized_and_the_int8_torch_model():
-    """The same trained quantizers: fake-quant torch model, its QDQ ONNX, its convert_fx INT8 model."""
-    import onnxruntime as ort
-    from torch.ao.quantization.quantize_fx import convert_fx
-
+def _calibrated_and_frozen(net, x: np.ndarray):
+    """``net`` prepared for QAT by the torch engine (8-bit ranges), calibrated on ``x`` and frozen
+    for export, without training: (frozen model, example input, the FP32 module it came from)."""
     from quantstudio.core.engines.pytorch.engine import TorchEngine
-    from quantstudio.core.engines.pytorch.qat import _calibrate, freeze_for_export, qat_qconfig, qdq_onnx
+    from quantstudio.core.engines.pytorch.qat import _calibrate, freeze_for_export, qat_qconfig
     from quantstudio.core.jobs import NullContext
 
     from tests.core.test_engines import bn_ready
 
-    torch.manual_seed(1)
-    x = quadrants(64, 4)[0]
-    model = LoadedModel(path=Path("net.pth"), kind="pickled_module", input_shape=SHAPE, module=bn_ready(QuadrantNet(), [x]))
+    model = LoadedModel(path=Path("net.pth"), kind="pickled_module", input_shape=SHAPE, module=bn_ready(net, [x]))
     engine, config = TorchEngine(), QuantConfig(engine="torch")
     tree, requested, backend, notes = engine._begin(model, PrecisionPlan(), config, NullContext())
     _, prepared, _, example = engine._prepare_fx(model, tree, requested, config, backend, NullContext(), notes,
                                                  qconfig=qat_qconfig(config, reduce_range=False))
     _calibrate(prepared, [x[:32], x[32:]], NullContext())
-    frozen = freeze_for_export(prepared)
+    return freeze_for_export(prepared), example, model.module
+
+
+def test_onnx_export_agrees_with_the_fake_quantized_and_the_int8_torch_model():
+    """The same trained quantizers: fake-quant torch model, its QDQ ONNX, its convert_fx INT8 model."""
+    import onnxruntime as ort
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    from quantstudio.core.engines.pytorch.qdq_onnx import qdq_onnx
+
+    torch.manual_seed(1)
+    x = quadrants(64, 4)[0]
+    frozen, example, _ = _calibrated_and_frozen(QuadrantNet(), x)
     with torch.no_grad():
         fake = frozen(torch.from_numpy(x)).numpy()
         int8 = convert_fx(__import__("copy").deepcopy(frozen))(torch.from_numpy(x)).numpy()
@@ -239,21 +247,11 @@ def test_relu6_folds_into_the_conv_quantizer_so_onnx_runtime_fuses_it(tmp_path):
     import onnxruntime as ort
     from collections import Counter
 
-    from quantstudio.core.engines.pytorch.engine import TorchEngine
-    from quantstudio.core.engines.pytorch.qat import _calibrate, clipped_qparams, freeze_for_export, qat_qconfig, qdq_onnx
-    from quantstudio.core.jobs import NullContext
-
-    from tests.core.test_engines import bn_ready
+    from quantstudio.core.engines.pytorch.qdq_onnx import clipped_qparams, qdq_onnx
 
     torch.manual_seed(2)
     x = quadrants(64, 5)[0] * 3  # conv outputs beyond 6 and below 0: the Clip cuts on both sides
-    model = LoadedModel(path=Path("net.pth"), kind="pickled_module", input_shape=SHAPE, module=bn_ready(ReLU6Net(), [x]))
-    engine, config = TorchEngine(), QuantConfig(engine="torch")
-    tree, requested, backend, notes = engine._begin(model, PrecisionPlan(), config, NullContext())
-    _, prepared, _, example = engine._prepare_fx(model, tree, requested, config, backend, NullContext(), notes,
-                                                 qconfig=qat_qconfig(config, reduce_range=False))
-    _calibrate(prepared, [x[:32], x[32:]], NullContext())
-    frozen = freeze_for_export(prepared)
+    frozen, example, fp32_net = _calibrated_and_frozen(ReLU6Net(), x)
     before, after = qdq_onnx(frozen, example, fold_clips=False), qdq_onnx(frozen, example)
     ops_before, ops_after = Counter(n.op_type for n in before.graph.node), Counter(n.op_type for n in after.graph.node)
     assert ops_before["Clip"] == 2 and ops_after["Clip"] == 0
@@ -295,7 +293,7 @@ def test_relu6_folds_into_the_conv_quantizer_so_onnx_runtime_fuses_it(tmp_path):
     # Against the model as trained only the grid of the two ReLU6 outputs differs (finer now): the classes stay
     # (this untrained net has near-tied logits: the plain export agrees with its own fake model on 61/64 too).
     with torch.no_grad():
-        fp32 = model.module(torch.from_numpy(x)).numpy()
+        fp32 = fp32_net(torch.from_numpy(x)).numpy()
     agree = lambda a, b: float((a.argmax(1) == b.argmax(1)).mean())  # noqa: E731
     assert agree(out_after, fake) >= max(agree(out_before, fake) - 1 / 64, 0.9)
     assert agree(out_after, fp32) >= agree(out_before, fp32) - 1 / 64
@@ -330,7 +328,7 @@ def _qdq_clip_graph(chain, *, second_reader: bool = False):
 def test_fold_clipped_activations_is_the_clip_on_a_finer_grid(chain, lo, hi):
     import onnxruntime as ort
 
-    from quantstudio.core.engines.pytorch.qat import fold_clipped_activations
+    from quantstudio.core.engines.pytorch.qdq_onnx import fold_clipped_activations
 
     x = np.linspace(-6, 10, 64, dtype=np.float32)
     plain, folded = _qdq_clip_graph(chain), fold_clipped_activations(_qdq_clip_graph(chain))
@@ -346,7 +344,7 @@ def test_fold_clipped_activations_is_the_clip_on_a_finer_grid(chain, lo, hi):
 
 
 def test_fold_clipped_activations_leaves_a_quantizer_with_other_readers():
-    from quantstudio.core.engines.pytorch.qat import fold_clipped_activations
+    from quantstudio.core.engines.pytorch.qdq_onnx import fold_clipped_activations
 
     folded = fold_clipped_activations(_qdq_clip_graph([("Clip", 0.0, 6.0)], second_reader=True))
     assert [n.op_type for n in folded.graph.node].count("Clip") == 1  # d0 is read unclipped too: its range must stay
