@@ -74,6 +74,11 @@ _ORT_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.t
 _MAX_NAMED = 5  # layers named in a message before "and N more"
 
 
+def with_article(label: str) -> str:
+    """``label`` with its article, for sentences: "an ONNX model", "a TorchScript archive"."""
+    return f"{'an' if label[:1].lower() in 'aeiou' else 'a'} {label}"
+
+
 @dataclass
 class LoadedModel:
     """A model ready to inspect, evaluate and quantize.

@@ -111,7 +111,7 @@ QAT_SIGNAL_HELP = {
     "distill": ("Distillation: learn to give the same outputs as the original FP32 model. Needs no labels, "
                 "so a folder of sample images is enough."),
 }
-QAT_NEEDS_TORCH = "QAT needs the PyTorch model (a state_dict or a whole saved model); a{n} {kind} cannot be fine-tuned."
+QAT_NEEDS_TORCH = "QAT needs the PyTorch model (a state_dict or a whole saved model); {a_kind} cannot be fine-tuned."
 QAT_NEEDS_STATIC = "QAT fine-tunes static INT8: choose the Static INT8 mode."
 QAT_NEEDS_IMAGES = "QAT needs your own images: random data cannot teach the model anything."
 QAT_NEEDS_LABELS = "Labels need a folder with one sub-folder per class: choose Distillation or Auto."

@@ -13,6 +13,7 @@ from PySide6.QtCore import QSignalBlocker, QTimer, Slot
 from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QSpinBox, QWidget
 
 from quantstudio.core.engines.base import QuantConfig
+from quantstudio.core.loading import with_article
 from quantstudio.gui import glossary
 from quantstudio.gui.form_widgets import _combo, _select
 
@@ -173,8 +174,7 @@ class QatSettingsMixin:
         """Why fine-tuning cannot be offered for the open model and settings, or None."""
         model = self._qat_model
         if model is not None and not getattr(model, "is_eager", False):
-            kind = getattr(model, "kind_label", "model")
-            return glossary.QAT_NEEDS_TORCH.format(n="n" if kind[:1].lower() in "aeiou" else "", kind=kind)
+            return glossary.QAT_NEEDS_TORCH.format(a_kind=with_article(getattr(model, "kind_label", "model")))
         if self.mode_combo.currentData() != "static":
             return glossary.QAT_NEEDS_STATIC
         if self.kind == "random":

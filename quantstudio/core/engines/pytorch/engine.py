@@ -54,6 +54,7 @@ from quantstudio.core.engines.pytorch.runner import (
 )
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
+from quantstudio.core.loading import with_article
 from quantstudio.core.metrics import ErrorAccumulator
 from quantstudio.core.plan import Precision, PrecisionPlan
 
@@ -87,9 +88,9 @@ class TorchEngine:
         # into its architecture, a whole saved model) has them.
         if getattr(model, "is_eager", False):
             return None
-        what = getattr(model, "kind_label", "this model")
+        what = with_article(getattr(model, "kind_label", "model"))
         return (f"the PyTorch engine needs the model's Python code (a state_dict or a whole saved model), "
-                f"which a{'n' if what[:1].lower() in 'aeiou' else ''} {what} does not hold")
+                f"which {what} does not hold")
 
     def quantize(
         self,
@@ -120,7 +121,7 @@ class TorchEngine:
 
         if not getattr(model, "is_eager", False):
             raise InputError(
-                f"the PyTorch engine quantizes eager models only, not a {model.kind_label}",
+                f"the PyTorch engine quantizes eager models only, not {with_article(model.kind_label)}",
                 path=model.path,
                 hint="Use the ONNX Runtime engine (--engine onnxruntime) for TorchScript, .pt2 and ONNX models.",
             )

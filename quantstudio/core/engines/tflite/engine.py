@@ -23,6 +23,7 @@ import numpy as np
 from quantstudio.core.engines.base import QuantConfig, QuantizedModel
 from quantstudio.core.errors import Cancelled, InputError
 from quantstudio.core.jobs import JobContext
+from quantstudio.core.loading import with_article
 from quantstudio.core.plan import Precision, PrecisionPlan
 
 # Layer types the per-layer error is shown for (as the other engines: the weighted layers).
@@ -65,8 +66,8 @@ class TfliteEngine:
                     "supported way to .tflite here - open the PyTorch model (.pth/.pt2) it came from")
         # litert_torch goes through torch.export: eager modules and .pt2 programs, not TorchScript.
         if not getattr(model, "is_eager", False) and getattr(model, "kind", None) != "exported_program":
-            what = getattr(model, "kind_label", "this model")
-            return (f"the TensorFlow Lite engine converts through torch.export, which cannot read a{'n' if what[:1].lower() in 'aeiou' else ''} "
+            what = with_article(getattr(model, "kind_label", "model"))
+            return (f"the TensorFlow Lite engine converts through torch.export, which cannot read "
                     f"{what} - open the state_dict or whole model it came from")
         return None
 
