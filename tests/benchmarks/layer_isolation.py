@@ -176,31 +176,11 @@ def bias_corrected(module, calib: list, *, reduce_range: bool = True):
 
 
 def input_producers(module) -> dict[str, list[str]]:
-    """layer -> the weighted layers whose outputs reach its input through weight-free ops."""
-    import torch.fx
+    """layer -> the weighted layers whose outputs reach its input through weight-free ops
+    (the prototype this began as now ships as quantstudio.core.sensitivity.input_producers)."""
+    from quantstudio.core.sensitivity import input_producers as shipped
 
-    gm = torch.fx.symbolic_trace(module)
-    mods = dict(module.named_modules())
-
-    def weighted(node) -> bool:
-        return node.op == "call_module" and type(mods[node.target]).__name__ in WEIGHTED
-
-    out = {}
-    for node in gm.graph.nodes:
-        if not weighted(node):
-            continue
-        found, stack, seen = [], list(node.all_input_nodes), set()
-        while stack:
-            p = stack.pop()
-            if p in seen:
-                continue
-            seen.add(p)
-            if weighted(p):
-                found.append(p.target)
-            elif p.op != "placeholder":
-                stack.extend(p.all_input_nodes)
-        out[node.target] = sorted(found)
-    return out
+    return shipped(module)
 
 
 def rank_of(order: list[str], names: list[str]) -> list[int]:
