@@ -298,7 +298,10 @@ def run_quantize(
             if callable(reset):
                 reset()
             else:
-                ctx = _CancelSpent(ctx)
+                from quantstudio.core.qat import CancelGuard
+
+                ctx = CancelGuard(ctx)
+                ctx.consume()  # the search spent the cancel: the rest of the run finishes
                 progress.ctx = ctx
         ctx.check_cancelled()
     ctx.report(1.0, "done")
@@ -508,23 +511,6 @@ def _search_stage(s: _RunState, calib: Any, st: JobContext) -> None:
     s.auto, s.auto_reasons = found.record, found.fp32_reasons
     s.notes.extend(found.notes)
     s.warnings.extend(found.warnings)
-
-
-class _CancelSpent:
-    """A context whose cancel was spent on stopping the auto-precision search: the rest of
-    the run finishes (the context cannot forget the cancel, so it is not asked again)."""
-
-    def __init__(self, ctx: JobContext) -> None:
-        self._ctx = ctx
-
-    def report(self, fraction: float, message: str = "") -> None:
-        self._ctx.report(fraction, message)
-
-    def partial(self, payload: Any) -> None:
-        self._ctx.partial(payload)
-
-    def check_cancelled(self) -> None:
-        pass
 
 
 def _fp32_reasons(s: _RunState) -> dict[str, str]:
